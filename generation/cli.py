@@ -1,0 +1,158 @@
+"""The `loopjam` command line. Heavy imports (torch, discord) happen inside the commands."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from .config import Settings, SettingsError, load_settings
+
+app = typer.Typer(
+    help="LoopJam: exact-BPM, seamless loops from MusicGen, for Discord jam channels.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+model_app = typer.Typer(help="Make or inspect MusicGen checkpoints.", no_args_is_help=True)
+app.add_typer(model_app, name="model", help="Make a tiny offline model or inspect a model.")
+
+
+class CliState:
+    config_file: Path | None = None
+
+
+def fail(message: str) -> typer.Exit:
+    """Print one clear line on stderr; the caller raises the returned exit (code 2)."""
+    typer.echo(f"Error: {message}", err=True)
+    return typer.Exit(2)
+
+
+def settings() -> Settings:
+    try:
+        return load_settings(CliState.config_file)
+    except SettingsError as error:
+        raise fail(str(error)) from None
+
+
+@app.callback()
+def main(
+    config: Annotated[Optional[Path], typer.Option("--config", help="TOML settings file (default ./config.toml).")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log debug messages.")] = False,
+) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    CliState.config_file = config
+
+
+@app.command()
+def generate(
+    prompt: Annotated[str, typer.Argument(help="What the loop should sound like.")],
+    bpm: Annotated[float, typer.Option(help="Tempo, 40 to 240 (decimals allowed).")],
+    bars: Annotated[int, typer.Option(help="Loop length in bars: 1, 2, 4 or 8.")] = 4,
+    beats_per_bar: Annotated[int, typer.Option(help="Beats per bar: 2, 3, 4, 6 or 7.")] = 4,
+    variations: Annotated[int, typer.Option(min=1, max=4, help="How many loops to make (1-4).")] = 1,
+    seed: Annotated[Optional[int], typer.Option(help="Seed of the first loop; the next ones use seed+1...")] = None,
+    model: Annotated[Optional[str], typer.Option(help="Hub name or checkpoint directory.")] = None,
+    temperature: Annotated[Optional[float], typer.Option(help="Sampling temperature.")] = None,
+    top_k: Annotated[Optional[int], typer.Option(help="Top-k sampling (0: off).")] = None,
+    top_p: Annotated[Optional[float], typer.Option(help="Top-p sampling (0: off).")] = None,
+    cfg: Annotated[Optional[float], typer.Option(help="Classifier-free guidance coefficient.")] = None,
+    out: Annotated[Path, typer.Option(help="Directory to write the loops to.")] = Path("out"),
+    fmt: Annotated[str, typer.Option("--format", help="wav, wav24, flac or ogg.")] = "wav",
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object as the last line.")] = False,
+) -> None:
+    """Generate loops from a prompt with MusicGen."""
+    from .audio_io import FORMATS, extension, write_audio
+    from .prompts import InvalidRequest, build_prompt, loop_seconds, validate_request
+
+    conf = settings()
+    try:
+        text = validate_request(prompt, bpm, bars, beats_per_bar)
+    except InvalidRequest as error:
+        raise fail(str(error)) from None
+    if fmt not in FORMATS:
+        raise fail(f"Unknown format {fmt!r}: use one of {', '.join(FORMATS)}.")
+    model_name = model or conf.model.name
+    from .model import ModelNotFoundError, check_model_name
+
+    try:
+        check_model_name(model_name)
+    except ModelNotFoundError as error:
+        raise fail(str(error)) from None
+
+    from .engine import GenerationRequest, MusicGenEngine, SamplingParams, new_seed
+
+    built = build_prompt(text, bpm, beats_per_bar)
+    params = SamplingParams(
+        temperature=conf.generation.temperature if temperature is None else temperature,
+        top_k=conf.generation.top_k if top_k is None else top_k,
+        top_p=conf.generation.top_p if top_p is None else top_p,
+        cfg_coef=conf.generation.cfg_coef if cfg is None else cfg,
+    )
+    first_seed = new_seed() if seed is None else seed
+    duration = loop_seconds(bpm, bars, beats_per_bar) + conf.generation.extra_seconds
+    requests = [GenerationRequest(built.text, duration, first_seed + i) for i in range(variations)]
+    engine = MusicGenEngine.load(model_name, conf.model.device)
+    audio = _generate_with_progress(engine, requests, params, show=not as_json and sys.stdout.isatty())
+
+    files = []
+    for request, clip in zip(requests, audio):
+        path = write_audio(out / f"loop-{request.seed}.{extension(fmt)}", clip, engine.sample_rate, fmt)
+        files.append({
+            "path": str(path), "samples": int(clip.shape[-1]), "sample_rate": engine.sample_rate,
+            "bpm": bpm, "bars": bars, "beats_per_bar": beats_per_bar, "seed": request.seed,
+            "model": model_name, "prompt": built.text,
+        })
+        if not as_json:
+            typer.echo(f"wrote {path} (seed {request.seed})")
+    if built.tempo_note and not as_json:
+        typer.echo(built.tempo_note)
+    if as_json:
+        typer.echo(json.dumps({"files": files, "tempo_note": built.tempo_note}))
+
+
+def _generate_with_progress(engine, requests, params, show: bool):
+    """Run the batch, with a rich progress bar when `show`."""
+    if not show:
+        return engine.generate(requests, params)
+    from rich.progress import Progress
+
+    with Progress() as bar:
+        task = bar.add_task("generating", total=100)
+        return engine.generate(requests, params, progress=lambda pct: bar.update(task, completed=pct))
+
+
+@model_app.command("tiny")
+def model_tiny(
+    directory: Annotated[Path, typer.Argument(help="Where to write the checkpoint.")],
+    seed: Annotated[int, typer.Option(help="Seed of the random weights.")] = 0,
+) -> None:
+    """Write a tiny random MusicGen in audiocraft's checkpoint format, for offline tests."""
+    from .model import TINY, write_random_checkpoint
+
+    write_random_checkpoint(directory, TINY, seed)
+    typer.echo(f"wrote a tiny random MusicGen to {directory}")
+
+
+@model_app.command("info")
+def model_info(name: Annotated[str, typer.Argument(help="Hub name or checkpoint directory.")]) -> None:
+    """Print a model's sample rate, frame rate, parameter count and device."""
+    from .model import ModelNotFoundError, check_model_name
+
+    try:
+        check_model_name(name)
+    except ModelNotFoundError as error:
+        raise fail(str(error)) from None
+    from .engine import MusicGenEngine
+
+    engine = MusicGenEngine.load(name, settings().model.device)
+    typer.echo(f"model:       {name}")
+    typer.echo(f"sample rate: {engine.sample_rate} Hz")
+    typer.echo(f"frame rate:  {engine.frame_rate:g} Hz")
+    typer.echo(f"channels:    {engine.channels}")
+    typer.echo(f"parameters:  {engine.parameter_count():,}")
+    typer.echo(f"device:      {engine.device}")

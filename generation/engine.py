@@ -1,0 +1,169 @@
+"""The MusicGen engine: one loaded model, batched generation with a seed per request.
+
+One `MusicGenEngine` owns one audiocraft model. audiocraft keeps generation parameters on the
+model object, so an engine must only be used from one thread at a time (the worker has one).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import secrets
+import time
+import typing as tp
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .model import load_musicgen
+
+log = logging.getLogger(__name__)
+
+ProgressCallback = tp.Callable[[float], None]
+"""Called with the batch's progress in percent, 0 to 100."""
+
+
+class GenerationCancelled(Exception):
+    """The caller asked to stop; raised between two decoding steps."""
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    temperature: float = 1.0
+    top_k: int = 250
+    top_p: float = 0.0
+    cfg_coef: float = 3.0
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One piece of audio to generate.
+
+    `prompt_audio`, for continuations, is [C, T] float32 at the model's sample rate; it must have
+    the same length for every request of a batch.
+    """
+
+    description: str
+    duration: float
+    seed: int
+    prompt_audio: np.ndarray | None = None
+
+
+def new_seed() -> int:
+    """A random seed that fits in a signed 63-bit integer (SQL BIGINT and torch both take it)."""
+    return secrets.randbits(62)
+
+
+class MusicGenEngine:
+    def __init__(self, model: tp.Any, name: str) -> None:
+        self.model = model
+        self.name = name
+
+    @classmethod
+    def load(cls, name: str, device: str = "auto") -> "MusicGenEngine":
+        """Load the model once; a CPU model has oneDNN turned off (see `warm_up`)."""
+        model = load_musicgen(name, device)
+        if model.device.type == "cpu":
+            # oneDNN compiles a kernel for every new input length, stalling seconds on the first
+            # decode of each loop length; plain CPU kernels are as fast here with no stall.
+            torch.backends.mkldnn.enabled = False
+        return cls(model, name)
+
+    @property
+    def sample_rate(self) -> int:
+        return int(self.model.sample_rate)
+
+    @property
+    def channels(self) -> int:
+        return int(self.model.audio_channels)
+
+    @property
+    def frame_rate(self) -> float:
+        return float(self.model.frame_rate)
+
+    @property
+    def device(self) -> str:
+        return str(self.model.device)
+
+    @property
+    def max_duration(self) -> float:
+        return float(self.model.max_duration)
+
+    def parameter_count(self) -> int:
+        return sum(p.numel() for p in self.model.lm.parameters()) + sum(
+            p.numel() for p in self.model.compression_model.parameters()
+        )
+
+    def warm_up(self) -> float:
+        """Run one short generation so the first user request pays no start-up cost; returns seconds."""
+        started = time.perf_counter()
+        self.generate([GenerationRequest("warm up", 1.0, 0)], SamplingParams())
+        return time.perf_counter() - started
+
+    def generate(
+        self,
+        requests: tp.Sequence[GenerationRequest],
+        params: SamplingParams,
+        progress: ProgressCallback | None = None,
+        should_cancel: tp.Callable[[], bool] | None = None,
+    ) -> list[np.ndarray]:
+        """Generate every request in one batch; returns one [C, T] float32 array per request.
+
+        The batch runs for the longest duration; each result is decoded from its own tokens cut
+        to its own duration, so it is exactly what the request would give alone with its seed.
+        Raises `GenerationCancelled` when `should_cancel()` turns true between two steps.
+        With prompts (continuation), each result is the new audio after its prompt.
+        """
+        if not requests:
+            return []
+        frames = [max(1, math.ceil(r.duration * self.frame_rate)) for r in requests]
+        prompts = [r.prompt_audio for r in requests]
+        if any(p is not None for p in prompts) and len({None if p is None else p.shape[-1] for p in prompts}) != 1:
+            raise ValueError("every request of a continuation batch needs a prompt of the same length")
+
+        descriptions = [r.description for r in requests]
+        prompt = None if prompts[0] is None else torch.from_numpy(np.stack(prompts)).float()
+        attributes, prompt_tokens = self.model._prepare_tokens_and_attributes(descriptions, prompt)
+        prompt_frames = 0 if prompt_tokens is None else prompt_tokens.shape[-1]
+        # With the delay pattern, the last frames of a run see the end-of-sequence padding of the
+        # later codebooks; generating n_q frames past the longest request keeps every kept frame
+        # independent of where the run stops.
+        total_frames = prompt_frames + max(frames) + self.model.lm.num_codebooks
+        self.model.set_generation_params(
+            use_sampling=True, top_k=params.top_k, top_p=params.top_p, temperature=params.temperature,
+            duration=total_frames / self.frame_rate, cfg_coef=params.cfg_coef,
+        )
+
+        def on_step(generated: int, _chunk_total: int) -> None:
+            if should_cancel is not None and should_cancel():
+                raise GenerationCancelled()
+            if progress is not None:
+                progress(min(99.0, 100.0 * generated / max(frames)))
+
+        self.model.set_custom_progress_callback(on_step)
+        lm = self.model.lm
+        lm.row_generators = [torch.Generator(device=self.model.device).manual_seed(r.seed) for r in requests]
+        try:
+            if progress is not None:
+                progress(0.0)
+            with torch.no_grad():
+                tokens = self.model._generate_tokens(attributes, prompt_tokens, progress=True)
+        finally:
+            lm.row_generators = None
+            self.model.set_custom_progress_callback(None)
+        # Each row is decoded alone at its own length, so it does not depend on its batch-mates.
+        hop = round(self.sample_rate / self.frame_rate)
+        audio = [
+            self._decode(tokens[i : i + 1, :, : prompt_frames + frames[i]])[:, prompt_frames * hop :]
+            for i in range(len(requests))
+        ]
+        if progress is not None:
+            progress(100.0)
+        return audio
+
+    def _decode(self, tokens: torch.Tensor) -> np.ndarray:
+        """[1, K, T] tokens -> [C, T * hop] float32 audio."""
+        with torch.no_grad():
+            audio = self.model.compression_model.decode(tokens, None)
+        return audio[0].float().cpu().numpy()
