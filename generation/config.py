@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, BaseModel, Field, SecretStr, ValidationError
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, ValidationError
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -30,21 +30,27 @@ ALLOWED_BEATS_PER_BAR = (2, 3, 4, 6, 7)
 PROMPT_MAX_CHARS = 500
 
 
-class DiscordSettings(BaseModel):
+class Section(BaseModel):
+    """A `[section]` of the file; a misspelt key is an error, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class DiscordSettings(Section):
     token: SecretStr | None = Field(default=None, description="Bot token; prefer the DISCORD_TOKEN variable.")
     api_base_url: str = "https://discord.com/api/v10"
     gateway_url: str | None = None
     sync_guild: int | None = None
 
 
-class ModelSettings(BaseModel):
+class ModelSettings(Section):
     name: str = "facebook/musicgen-small"
     allowed: list[str] = Field(default_factory=lambda: ["facebook/musicgen-small"])
     device: Literal["auto", "cuda", "mps", "cpu"] = "auto"
     warmup: bool = True
 
 
-class GenerationSettings(BaseModel):
+class GenerationSettings(Section):
     temperature: float = Field(default=1.0, gt=0.0, le=2.0)
     top_k: int = Field(default=250, ge=0, le=2048)
     top_p: float = Field(default=0.0, ge=0.0, le=1.0)
@@ -54,14 +60,14 @@ class GenerationSettings(BaseModel):
     retry_budget: int = Field(default=2, ge=0, le=8)
 
 
-class LoopSettings(BaseModel):
+class LoopSettings(Section):
     max_stretch: float = Field(default=0.12, gt=0.0, le=0.5)
     crossfade_ms: float = Field(default=40.0, ge=5.0, le=200.0)
     target_lufs: float = Field(default=-14.0, ge=-40.0, le=-5.0)
     true_peak_dbtp: float = Field(default=-1.0, ge=-12.0, le=0.0)
 
 
-class QueueSettings(BaseModel):
+class QueueSettings(Section):
     mode: Literal["embedded", "redis"] = "embedded"
     redis_url: str = "redis://127.0.0.1:6379/0"
     rate_limit_jobs: int = Field(default=5, ge=1)
@@ -73,13 +79,13 @@ class QueueSettings(BaseModel):
     job_timeout_s: float = Field(default=600.0, gt=0)
 
 
-class StorageSettings(BaseModel):
+class StorageSettings(Section):
     data_dir: Path = Path("data")
     database_url: SecretStr | None = Field(default=None, description="None: SQLite in data_dir")
     retention_days: float = Field(default=7.0, gt=0)
 
 
-class MetricsSettings(BaseModel):
+class MetricsSettings(Section):
     enabled: bool = False
     host: str = "127.0.0.1"
     port: int = Field(default=9108, ge=1, le=65535)
@@ -112,8 +118,7 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        toml_file = Path(os.environ.get(CONFIG_ENV, DEFAULT_CONFIG_FILE))
-        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls, toml_file=toml_file))
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
 
     @property
     def token(self) -> SecretStr | None:
@@ -133,13 +138,22 @@ def _describe(error: ValidationError) -> str:
 
 
 def load_settings(config_file: Path | None = None) -> Settings:
-    """Read the settings, raising `SettingsError` with one clear line when one is invalid."""
-    if config_file is not None:
-        if not config_file.is_file():
-            raise SettingsError(f"Config file not found: {config_file}")
-        os.environ[CONFIG_ENV] = str(config_file)
+    """Read the settings, raising `SettingsError` with one clear line when one is invalid.
+
+    The file is `config_file`, else `$LOOPJAM_CONFIG`, else `./config.toml` when it exists.
+    """
+    if config_file is None:
+        config_file = Path(os.environ.get(CONFIG_ENV, DEFAULT_CONFIG_FILE))
+        if not config_file.is_file() and CONFIG_ENV not in os.environ:
+            config_file = None
+    if config_file is not None and not config_file.is_file():
+        raise SettingsError(f"Config file not found: {config_file}")
+
+    class SettingsFromFile(Settings):
+        model_config = SettingsConfigDict(toml_file=config_file)
+
     try:
-        return Settings()
+        return SettingsFromFile()
     except ValidationError as error:
         raise SettingsError(_describe(error)) from None
     except (OSError, ValueError) as error:  # a malformed TOML file

@@ -62,13 +62,8 @@ class MusicGenEngine:
 
     @classmethod
     def load(cls, name: str, device: str = "auto") -> "MusicGenEngine":
-        """Load the model once; a CPU model has oneDNN turned off (see `warm_up`)."""
-        model = load_musicgen(name, device)
-        if model.device.type == "cpu":
-            # oneDNN compiles a kernel for every new input length, stalling seconds on the first
-            # decode of each loop length; plain CPU kernels are as fast here with no stall.
-            torch.backends.mkldnn.enabled = False
-        return cls(model, name)
+        """Load the model once per process."""
+        return cls(load_musicgen(name, device), name)
 
     @property
     def sample_rate(self) -> int:

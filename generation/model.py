@@ -97,6 +97,14 @@ def allow_omegaconf_checkpoints() -> tp.Iterator[None]:
         yield
 
 
+@contextlib.contextmanager
+def _quiet_weight_norm() -> tp.Iterator[None]:
+    """audiocraft's EnCodec still uses the deprecated weight_norm: nothing for users to act on."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*weight_norm.*", category=FutureWarning)
+        yield
+
+
 def load_musicgen(name: str, device: str = "auto") -> "MusicGen":
     """Load MusicGen by hub name or checkpoint directory through audiocraft's own loader.
 
@@ -107,9 +115,7 @@ def load_musicgen(name: str, device: str = "auto") -> "MusicGen":
 
     check_model_name(name)
     device = choose_device(device)
-    with allow_omegaconf_checkpoints(), warnings.catch_warnings():
-        # audiocraft's EnCodec still uses the deprecated weight_norm; nothing for users to act on.
-        warnings.filterwarnings("ignore", message=".*weight_norm.*", category=FutureWarning)
+    with allow_omegaconf_checkpoints(), _quiet_weight_norm():
         model = MusicGen.get_pretrained(name, device=device)
     RowSeededLMModel.adopt(model.lm)
     log.info("loaded %s on %s (%d Hz, %d channel(s))", name, device, model.sample_rate, model.audio_channels)
@@ -216,8 +222,9 @@ def build_random_musicgen_parts(shape: ModelShape, seed: int = 0, device: str = 
     torch.manual_seed(seed)
     lm_cfg, codec_cfg = OmegaConf.create(lm_config(shape)), OmegaConf.create(codec_config(shape))
     lm_cfg.device = codec_cfg.device = device
-    lm = builders.get_lm_model(lm_cfg).eval()
-    codec = builders.get_compression_model(codec_cfg)
+    with _quiet_weight_norm():
+        lm = builders.get_lm_model(lm_cfg).eval()
+        codec = builders.get_compression_model(codec_cfg)
     codec.quantizer.train()
     codec.quantizer(torch.randn(8, shape.codec_dimension, 256, device=device), SAMPLE_RATE // 640)
     return lm, codec.eval()
