@@ -156,3 +156,10 @@ def model_info(name: Annotated[str, typer.Argument(help="Hub name or checkpoint 
     typer.echo(f"channels:    {engine.channels}")
     typer.echo(f"parameters:  {engine.parameter_count():,}")
     typer.echo(f"device:      {engine.device}")
+
+
+# Storage commands live in generation/storage/cli.py; registered here, after `fail` and `settings`.
+from .storage.cli import db_app, history  # noqa: E402
+
+app.add_typer(db_app, name="db")
+app.command()(history)

@@ -1,0 +1,39 @@
+"""The history and job state: SQLAlchemy models, units of work, Alembic migrations.
+
+Importable without torch and without discord: the bot uses it directly.
+"""
+
+from .database import Database, database_url, redact
+from .maintenance import RecoveryResult, SweepResult, recover_interrupted, sweep_audio
+from .models import Base, Delivery, Generation, GenerationKind, GenerationStatus, GuildSettings, utcnow
+from .repository import (
+    GuildSettingsChanges,
+    LoopReportFields,
+    NewGeneration,
+    count_queued,
+    create_generation,
+    create_generations,
+    get_generation,
+    get_guild_settings,
+    list_history,
+    list_request_group,
+    mark_cancelled,
+    mark_delivered,
+    mark_done,
+    mark_failed,
+    mark_running,
+    new_short_id,
+    pending_deliveries,
+    record_delivery_failure,
+    upsert_guild_settings,
+)
+
+__all__ = [
+    "Base", "Database", "Delivery", "Generation", "GenerationKind", "GenerationStatus", "GuildSettings",
+    "GuildSettingsChanges", "LoopReportFields", "NewGeneration", "RecoveryResult", "SweepResult",
+    "count_queued", "create_generation", "create_generations", "database_url", "get_generation",
+    "get_guild_settings", "list_history", "list_request_group", "mark_cancelled", "mark_delivered",
+    "mark_done", "mark_failed", "mark_running", "new_short_id", "pending_deliveries",
+    "record_delivery_failure", "recover_interrupted", "redact", "sweep_audio", "upsert_guild_settings",
+    "utcnow",
+]

@@ -1,0 +1,138 @@
+"""`loopjam db ...` and `loopjam history`, registered on the app in `generation/cli.py`.
+
+The database URL may hold a password: only `Database.display_url` is ever printed, and driver
+errors are passed through `redact` before they are.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Annotated, Any, Optional
+
+import typer
+from alembic.util import CommandError
+from sqlalchemy.exc import SQLAlchemyError
+
+from .database import Database, redact
+from .migrate import head_revision
+from .models import Generation
+from .repository import DEFAULT_HISTORY_LIMIT, list_history
+
+db_app = typer.Typer(help="Create, migrate or inspect the history database.", no_args_is_help=True)
+
+PROMPT_COLUMN_CHARS = 60
+
+
+@contextmanager
+def _open_database() -> Iterator[Database]:
+    """The configured database; its errors become one clear line (exit code 2)."""
+    from ..cli import fail, settings  # here, not at the top: generation.cli imports this module
+
+    database = Database.from_settings(settings().storage)
+    try:
+        yield database
+    except SQLAlchemyError as error:
+        cause = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
+        raise fail(f"Database {database.display_url}: {redact(cause, database.url)}") from None
+    except CommandError as error:
+        raise fail(str(error)) from None
+    finally:
+        database.dispose()
+
+
+def _describe_revision(revision: str | None) -> str:
+    if revision is None:
+        return "none (empty database: run `loopjam db upgrade`)"
+    return f"{revision} (head)" if revision == head_revision() else f"{revision} (head is {head_revision()})"
+
+
+@db_app.command("upgrade")
+def db_upgrade(
+    revision: Annotated[str, typer.Argument(help="Revision to upgrade to.")] = "head",
+) -> None:
+    """Create the tables or bring them up to date."""
+    with _open_database() as database:
+        database.upgrade(revision)
+        typer.echo(f"database: {database.display_url}")
+        typer.echo(f"revision: {_describe_revision(database.current_revision())}")
+
+
+@db_app.command("current")
+def db_current() -> None:
+    """Show which database is configured and its schema revision."""
+    with _open_database() as database:
+        typer.echo(f"database: {database.display_url}")
+        typer.echo(f"revision: {_describe_revision(database.current_revision())}")
+
+
+@db_app.command("downgrade")
+def db_downgrade(
+    revision: Annotated[str, typer.Argument(help="Revision to go back to; `base` drops every table.")],
+) -> None:
+    """Undo migrations down to REVISION (data in dropped tables is lost)."""
+    with _open_database() as database:
+        database.downgrade(revision)
+        typer.echo(f"database: {database.display_url}")
+        typer.echo(f"revision: {_describe_revision(database.current_revision())}")
+
+
+def history(
+    user: Annotated[Optional[int], typer.Option("--user", help="Only this Discord user id.")] = None,
+    guild: Annotated[Optional[int], typer.Option("--guild", help="Only this guild id.")] = None,
+    search: Annotated[Optional[str], typer.Option("--search", help="Text in the prompt (any case).")] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, max=1000, help="How many, newest first.")] = DEFAULT_HISTORY_LIMIT,
+    offset: Annotated[int, typer.Option("--offset", min=0, help="Skip this many first.")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON array as the last line.")] = False,
+) -> None:
+    """List past generations, newest first."""
+    from ..cli import fail
+
+    with _open_database() as database:
+        if not database.is_up_to_date():
+            raise fail("The database schema is not up to date: run `loopjam db upgrade` first.")
+        with database.session() as session:
+            generations = list_history(session, user_id=user, guild_id=guild, search=search, limit=limit, offset=offset)
+    if as_json:
+        typer.echo(json.dumps([_record(generation) for generation in generations], default=_json_value))
+    else:
+        _print_table(generations)
+
+
+def _record(generation: Generation) -> dict[str, Any]:
+    """Every column of the row, by name."""
+    return {column.key: getattr(generation, column.key) for column in Generation.__table__.columns}
+
+
+def _json_value(value: object) -> str:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def _print_table(generations: list[Generation]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    if not generations:
+        typer.echo("No generations found.")
+        return
+    table = Table("id", "created (UTC)", "user", "bpm", "bars", "kind", "status", "verdict", "prompt")
+    for generation in generations:
+        prompt = generation.prompt
+        if len(prompt) > PROMPT_COLUMN_CHARS:
+            prompt = prompt[: PROMPT_COLUMN_CHARS - 1] + "…"
+        table.add_row(
+            generation.short_id,
+            f"{generation.created_at:%Y-%m-%d %H:%M}",
+            str(generation.user_id),
+            f"{generation.bpm:g}",
+            str(generation.bars),
+            generation.kind.value,
+            generation.status.value,
+            generation.verdict or "",
+            prompt,
+        )
+    Console().print(table)

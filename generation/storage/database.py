@@ -1,0 +1,103 @@
+"""The engine and units of work: SQLite in the data directory by default, PostgreSQL by URL."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+from ..config import StorageSettings
+from . import migrate
+
+SQLITE_FILE_NAME = "loopjam.db"
+SQLITE_BUSY_TIMEOUT_MS = 10_000
+
+
+def database_url(storage: StorageSettings) -> URL:
+    """The configured URL, or the SQLite file in the data directory when none is set."""
+    if storage.database_url is None:
+        return URL.create("sqlite+pysqlite", database=str(storage.data_dir / SQLITE_FILE_NAME))
+    url = make_url(storage.database_url.get_secret_value())
+    if url.drivername in ("postgresql", "postgres"):
+        # psycopg 3 is the driver we ship; SQLAlchemy's default for bare "postgresql" is psycopg2.
+        url = url.set(drivername="postgresql+psycopg")
+    return url
+
+
+def redact(text: str, url: URL) -> str:
+    """`text` with the URL's password blanked out, for driver messages that might echo it."""
+    password = url.password
+    return text.replace(str(password), "***") if password else text
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Let SQLAlchemy, not the sqlite3 module, emit BEGIN (see on_begin).
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        # WAL: readers (history, the bot) never block the worker writing results.
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def on_begin(connection: Any) -> None:
+        # Take the write lock up front: a deferred transaction that later writes fails with
+        # SQLITE_BUSY at once instead of waiting, which would break the queue's exact limits.
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+class Database:
+    """Holds the engine; `session()` is one unit of work."""
+
+    def __init__(self, url: URL | str) -> None:
+        self.url = make_url(url)
+        is_sqlite = self.url.get_backend_name() == "sqlite"
+        if is_sqlite and self.url.database not in (None, "", ":memory:"):
+            Path(self.url.database).parent.mkdir(parents=True, exist_ok=True)
+        # Pre-ping: a long-running bot outlives server-side connection timeouts.
+        self.engine = create_engine(self.url, pool_pre_ping=not is_sqlite)
+        if is_sqlite:
+            _configure_sqlite(self.engine)
+        # Objects stay readable after commit: callers get rows out of a unit of work.
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    @classmethod
+    def from_settings(cls, storage: StorageSettings) -> Database:
+        return cls(database_url(storage))
+
+    @property
+    def display_url(self) -> str:
+        """The URL with its password hidden: the only form of it ever shown or logged."""
+        return self.url.render_as_string(hide_password=True)
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A session that commits when the block ends and rolls back when it raises."""
+        with self._sessions() as session, session.begin():
+            yield session
+
+    def upgrade(self, revision: str = "head") -> None:
+        migrate.upgrade(self.engine, revision)
+
+    def downgrade(self, revision: str) -> None:
+        migrate.downgrade(self.engine, revision)
+
+    def current_revision(self) -> str | None:
+        return migrate.current_revision(self.engine)
+
+    def is_up_to_date(self) -> bool:
+        return self.current_revision() == migrate.head_revision()
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+    def __repr__(self) -> str:
+        return f"Database({self.display_url})"

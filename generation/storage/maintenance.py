@@ -1,0 +1,98 @@
+"""Housekeeping: the audio retention sweep, and recovering jobs a dead process left running."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from .models import Generation, GenerationStatus, utcnow
+from .repository import mark_failed
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_ATTEMPTS = 2
+INTERRUPTED_ERROR = "The worker stopped twice while making this loop. Please try again."
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    cleared: int
+    """Rows whose audio path was cleared (the file deleted, or already gone)."""
+    skipped: int
+    """Rows whose path lies outside the data directory: never deleted, left as they are."""
+
+
+def sweep_audio(
+    session: Session, data_dir: Path, retention_days: float, *, now: datetime | None = None
+) -> SweepResult:
+    """Delete the audio of generations finished more than `retention_days` ago; keep their metadata.
+
+    Paths are relative to `data_dir`; a path resolving outside it is never touched. A file that
+    is already gone is fine: the sweep is safe to repeat after a crash between delete and commit.
+    """
+    cutoff = (now or utcnow()) - timedelta(days=retention_days)
+    root = data_dir.resolve()
+    expired = session.execute(
+        select(Generation.id, Generation.audio_path).where(
+            Generation.audio_path.is_not(None), Generation.finished_at < cutoff
+        )
+    ).all()
+    cleared_ids: list[int] = []
+    for generation_id, audio_path in expired:
+        path = (root / audio_path).resolve()
+        if not path.is_relative_to(root):
+            log.warning("not deleting %s: it is outside the data directory", path)
+            continue
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+        cleared_ids.append(generation_id)
+    if cleared_ids:
+        session.execute(update(Generation).where(Generation.id.in_(cleared_ids)).values(audio_path=None))
+    return SweepResult(cleared=len(cleared_ids), skipped=len(expired) - len(cleared_ids))
+
+
+@dataclass(frozen=True)
+class RecoveryResult:
+    requeued: list[str]
+    """Short ids put back in the queue."""
+    failed: list[str]
+    """Short ids that had used up their attempts: failed, with a delivery queued."""
+
+
+def recover_interrupted(
+    session: Session,
+    *,
+    worker: str | None = None,
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+    error: str = INTERRUPTED_ERROR,
+) -> RecoveryResult:
+    """After a restart: jobs left `running` go back to the queue, or fail once out of attempts.
+
+    `attempts` counts the starts (`mark_running`), so with the default of 2 a job interrupted
+    once is retried and a job interrupted again fails with `error`. `worker` limits recovery to
+    the jobs of one dead worker, for when others are still alive.
+    """
+    query = select(Generation).where(Generation.status == GenerationStatus.RUNNING).order_by(Generation.id)
+    if worker is not None:
+        query = query.where(Generation.worker == worker)
+    requeued: list[str] = []
+    failed: list[str] = []
+    for generation in session.scalars(query.with_for_update()).all():
+        if generation.attempts < max_attempts:
+            generation.status = GenerationStatus.QUEUED
+            generation.started_at = None
+            generation.worker = None
+            requeued.append(generation.short_id)
+        else:
+            mark_failed(session, generation.short_id, error)
+            failed.append(generation.short_id)
+    session.flush()
+    return RecoveryResult(requeued=requeued, failed=failed)

@@ -1,0 +1,209 @@
+"""The tables: every generation, per-guild settings, and pending result deliveries.
+
+Interaction tokens are short-lived secrets and have no column anywhere here: a result that
+outlives its interaction is delivered later through the channel, from the `deliveries` table.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime, timezone
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Dialect,
+    Enum,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+SHORT_ID_LENGTH = 8
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timezone-aware UTC timestamp on every backend.
+
+    PostgreSQL keeps the zone (timestamptz); SQLite keeps none, so values are stored in UTC and
+    read back with UTC attached. Naive datetimes are refused rather than guessed at.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime: pass a timezone-aware one (UTC)")
+        return value.astimezone(timezone.utc)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=timezone.utc)
+        return value.astimezone(timezone.utc)
+
+
+class GenerationKind(str, enum.Enum):
+    LOOP = "loop"
+    VARIATION = "variation"
+    REROLL = "reroll"
+    DOUBLE = "double"
+    LOOPIFY = "loopify"
+    REPLAY = "replay"
+
+
+class GenerationStatus(str, enum.Enum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+def _string_enum(enum_class: type[enum.Enum], name: str) -> Enum:
+    """A VARCHAR with a CHECK constraint storing the enum's values: portable, no PostgreSQL type to migrate."""
+    return Enum(
+        enum_class,
+        name=name,
+        native_enum=False,
+        create_constraint=True,
+        length=16,
+        validate_strings=True,
+        values_callable=lambda members: [member.value for member in members],
+    )
+
+
+class Base(DeclarativeBase):
+    # Deterministic constraint names, so later migrations can alter them on every backend.
+    metadata = MetaData(
+        naming_convention={
+            "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+            "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+            "ck": "ck_%(table_name)s_%(constraint_name)s",
+            "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+            "pk": "pk_%(table_name)s",
+        }
+    )
+    type_annotation_map = {datetime: UTCDateTime(), list[int]: JSON}
+
+
+class Generation(Base):
+    """One loop (or one failed attempt at one): what was asked, how it was made, what came out."""
+
+    __tablename__ = "generations"
+    __table_args__ = (
+        Index("ix_generations_user_id_created_at", "user_id", "created_at"),
+        Index("ix_generations_guild_id_created_at", "guild_id", "created_at"),
+        Index("ix_generations_status_created_at", "status", "created_at"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    short_id: Mapped[str] = mapped_column(String(SHORT_ID_LENGTH), unique=True, index=True)
+    """The public id users type in `/replay id`."""
+    request_group: Mapped[str] = mapped_column(String(SHORT_ID_LENGTH), index=True)
+    """Shared by the rows of one request (variations=N gives N rows): the first row's short id."""
+    parent_id: Mapped[int | None] = mapped_column(ForeignKey("generations.id", ondelete="SET NULL"))
+    """The generation a variation, re-roll, double or replay was made from."""
+    kind: Mapped[GenerationKind] = mapped_column(_string_enum(GenerationKind, "generation_kind"))
+    status: Mapped[GenerationStatus] = mapped_column(
+        _string_enum(GenerationStatus, "generation_status"), default=GenerationStatus.QUEUED
+    )
+
+    # Who asked, and where; guild and channel are empty for the CLI.
+    user_id: Mapped[int] = mapped_column(BigInteger)
+    guild_id: Mapped[int | None] = mapped_column(BigInteger)
+    channel_id: Mapped[int | None] = mapped_column(BigInteger)
+
+    prompt: Mapped[str] = mapped_column(Text)
+    """As the user typed it."""
+    prompt_sent: Mapped[str] = mapped_column(Text)
+    """As the model was conditioned on it (tempo and meter appended)."""
+    bpm: Mapped[float] = mapped_column(Float)
+    bars: Mapped[int] = mapped_column(Integer)
+    beats_per_bar: Mapped[int] = mapped_column(Integer)
+    temperature: Mapped[float] = mapped_column(Float)
+    top_k: Mapped[int] = mapped_column(Integer)
+    top_p: Mapped[float] = mapped_column(Float)
+    cfg_coef: Mapped[float] = mapped_column(Float)
+    seed: Mapped[int] = mapped_column(BigInteger)
+    model: Mapped[str] = mapped_column(String(200))
+
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    """How many times a worker started this job."""
+    worker: Mapped[str | None] = mapped_column(String(200))
+
+    # The loop report of the finished loop.
+    source_bpm: Mapped[float | None] = mapped_column(Float)
+    stretch_ratio: Mapped[float | None] = mapped_column(Float)
+    source_start_seconds: Mapped[float | None] = mapped_column(Float)
+    downbeat_confidence: Mapped[float | None] = mapped_column(Float)
+    seam_score: Mapped[float | None] = mapped_column(Float)
+    tempo_stability: Mapped[float | None] = mapped_column(Float)
+    loudness_lufs: Mapped[float | None] = mapped_column(Float)
+    verdict: Mapped[str | None] = mapped_column(String(32))
+    verdict_reason: Mapped[str | None] = mapped_column(Text)
+
+    error: Mapped[str | None] = mapped_column(Text)
+    """Why it failed, in words shown to the user."""
+    audio_path: Mapped[str | None] = mapped_column(Text)
+    """Relative to the data directory; cleared by the retention sweep, after which /replay regenerates."""
+    posted_message_id: Mapped[int | None] = mapped_column(BigInteger)
+    posted_channel_id: Mapped[int | None] = mapped_column(BigInteger)
+
+    parent: Mapped[Generation | None] = relationship(remote_side=[id])
+
+    def __repr__(self) -> str:
+        return f"<Generation {self.short_id} {self.kind.value} {self.status.value}>"
+
+
+class GuildSettings(Base):
+    """A guild's overrides of the global limits; an empty value means "use the global setting"."""
+
+    __tablename__ = "guild_settings"
+
+    guild_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    rate_limit_jobs: Mapped[int | None] = mapped_column(Integer)
+    rate_limit_window_s: Mapped[float | None] = mapped_column(Float)
+    max_queued_per_user: Mapped[int | None] = mapped_column(Integer)
+    exempt_role_ids: Mapped[list[int]] = mapped_column(default=list)
+    allowed_channel_ids: Mapped[list[int]] = mapped_column(default=list)
+    """Empty: every channel."""
+    default_model: Mapped[str | None] = mapped_column(String(200))
+    max_bars: Mapped[int | None] = mapped_column(Integer)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class Delivery(Base):
+    """A finished (done or failed) generation whose result still has to reach Discord.
+
+    Written in the same transaction as the result, so a bot that was down when a worker finished
+    posts it when it is back.
+    """
+
+    __tablename__ = "deliveries"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    generation_id: Mapped[int] = mapped_column(ForeignKey("generations.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    delivered_at: Mapped[datetime | None] = mapped_column(index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+
+    generation: Mapped[Generation] = relationship(lazy="joined")

@@ -1,0 +1,296 @@
+"""What the bot and the queue do with the history, one typed function per operation.
+
+Every function takes the `Session` of the caller's unit of work (`Database.session()`) and
+leaves committing to it. Status changes are conditional UPDATEs, so two workers or a worker
+and a cancel racing on the same job cannot both win: the loser gets `False`.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from typing import Any, TypedDict, Unpack
+
+from sqlalchemy import ColumnElement, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from .models import (
+    SHORT_ID_LENGTH,
+    Delivery,
+    Generation,
+    GenerationKind,
+    GenerationStatus,
+    GuildSettings,
+    utcnow,
+)
+
+DEFAULT_HISTORY_LIMIT = 20
+MAX_DELIVERY_ATTEMPTS = 5
+
+
+@dataclass(frozen=True)
+class NewGeneration:
+    """A generation as requested, before any worker touched it."""
+
+    user_id: int
+    guild_id: int | None
+    channel_id: int | None
+    prompt: str
+    prompt_sent: str
+    bpm: float
+    bars: int
+    beats_per_bar: int
+    temperature: float
+    top_k: int
+    top_p: float
+    cfg_coef: float
+    seed: int
+    model: str
+    kind: GenerationKind = GenerationKind.LOOP
+    parent_id: int | None = None
+
+
+@dataclass(frozen=True)
+class LoopReportFields:
+    """The loop report as stored with a finished generation."""
+
+    source_bpm: float | None = None
+    stretch_ratio: float | None = None
+    source_start_seconds: float | None = None
+    downbeat_confidence: float | None = None
+    seam_score: float | None = None
+    tempo_stability: float | None = None
+    loudness_lufs: float | None = None
+    verdict: str | None = None
+    verdict_reason: str | None = None
+
+
+class GuildSettingsChanges(TypedDict, total=False):
+    """The guild settings to change; a key left out keeps its value, `None` means the global setting."""
+
+    rate_limit_jobs: int | None
+    rate_limit_window_s: float | None
+    max_queued_per_user: int | None
+    exempt_role_ids: list[int]
+    allowed_channel_ids: list[int]
+    default_model: str | None
+    max_bars: int | None
+
+
+# --- generations -------------------------------------------------------------------------------
+
+
+def new_short_id() -> str:
+    """8 URL-safe characters (48 random bits): short enough to type, too many to guess."""
+    return secrets.token_urlsafe(SHORT_ID_LENGTH * 3 // 4)
+
+
+def _unused_short_ids(session: Session, count: int) -> list[str]:
+    """`count` fresh short ids, in the order drawn; the unique index stays the last word on a race."""
+    chosen: list[str] = []
+    while len(chosen) < count:
+        drawn = [short_id for short_id in dict.fromkeys(new_short_id() for _ in range(count - len(chosen)))
+                 if short_id not in chosen]
+        taken = set(session.scalars(select(Generation.short_id).where(Generation.short_id.in_(drawn))))
+        chosen += [short_id for short_id in drawn if short_id not in taken]
+    return chosen
+
+
+def create_generations(session: Session, requests: Sequence[NewGeneration]) -> list[Generation]:
+    """Queue the rows of one request (variations=N: N rows).
+
+    They share a `request_group`: the first row's short id, unique because short ids are.
+    """
+    if not requests:
+        raise ValueError("no generation to create")
+    short_ids = _unused_short_ids(session, len(requests))
+    request_group = short_ids[0]
+    now = utcnow()
+    rows = [
+        Generation(**asdict(request), short_id=short_id, request_group=request_group, created_at=now,
+                   status=GenerationStatus.QUEUED, attempts=0)
+        for request, short_id in zip(requests, short_ids)
+    ]
+    session.add_all(rows)
+    session.flush()
+    return rows
+
+
+def create_generation(session: Session, request: NewGeneration) -> Generation:
+    """Queue a single generation (a request group of one)."""
+    return create_generations(session, [request])[0]
+
+
+def get_generation(session: Session, short_id: str) -> Generation | None:
+    return session.scalar(select(Generation).where(Generation.short_id == short_id))
+
+
+def list_request_group(session: Session, request_group: str) -> list[Generation]:
+    """The rows of one request, in the order they were asked for."""
+    query = select(Generation).where(Generation.request_group == request_group).order_by(Generation.id)
+    return list(session.scalars(query))
+
+
+def _transition(
+    session: Session, short_id: str, allowed_from: Sequence[GenerationStatus], **values: Any
+) -> int | None:
+    """Set `values` when the row is still in one of `allowed_from`; the row's id, or None."""
+    statement = (
+        update(Generation)
+        .where(Generation.short_id == short_id, Generation.status.in_(allowed_from))
+        .values(**values)
+        .returning(Generation.id)
+    )
+    return session.execute(statement).scalar_one_or_none()
+
+
+def mark_running(session: Session, short_id: str, worker: str) -> bool:
+    """Claim a queued job for `worker`; False when it is no longer queued (taken or cancelled)."""
+    claimed = _transition(
+        session, short_id, [GenerationStatus.QUEUED],
+        status=GenerationStatus.RUNNING, started_at=utcnow(), worker=worker, attempts=Generation.attempts + 1,
+    )
+    return claimed is not None
+
+
+def mark_done(session: Session, short_id: str, *, audio_path: str, report: LoopReportFields) -> bool:
+    """Store the result of a running job and queue its delivery; False when it was not running."""
+    generation_id = _transition(
+        session, short_id, [GenerationStatus.RUNNING],
+        status=GenerationStatus.DONE, finished_at=utcnow(), audio_path=audio_path, error=None, **asdict(report),
+    )
+    return _queue_delivery(session, generation_id)
+
+
+def mark_failed(session: Session, short_id: str, error: str) -> bool:
+    """Fail a queued or running job with a reason a user can read, and queue its delivery."""
+    generation_id = _transition(
+        session, short_id, [GenerationStatus.QUEUED, GenerationStatus.RUNNING],
+        status=GenerationStatus.FAILED, finished_at=utcnow(), error=error,
+    )
+    return _queue_delivery(session, generation_id)
+
+
+def mark_cancelled(session: Session, short_id: str) -> bool:
+    """Cancel a queued or running job; a worker finishing it later gets False from `mark_done`.
+
+    Whether the caller may cancel it (its owner only) is the queue service's decision.
+    """
+    cancelled = _transition(
+        session, short_id, [GenerationStatus.QUEUED, GenerationStatus.RUNNING],
+        status=GenerationStatus.CANCELLED, finished_at=utcnow(),
+    )
+    return cancelled is not None
+
+
+def _queue_delivery(session: Session, generation_id: int | None) -> bool:
+    if generation_id is None:
+        return False
+    session.add(Delivery(generation_id=generation_id, attempts=0))
+    session.flush()
+    return True
+
+
+def _contains(text: str) -> str:
+    """A LIKE pattern matching `text` anywhere, with LIKE's wildcards taken literally."""
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+def list_history(
+    session: Session,
+    *,
+    user_id: int | None = None,
+    guild_id: int | None = None,
+    search: str | None = None,
+    limit: int = DEFAULT_HISTORY_LIMIT,
+    offset: int = 0,
+) -> list[Generation]:
+    """Generations, newest first, filtered by user, guild and a case-insensitive prompt search.
+
+    The search is ILIKE on PostgreSQL and lower() LIKE lower() on SQLite, where only ASCII
+    letters fold case.
+    """
+    if limit < 1 or offset < 0:
+        raise ValueError("limit must be at least 1 and offset at least 0")
+    conditions: list[ColumnElement[bool]] = []
+    if user_id is not None:
+        conditions.append(Generation.user_id == user_id)
+    if guild_id is not None:
+        conditions.append(Generation.guild_id == guild_id)
+    if search:
+        conditions.append(Generation.prompt.ilike(_contains(search), escape="\\"))
+    query = (
+        select(Generation)
+        .where(*conditions)
+        .order_by(Generation.created_at.desc(), Generation.id.desc())
+        .limit(limit)
+        .offset(offset)
+    )
+    return list(session.scalars(query))
+
+
+def count_queued(session: Session, user_id: int, *, include_running: bool = False) -> int:
+    """How many of the user's jobs wait in the queue (and, with `include_running`, run)."""
+    statuses = [GenerationStatus.QUEUED, GenerationStatus.RUNNING] if include_running else [GenerationStatus.QUEUED]
+    query = select(func.count()).where(Generation.user_id == user_id, Generation.status.in_(statuses))
+    return session.scalar(query) or 0
+
+
+# --- guild settings ----------------------------------------------------------------------------
+
+
+def get_guild_settings(session: Session, guild_id: int) -> GuildSettings | None:
+    return session.get(GuildSettings, guild_id)
+
+
+def upsert_guild_settings(session: Session, guild_id: int, **changes: Unpack[GuildSettingsChanges]) -> GuildSettings:
+    """Change some of a guild's settings, creating its row on first use.
+
+    One INSERT ... ON CONFLICT DO UPDATE, so two admins saving at once cannot collide.
+    """
+    unknown = set(changes) - set(GuildSettingsChanges.__annotations__)
+    if unknown:
+        raise ValueError(f"unknown guild settings: {', '.join(sorted(unknown))}")
+    dialect = session.get_bind().dialect.name
+    insert = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}[dialect]
+    values: dict[str, Any] = {**changes, "updated_at": utcnow()}
+    statement = insert(GuildSettings).values(guild_id=guild_id, **values)
+    session.execute(statement.on_conflict_do_update(index_elements=[GuildSettings.guild_id], set_=values))
+    return session.get_one(GuildSettings, guild_id, populate_existing=True)
+
+
+# --- deliveries --------------------------------------------------------------------------------
+
+
+def pending_deliveries(session: Session, *, limit: int = 50) -> list[Delivery]:
+    """Results not yet posted (oldest first), with their generation loaded; hopeless ones are left out."""
+    query = (
+        select(Delivery)
+        .where(Delivery.delivered_at.is_(None), Delivery.attempts < MAX_DELIVERY_ATTEMPTS)
+        .order_by(Delivery.id)
+        .limit(limit)
+    )
+    return list(session.scalars(query))
+
+
+def mark_delivered(
+    session: Session, delivery_id: int, *, message_id: int | None = None, channel_id: int | None = None
+) -> None:
+    """Record that a result reached Discord, and where it was posted."""
+    delivery = session.get_one(Delivery, delivery_id)
+    delivery.delivered_at = utcnow()
+    delivery.attempts += 1
+    if message_id is not None:
+        delivery.generation.posted_message_id = message_id
+        delivery.generation.posted_channel_id = channel_id
+
+
+def record_delivery_failure(session: Session, delivery_id: int, error: str) -> None:
+    """Count a failed post; after `MAX_DELIVERY_ATTEMPTS` the delivery is no longer pending."""
+    delivery = session.get_one(Delivery, delivery_id)
+    delivery.attempts += 1
+    delivery.last_error = error

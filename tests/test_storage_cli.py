@@ -1,0 +1,96 @@
+"""`loopjam db ...` and `loopjam history`, on SQLite and PostgreSQL; database passwords never show."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+from sqlalchemy.engine import URL
+from typer.testing import CliRunner
+
+from generation.cli import app
+from generation.storage import Database, GenerationStatus, LoopReportFields, create_generations, mark_done, mark_running
+from storage_fixtures import db_url, loop_request, postgres_url  # noqa: F401
+
+PASSWORD = "s3cret-Pw-9f2"
+
+
+@pytest.fixture
+def use_database(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    """Point the CLI at a URL, from a directory with no config file and no migrations folder."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("LOOPJAM_CONFIG", raising=False)
+
+    def use(url: URL) -> None:
+        monkeypatch.setenv("LOOPJAM_STORAGE__DATABASE_URL", url.render_as_string(hide_password=False))
+
+    return use
+
+
+def run(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(app, list(args))
+    return result.exit_code, result.output
+
+
+def test_db_upgrade_current_downgrade_and_history_json(db_url: URL, use_database) -> None:
+    # A password the server ignores (trust auth) still must not be shown.
+    url = db_url.set(password=PASSWORD) if db_url.get_backend_name() == "postgresql" else db_url
+    use_database(url)
+    try:
+        code, output = run("db", "current")
+        assert code == 0 and "revision: none" in output
+
+        code, output = run("history", "--json")
+        assert code == 2 and "loopjam db upgrade" in output
+
+        code, output = run("db", "upgrade")
+        assert code == 0 and "revision: 0001 (head)" in output
+
+        database = Database(url)
+        with database.session() as session:
+            rows = create_generations(session, [loop_request(prompt=f"lofi take {n}", seed=n) for n in range(3)])
+            rows += create_generations(session, [loop_request(prompt="techno", user_id=5)])
+            mark_running(session, rows[0].short_id, "gpu-1")
+            mark_done(session, rows[0].short_id, audio_path="a.wav", report=LoopReportFields(verdict="clean"))
+        database.dispose()
+
+        code, output = run("history", "--search", "LOFI", "--limit", "2", "--json")
+        assert code == 0
+        records = json.loads(output.strip().splitlines()[-1])
+        assert [record["short_id"] for record in records] == [rows[2].short_id, rows[1].short_id]
+        assert records[0]["prompt"] == "lofi take 2" and records[0]["status"] == "queued"
+
+        code, output = run("history", "--user", str(loop_request().user_id), "--json")
+        done = next(record for record in json.loads(output.splitlines()[-1]) if record["short_id"] == rows[0].short_id)
+        assert (done["status"], done["verdict"], done["attempts"], done["seed"]) == (GenerationStatus.DONE.value, "clean", 1, 0)
+        assert done["created_at"].endswith("+00:00")
+
+        code, output = run("history", "--user", "5")
+        assert code == 0 and rows[3].short_id in output and "techno" in output and "lofi" not in output
+
+        code, output = run("db", "downgrade", "base")
+        assert code == 0 and "revision: none" in output
+    finally:
+        Database(url).downgrade("base")
+
+
+@pytest.mark.postgres
+def test_a_database_password_never_shows(postgres_url: URL, use_database, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    use_database(postgres_url.set(password=PASSWORD))
+    outputs = [run("-v", "db", "upgrade"), run("-v", "db", "current"), run("-v", "history", "--json")]
+    outputs.append(run("-v", "db", "downgrade", "base"))
+    assert all(code == 0 for code, _ in outputs), outputs
+    assert "postgres:***@" in outputs[1][1]
+    assert caplog.text and PASSWORD not in caplog.text
+    assert all(PASSWORD not in output for _, output in outputs)
+
+
+def test_an_unreachable_database_is_one_line_without_the_password(use_database) -> None:
+    use_database(URL.create("postgresql+psycopg", "loopjam", PASSWORD, "127.0.0.1", 1, "loopjam"))
+    code, output = run("db", "current")
+    assert code == 2
+    assert "Error: Database postgresql+psycopg://loopjam:***@127.0.0.1:1/loopjam" in output
+    assert PASSWORD not in output
