@@ -55,7 +55,7 @@ def generate(
     bars: Annotated[int, typer.Option(help="Loop length in bars: 1, 2, 4 or 8.")] = 4,
     beats_per_bar: Annotated[int, typer.Option(help="Beats per bar: 2, 3, 4, 6 or 7.")] = 4,
     variations: Annotated[int, typer.Option(min=1, max=4, help="How many loops to make (1-4).")] = 1,
-    seed: Annotated[Optional[int], typer.Option(help="Seed of the first loop; the next ones use seed+1...")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed of the first loop (the delivered seed is in the output).")] = None,
     model: Annotated[Optional[str], typer.Option(help="Hub name or checkpoint directory.")] = None,
     temperature: Annotated[Optional[float], typer.Option(help="Sampling temperature.")] = None,
     top_k: Annotated[Optional[int], typer.Option(help="Top-k sampling (0: off).")] = None,
@@ -63,9 +63,10 @@ def generate(
     cfg: Annotated[Optional[float], typer.Option(help="Classifier-free guidance coefficient.")] = None,
     out: Annotated[Path, typer.Option(help="Directory to write the loops to.")] = Path("out"),
     fmt: Annotated[str, typer.Option("--format", help="wav, wav24, flac or ogg.")] = "wav",
+    exact: Annotated[bool, typer.Option("--exact", help="Generate only --seed, no best-of-N (as /replay does).")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object as the last line.")] = False,
 ) -> None:
-    """Generate loops from a prompt with MusicGen."""
+    """Generate exact-BPM loops from a prompt with MusicGen."""
     from .audio_io import FORMATS, extension, write_audio
     from .prompts import InvalidRequest, build_prompt, loop_seconds, validate_request
 
@@ -84,7 +85,8 @@ def generate(
     except ModelNotFoundError as error:
         raise fail(str(error)) from None
 
-    from .engine import GenerationRequest, MusicGenEngine, SamplingParams, new_seed
+    from .engine import MusicGenEngine, SamplingParams, new_seed
+    from .pipeline import LoopMaker, LoopSpec
 
     built = build_prompt(text, bpm, beats_per_bar)
     params = SamplingParams(
@@ -94,36 +96,45 @@ def generate(
         cfg_coef=conf.generation.cfg_coef if cfg is None else cfg,
     )
     first_seed = new_seed() if seed is None else seed
-    duration = loop_seconds(bpm, bars, beats_per_bar) + conf.generation.extra_seconds
-    requests = [GenerationRequest(built.text, duration, first_seed + i) for i in range(variations)]
+    # Variations are spaced so their candidate and retry seeds never overlap.
+    seed_stride = conf.generation.candidates * (1 + conf.generation.retry_budget)
+    specs = [
+        LoopSpec(built.text, bpm, bars, beats_per_bar, first_seed + i * seed_stride, params, exact_seed=exact)
+        for i in range(variations)
+    ]
     engine = MusicGenEngine.load(model_name, conf.model.device)
-    audio = _generate_with_progress(engine, requests, params, show=not as_json and sys.stdout.isatty())
+    maker = LoopMaker(engine, conf.generation, conf.loop)
+    outcomes = _make_with_progress(maker, specs, show=not as_json and sys.stdout.isatty())
 
     files = []
-    for request, clip in zip(requests, audio):
-        path = write_audio(out / f"loop-{request.seed}.{extension(fmt)}", clip, engine.sample_rate, fmt)
+    for outcome in outcomes:
+        if outcome.loop is None:
+            raise fail(outcome.error or "no loop could be made")
+        loop = outcome.loop
+        path = write_audio(out / f"loop-{outcome.seed}.{extension(fmt)}", loop.audio, loop.sample_rate, fmt)
         files.append({
-            "path": str(path), "samples": int(clip.shape[-1]), "sample_rate": engine.sample_rate,
-            "bpm": bpm, "bars": bars, "beats_per_bar": beats_per_bar, "seed": request.seed,
-            "model": model_name, "prompt": built.text,
+            "path": str(path), "samples": int(loop.audio.shape[-1]), "sample_rate": loop.sample_rate,
+            "bpm": bpm, "bars": bars, "beats_per_bar": beats_per_bar, "seed": outcome.seed,
+            "model": model_name, "prompt": built.text, **loop.report.as_dict(),
         })
         if not as_json:
-            typer.echo(f"wrote {path} (seed {request.seed})")
+            typer.echo(f"wrote {path} (seed {outcome.seed}, {loop.report.verdict}"
+                       f"{': ' + loop.report.reason if loop.report.reason else ''})")
     if built.tempo_note and not as_json:
         typer.echo(built.tempo_note)
     if as_json:
         typer.echo(json.dumps({"files": files, "tempo_note": built.tempo_note}))
 
 
-def _generate_with_progress(engine, requests, params, show: bool):
-    """Run the batch, with a rich progress bar when `show`."""
+def _make_with_progress(maker, specs, show: bool):
+    """Make the loops, with a rich progress bar showing the stage when `show`."""
     if not show:
-        return engine.generate(requests, params)
+        return maker.make(specs)
     from rich.progress import Progress
 
     with Progress() as bar:
         task = bar.add_task("generating", total=100)
-        return engine.generate(requests, params, progress=lambda pct: bar.update(task, completed=pct))
+        return maker.make(specs, on_stage=lambda stage, pct: bar.update(task, description=stage, completed=pct))
 
 
 @model_app.command("tiny")
@@ -163,3 +174,61 @@ from .storage.cli import db_app, history  # noqa: E402
 
 app.add_typer(db_app, name="db")
 app.command()(history)
+
+
+@app.command()
+def loopify(
+    audio: Annotated[Path, typer.Argument(help="Any audio file soundfile reads (wav, flac, ogg, mp3...).")],
+    bpm: Annotated[float, typer.Option(help="Tempo of the loop, 40 to 240 (decimals allowed).")],
+    bars: Annotated[int, typer.Option(help="Loop length in bars: 1, 2, 4 or 8.")] = 4,
+    beats_per_bar: Annotated[int, typer.Option(help="Beats per bar: 2, 3, 4, 6 or 7.")] = 4,
+    out: Annotated[Optional[Path], typer.Option(help="Output file (default: AUDIO's name + '.loop').")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="wav, wav24, flac or ogg; mp3 only if you must.")] = "wav",
+    waveform: Annotated[Optional[Path], typer.Option(help="Also write a waveform PNG with bar lines here.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object as the last line.")] = False,
+) -> None:
+    """Make an exact-BPM, seamless loop from an audio file you have."""
+    from .audio_io import EXPLICIT_FORMATS, FORMATS, MP3_WARNING, audio_duration, extension, format_available, read_audio, write_audio
+    from .prompts import InvalidRequest, validate_request
+
+    max_seconds = 600.0
+    conf = settings()
+    try:
+        validate_request("loopify", bpm, bars, beats_per_bar)  # the grid checks; the prompt is a placeholder
+    except InvalidRequest as error:
+        raise fail(str(error)) from None
+    if fmt not in FORMATS and fmt not in EXPLICIT_FORMATS:
+        raise fail(f"Unknown format {fmt!r}: use one of {', '.join([*FORMATS, *EXPLICIT_FORMATS])}.")
+    if not format_available(fmt):
+        raise fail(f"This libsndfile cannot write {fmt}; use one of {', '.join(FORMATS)}.")
+    try:
+        seconds = audio_duration(audio)
+        samples, rate = read_audio(audio) if seconds <= max_seconds else (None, 0)
+    except (OSError, RuntimeError) as error:  # soundfile raises LibsndfileError (a RuntimeError)
+        raise fail(f"Cannot read {audio}: {str(error).splitlines()[0]}") from None
+    if samples is None:
+        raise fail(f"{audio} is {seconds / 60:.1f} minutes long; the limit is {max_seconds / 60:g} minutes.")
+    if samples.shape[1] == 0:
+        raise fail(f"{audio} contains no audio.")
+
+    from .loop import make_loop
+    from .loop.waveform import waveform_png
+
+    result = make_loop(samples, rate, bpm, bars, beats_per_bar, settings=conf.loop)
+    path = out or audio.with_name(f"{audio.stem}.loop.{extension(fmt)}")
+    if fmt in EXPLICIT_FORMATS:
+        typer.echo(f"Warning: {MP3_WARNING}", err=True)
+    write_audio(path, result.audio, result.sample_rate, fmt)
+    if waveform is not None:
+        waveform.parent.mkdir(parents=True, exist_ok=True)
+        waveform.write_bytes(waveform_png(result.audio, bars, beats_per_bar))
+    report = result.report
+    if as_json:
+        typer.echo(json.dumps({
+            "path": str(path), "samples": int(result.audio.shape[1]), "sample_rate": result.sample_rate,
+            "bpm": bpm, "bars": bars, "beats_per_bar": beats_per_bar, **report.as_dict(),
+        }))
+        return
+    typer.echo(f"wrote {path}: {result.audio.shape[1]} samples at {result.sample_rate} Hz, verdict {report.verdict}")
+    if report.reason:
+        typer.echo(report.reason)

@@ -62,8 +62,13 @@ class MusicGenEngine:
 
     @classmethod
     def load(cls, name: str, device: str = "auto") -> "MusicGenEngine":
-        """Load the model once per process."""
-        return cls(load_musicgen(name, device), name)
+        """Load the model once per process; on CPU with oneDNN off (see `bench/onednn.py`)."""
+        model = load_musicgen(name, device)
+        if model.device.type == "cpu":
+            # oneDNN builds kernels for every new input shape: the first generation at each new
+            # length stalls for 10-30 s here, against 0.5 s with torch's own CPU kernels.
+            torch.backends.mkldnn.enabled = False
+        return cls(model, name)
 
     @property
     def sample_rate(self) -> int:

@@ -39,23 +39,35 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path: Path, args
     assert not out.exists()
 
 
-def test_generate_writes_valid_audio_offline(tmp_path: Path) -> None:
-    """The issue's own acceptance command, through the installed entry point's module."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    subprocess.run([*LOOPJAM, "model", "tiny", str(tmp_path / "tiny-model")], check=True, env=env, capture_output=True)
+def _generate(tmp_path: Path, *args: str) -> dict:
     run = subprocess.run(
         [*LOOPJAM, "generate", "lofi piano", "--bpm", "60.23", "--bars", "2", "--model", str(tmp_path / "tiny-model"),
-         "--out", str(tmp_path / "out"), "--json", "--seed", "42"],
-        env=env, capture_output=True, text=True, check=True, cwd=tmp_path,
+         "--json", *args],
+        env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True, check=True, cwd=tmp_path,
     )
-    described = json.loads(run.stdout.strip().splitlines()[-1])
-    (file,) = described["files"]
-    assert file["prompt"] == "lofi piano, 60.23 bpm" and file["seed"] == 42 and file["bpm"] == 60.23
+    (file,) = json.loads(run.stdout.strip().splitlines()[-1])["files"]
+    return file
+
+
+def test_generate_writes_an_exact_loop_offline_and_its_seed_replays_it(tmp_path: Path) -> None:
+    """The issue's own acceptance command, then a replay of the delivered seed."""
+    subprocess.run([*LOOPJAM, "model", "tiny", str(tmp_path / "tiny-model")], check=True, capture_output=True)
+    file = _generate(tmp_path, "--out", str(tmp_path / "out"), "--seed", "42")
+
+    assert file["prompt"] == "lofi piano, 60.23 bpm" and file["bpm"] == 60.23
+    # Best-of-N: the delivered seed is one of this request's candidates (2 per round, 3 rounds).
+    assert 42 <= file["seed"] < 48
     info = sf.info(file["path"])
     assert info.samplerate == file["sample_rate"] == 32000
-    assert info.frames == file["samples"] > 0
+    assert info.frames == file["samples"] == round(2 * 4 * 60 / 60.23 * 32000)
+    assert file["verdict"] in {"good", "usable", "unusable"} and file["loudness_lufs"] is not None
     data, _ = sf.read(file["path"])
     assert abs(data).max() > 0.0
+
+    replay = _generate(tmp_path, "--out", str(tmp_path / "replay"), "--seed", str(file["seed"]), "--exact")
+    assert replay["seed"] == file["seed"]
+    replayed, _ = sf.read(replay["path"])
+    assert (replayed == data).all()
 
 
 def test_model_info_describes_the_model(tiny_model_dir: Path) -> None:

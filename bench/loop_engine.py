@@ -1,0 +1,72 @@
+"""Loop engine benchmark: a 12 s, 32 kHz stereo groove to a 4-bar loop, per stage, warm.
+
+    .venv/bin/python bench/loop_engine.py
+
+Renders the clip with FluidSynth (tests/corpus.py); reports numba's first-call compile apart,
+then the median of 5 warm runs of each stage and of the whole make_loop.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from corpus import Groove, render  # noqa: E402
+
+from generation.config import LoopSettings  # noqa: E402
+from generation.loop import engine  # noqa: E402
+from generation.loop.analysis import analyse, mono  # noqa: E402
+from generation.loop.loudness import normalise  # noqa: E402
+from generation.loop.tempo import downbeat_phase, estimate_tempo, track_beats  # noqa: E402
+from generation.loop.window import best_window  # noqa: E402
+
+RUNS = 5
+BPM, BARS = 92.0, 4
+
+
+def timed(fn, *args):
+    start = time.perf_counter()
+    value = fn(*args)
+    return value, time.perf_counter() - start
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory() as directory:
+        rendered = render(Groove("bench", BPM, render_bpm=BPM * 0.96, source_bars=5), Path(directory))
+    sr = rendered.sample_rate
+    audio = np.ascontiguousarray(rendered.audio[:, : 12 * sr])
+    settings = LoopSettings()
+    _, cold = timed(engine.make_loop, audio, sr, BPM, BARS)
+    print(f"first call (numba compile + caches): {cold * 1000:.0f} ms")
+
+    stages: dict[str, list[float]] = {}
+    for _ in range(RUNS):
+        signal = mono(audio)
+        analysis, t = timed(analyse, signal, sr); stages.setdefault("analyse (STFT, mel, chroma, flux)", []).append(t)
+        tempo, t = timed(estimate_tempo, analysis, BPM, settings.max_stretch); stages.setdefault("tempo", []).append(t)
+        beats, t = timed(track_beats, analysis, tempo.beat_period); stages.setdefault("beat tracking", []).append(t)
+        (phase, _), t = timed(downbeat_phase, analysis, beats, 4); stages.setdefault("downbeats", []).append(t)
+        downbeats = np.arange(phase, len(beats), 4)
+        window, t = timed(best_window, analysis, signal, beats, downbeats, tempo.beat_period, 4, BARS)
+        stages.setdefault("window scoring", []).append(t)
+        speed = BPM * window.beat_period / 60
+        samples = round(BARS * 4 * 60 / BPM * sr)
+        cut, t = timed(engine._cut, audio, sr, window, speed, samples, engine._seam_samples(sr, settings))
+        stages.setdefault("stretch + cut (Rubber Band)", []).append(t)
+        seamed, t = timed(engine._seamed, cut, sr, settings); stages.setdefault("seam crossfade", []).append(t)
+        _, t = timed(normalise, seamed, sr, settings.target_lufs, settings.true_peak_dbtp)
+        stages.setdefault("loudness + true-peak limit", []).append(t)
+        _, t = timed(engine.make_loop, audio, sr, BPM, BARS); stages.setdefault("whole make_loop", []).append(t)
+    for name, times in stages.items():
+        print(f"{name:36s} {statistics.median(times) * 1000:7.1f} ms")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,265 @@
+"""make_loop and make_variation_loop: analyse, choose a window, stretch, seam, normalise, judge."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pedalboard
+
+from ..config import LoopSettings
+from ..prompts import loop_samples
+from .analysis import Analysis, analyse, is_silent, mono
+from .loudness import normalise
+from .report import Findings, LoopReport, judge
+from .seam import crossfade_head, crossfade_samples, crossfade_tail, max_lag_samples
+from .tempo import downbeat_phase, estimate_tempo, fit_period, onset_starts, track_beats
+from .window import Window, best_window
+
+STRETCH_CONTEXT_S = 0.25  # audio kept around the window so Rubber Band's edges fall outside it
+STRETCH_EPSILON = 1e-4  # closer than this to 1, the stretch is skipped (under 1 ms per 8 s)
+MAX_GLOBAL_REFIT = 0.05  # beat-fitted tempo may refine the autocorrelation estimate by this much
+
+
+@dataclass(frozen=True)
+class LoopGrid:
+    """Where a loop sits in its source: what a variation needs to continue on the same grid."""
+
+    bpm: float
+    bars: int
+    beats_per_bar: int
+    source_beat_period: float
+    """Source seconds per requested beat."""
+    stretch_ratio: float
+    """Speed factor applied to the source (requested tempo / source tempo in requested beats)."""
+    source_start_seconds: float
+    metric_relation: float = 1.0
+
+    @property
+    def source_bar_seconds(self) -> float:
+        return self.beats_per_bar * self.source_beat_period
+
+    @property
+    def source_end_seconds(self) -> float:
+        return self.source_start_seconds + self.bars * self.source_bar_seconds
+
+
+@dataclass(frozen=True)
+class LoopResult:
+    audio: np.ndarray
+    """[C, N] float32, N = round(bars x beats per bar x 60 / bpm x sample rate)."""
+    sample_rate: int
+    report: LoopReport
+    grid: LoopGrid
+
+
+def _channels(audio: np.ndarray) -> np.ndarray:
+    """[T] or [C, T] -> [C, T] float32."""
+    array = np.asarray(audio, dtype=np.float32)
+    return array[None, :] if array.ndim == 1 else array
+
+
+def _fill(audio: np.ndarray, samples: int) -> np.ndarray:
+    """[C, M] repeated or cut to [C, samples]; zeros when there is nothing to repeat."""
+    if audio.shape[1] == 0:
+        return np.zeros((audio.shape[0], samples), dtype=np.float32)
+    return np.tile(audio, (1, -(-samples // audio.shape[1])))[:, :samples]
+
+
+@dataclass(frozen=True)
+class _Cut:
+    body: np.ndarray  # [C, N] the stretched window
+    follow: np.ndarray | None  # [C, S] stretched audio right after the window
+    lead: np.ndarray | None  # [C, S] stretched audio right before it
+    complete: bool
+
+
+def _cut(source: np.ndarray, sample_rate: int, window: Window, speed: float, samples: int, seam: int) -> _Cut:
+    """Stretch the window (with context) by `speed` and cut it to exactly `samples`."""
+    context = round(STRETCH_CONTEXT_S * sample_rate)
+    start = round(window.start * sample_rate)
+    first = max(0, start - context - math.ceil(seam * speed))
+    last = min(source.shape[1], round(window.end * sample_rate) + context + math.ceil(seam * speed))
+    segment = np.ascontiguousarray(source[:, first:last])
+    if abs(speed - 1.0) > STRETCH_EPSILON:
+        # Rubber Band's R3 engine (high_quality=True) drifts ~0.2 % against the nominal ratio inside
+        # the buffer; R2 keeps a constant ~2 ms latency, so the bar grid stays exact.
+        segment = pedalboard.time_stretch(segment, sample_rate, speed, high_quality=False)
+    offset = round((start - first) / speed)
+    body = segment[:, offset : offset + samples]
+    complete = body.shape[1] == samples
+    follow = segment[:, offset + samples : offset + samples + seam]
+    lead = segment[:, max(0, offset - seam) : offset]
+    return _Cut(
+        body=body if complete else _fill(body if body.shape[1] else source, samples),
+        follow=follow if complete and follow.shape[1] == seam else None,
+        lead=lead if lead.shape[1] == seam else None,
+        complete=complete,
+    )
+
+
+def _seamed(cut: _Cut, sample_rate: int, settings: LoopSettings) -> np.ndarray:
+    """The cut's body with its wrap crossfaded into the neighbouring audio, when there is some."""
+    length, lag = crossfade_samples(settings.crossfade_ms, sample_rate), max_lag_samples(sample_rate)
+    if cut.follow is not None:
+        return crossfade_head(cut.body, cut.follow, length, lag)
+    if cut.lead is not None:
+        return crossfade_tail(cut.body, cut.lead, length, lag)
+    return cut.body
+
+
+def _seam_samples(sample_rate: int, settings: LoopSettings) -> int:
+    return crossfade_samples(settings.crossfade_ms, sample_rate) + max_lag_samples(sample_rate)
+
+
+def _finish(
+    source: np.ndarray, sample_rate: int, window: Window, grid: LoopGrid, samples: int,
+    findings: Findings, settings: LoopSettings,
+) -> LoopResult:
+    """Cut, seam, normalise and judge the chosen window on `grid`."""
+    cut = _cut(source, sample_rate, window, grid.stretch_ratio, samples, _seam_samples(sample_rate, settings))
+    audio, lufs = normalise(_seamed(cut, sample_rate, settings), sample_rate, settings.target_lufs, settings.true_peak_dbtp)
+    findings = dataclasses.replace(findings, complete=cut.complete)
+    verdict, reason, code = judge(findings, settings.max_stretch)
+    report = LoopReport(
+        source_bpm=60.0 / grid.source_beat_period * grid.metric_relation,
+        metric_relation=grid.metric_relation,
+        stretch_ratio=grid.stretch_ratio,
+        source_start_seconds=grid.source_start_seconds,
+        downbeat_confidence=findings.downbeat_confidence,
+        seam_score=findings.seam_score,
+        tempo_stability=findings.tempo_stability,
+        loudness_lufs=lufs if math.isfinite(lufs) else None,
+        verdict=verdict,
+        reason=reason,
+        reason_code=code,
+    )
+    return LoopResult(audio=np.ascontiguousarray(audio, dtype=np.float32), sample_rate=sample_rate, report=report, grid=grid)
+
+
+def _silent_result(channels: int, sample_rate: int, grid: LoopGrid, samples: int, max_stretch: float) -> LoopResult:
+    verdict, reason, code = judge(Findings(silent=True), max_stretch)
+    report = LoopReport(
+        source_bpm=0.0, metric_relation=1.0, stretch_ratio=1.0, source_start_seconds=0.0, downbeat_confidence=0.0,
+        seam_score=0.0, tempo_stability=0.0, loudness_lufs=None, verdict=verdict, reason=reason, reason_code=code,
+    )
+    return LoopResult(np.zeros((channels, samples), dtype=np.float32), sample_rate, report, grid)
+
+
+def _beats(analysis: Analysis, period: float) -> np.ndarray:
+    """Tracked beat times [B]; a plain grid from 0 when tracking finds too few to work with."""
+    beats = track_beats(analysis, period)
+    return beats if len(beats) >= 2 else np.arange(0.0, max(analysis.duration, period), period)
+
+
+def _at_attack(analysis: Analysis, window: Window) -> Window:
+    """The window moved back to where its first downbeat's attack starts, so the cut keeps it whole."""
+    return dataclasses.replace(window, start=float(onset_starts(analysis, np.array([window.start]))[0]))
+
+
+def _speed(bpm: float, beat_period: float, max_stretch: float) -> tuple[float, bool, float]:
+    """(speed factor clamped to the limit, whether within it, the speed change that was needed)."""
+    needed = bpm * beat_period / 60.0
+    clamped = float(np.clip(needed, 1 - max_stretch, 1 + max_stretch))
+    return clamped, abs(needed - 1) <= max_stretch + 1e-9, needed - 1
+
+
+def make_loop(
+    audio: np.ndarray,
+    sample_rate: int,
+    bpm: float,
+    bars: int,
+    beats_per_bar: int = 4,
+    continuation: np.ndarray | None = None,
+    settings: LoopSettings | None = None,
+) -> LoopResult:
+    """A loop of exactly round(bars x beats_per_bar x 60 / bpm x sample_rate) samples.
+
+    `audio` is [C, T] (or [T]); `continuation` [C, T2], when given, is the audio that follows it
+    (the model's continuation): it is searched for windows and used for the seam too.
+    Returns a [C, N] loop, its report and its grid (for `make_variation_loop`).
+    """
+    settings = settings or LoopSettings()
+    source = _channels(audio)
+    if continuation is not None:
+        source = np.concatenate([source, _channels(continuation)], axis=1)
+    samples = loop_samples(bpm, bars, beats_per_bar, sample_rate)
+    nominal = LoopGrid(bpm, bars, beats_per_bar, 60.0 / bpm, 1.0, 0.0)
+    if source.shape[1] == 0 or is_silent(source):
+        return _silent_result(source.shape[0], sample_rate, nominal, samples, settings.max_stretch)
+
+    analysis = analyse(mono(source), sample_rate)
+    tempo = estimate_tempo(analysis, bpm, settings.max_stretch)
+    beats = _beats(analysis, tempo.beat_period)
+    period = tempo.beat_period
+    if len(beats) >= 4:  # beats span the whole clip, so their fit is finer than the autocorrelation lag
+        period = float(np.clip(fit_period(beats)[0], period * (1 - MAX_GLOBAL_REFIT), period * (1 + MAX_GLOBAL_REFIT)))
+    phase, confidence = downbeat_phase(analysis, beats, beats_per_bar)
+    downbeats = np.arange(phase, len(beats), beats_per_bar)
+    window = _at_attack(analysis, best_window(analysis, mono(source), beats, downbeats, period, beats_per_bar, bars))
+    speed, within, needed = _speed(bpm, window.beat_period, settings.max_stretch)
+    grid = LoopGrid(bpm, bars, beats_per_bar, window.beat_period, speed, window.start, tempo.relation)
+    findings = Findings(
+        pulse_strength=tempo.pulse_strength, within_stretch_limit=within, stretch_needed=needed,
+        downbeat_confidence=confidence, seam_score=window.seam, tempo_stability=window.stability,
+    )
+    return _finish(source, sample_rate, window, grid, samples, findings, settings)
+
+
+def variation_prompt(previous: LoopResult, source: np.ndarray, sample_rate: int, bars: int) -> np.ndarray:
+    """The source audio [C, T] of the loop's last `bars` bars, to prompt the model's continuation.
+
+    It starts on a downbeat of the loop's grid, so a continuation made from it (prompt included)
+    has a downbeat at 0 and, at the prompt's end, the downbeat where the loop's next bar starts.
+    """
+    grid = previous.grid
+    first = grid.source_end_seconds - min(bars, grid.bars) * grid.source_bar_seconds
+    return _channels(source)[:, round(first * sample_rate) : round(grid.source_end_seconds * sample_rate)]
+
+
+def make_variation_loop(
+    previous: LoopResult,
+    continuation: np.ndarray,
+    sample_rate: int,
+    downbeat_seconds: float = 0.0,
+    settings: LoopSettings | None = None,
+) -> LoopResult:
+    """The next loop, cut from `continuation` [C, T] on `previous`'s bar grid and stretch ratio.
+
+    `downbeat_seconds` is where, in `continuation`, a bar of the previous grid starts (the prompt's
+    length when the continuation begins with the prompt from `variation_prompt`); windows start
+    on the grid's downbeats from there on. Checked like any loop; the report's tempo stability
+    also drops when the continuation drifts off the grid.
+    """
+    settings = settings or LoopSettings()
+    grid = previous.grid
+    source = _channels(continuation)
+    samples = previous.audio.shape[1]
+    if source.shape[1] == 0 or is_silent(source):
+        return _silent_result(source.shape[0], sample_rate, grid, samples, settings.max_stretch)
+
+    analysis = analyse(mono(source), sample_rate)
+    tempo = estimate_tempo(analysis, grid.bpm, settings.max_stretch)
+    beats = _beats(analysis, grid.source_beat_period)
+    # Downbeats: the tracked beats nearest the grid's bar lines from `downbeat_seconds` on.
+    bar_lines = np.arange(downbeat_seconds, analysis.duration, grid.source_bar_seconds)
+    nearest = np.abs(beats[None, :] - bar_lines[:, None]).argmin(axis=1)
+    miss = np.abs(beats[nearest] - bar_lines)
+    downbeats = np.unique(nearest[miss < grid.source_beat_period / 2])
+    confidence = float(np.clip(1.0 - 4.0 * np.median(miss) / grid.source_beat_period, 0.0, 1.0)) if len(miss) else 0.0
+    if not len(downbeats):
+        downbeats = np.array([int(np.abs(beats - downbeat_seconds).argmin())])
+    window = best_window(analysis, mono(source), beats, downbeats, grid.source_beat_period, grid.beats_per_bar, grid.bars)
+    window = _at_attack(analysis, window)
+    off_grid = abs(window.beat_period / grid.source_beat_period - 1.0)
+    window = dataclasses.replace(window, beat_period=grid.source_beat_period)  # same grid, same stretch
+    next_grid = dataclasses.replace(grid, source_start_seconds=window.start)
+    findings = Findings(
+        pulse_strength=tempo.pulse_strength,
+        downbeat_confidence=confidence,
+        seam_score=window.seam,
+        tempo_stability=min(window.stability, float(np.clip(1.0 - off_grid / 0.03, 0.0, 1.0))),
+    )
+    return _finish(source, sample_rate, window, next_grid, samples, findings, settings)

@@ -1,0 +1,124 @@
+"""From a loop request to a finished loop: MusicGen candidates, the loop engine, best-of-N, retries.
+
+A user should practically never see "try again": each request gets several candidates in one
+batch, and new seeds when none is good. When the budget runs out the best candidate is delivered,
+marked with its verdict. Only silence is an error.
+"""
+
+from __future__ import annotations
+
+import typing as tp
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .config import GenerationSettings, LoopSettings
+from .engine import GenerationRequest, MusicGenEngine, SamplingParams
+from .loop import LoopResult, make_loop
+from .prompts import loop_seconds
+
+StageCallback = tp.Callable[[str, float], None]
+"""Called with a stage ("generating", "looping") and its progress in percent."""
+
+VERDICT_RANK = {"good": 2, "usable": 1, "unusable": 0}
+SILENCE_ERROR = "The model produced only silence for this prompt. Try describing instruments or a genre."
+
+
+@dataclass(frozen=True)
+class LoopSpec:
+    """One loop to make. `prompt` is the text sent to the model (see `prompts.build_prompt`)."""
+
+    prompt: str
+    bpm: float
+    bars: int
+    beats_per_bar: int
+    seed: int
+    params: SamplingParams = field(default_factory=SamplingParams)
+    exact_seed: bool = False
+    """Generate only `seed` (one candidate, no retries): how `/replay` reproduces a loop."""
+
+
+@dataclass
+class LoopOutcome:
+    spec: LoopSpec
+    seed: int
+    """The seed of the candidate delivered; replaying it with `exact_seed` gives the same loop."""
+    loop: LoopResult | None = None
+    error: str | None = None
+    candidates_tried: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.loop is not None
+
+
+def candidate_rank(loop: LoopResult) -> tuple[int, float]:
+    """Higher is better: the verdict first, then the report's overall quality."""
+    return VERDICT_RANK[loop.report.verdict], loop.report.quality
+
+
+class LoopMaker:
+    """Turns `LoopSpec`s into loops with one engine. Not thread-safe (the engine is not)."""
+
+    def __init__(self, engine: MusicGenEngine, generation: GenerationSettings, loop: LoopSettings) -> None:
+        self.engine = engine
+        self.generation = generation
+        self.loop_settings = loop
+
+    def candidate_seeds(self, spec: LoopSpec, round_index: int) -> list[int]:
+        """Seeds of one round: the spec's seed first, all derived from it so a rerun is identical."""
+        if spec.exact_seed:
+            return [spec.seed] if round_index == 0 else []
+        count = self.generation.candidates
+        return [spec.seed + round_index * count + k for k in range(count)]
+
+    def make(
+        self,
+        specs: tp.Sequence[LoopSpec],
+        on_stage: StageCallback | None = None,
+        should_cancel: tp.Callable[[], bool] | None = None,
+    ) -> list[LoopOutcome]:
+        """Make one loop per spec, generating every pending candidate of a round in one batch.
+
+        Every spec must share the same `params`: audiocraft samples a whole batch with one setting.
+        Raises `engine.GenerationCancelled` if `should_cancel()` turns true while generating.
+        """
+        if len({spec.params for spec in specs}) > 1:
+            raise ValueError("a batch must share its sampling parameters")
+        outcomes = [LoopOutcome(spec=spec, seed=spec.seed) for spec in specs]
+        for round_index in range(1 + self.generation.retry_budget):
+            pending = [o for o in outcomes if not self._settled(o)]
+            batch = [(o, seed) for o in pending for seed in self.candidate_seeds(o.spec, round_index)]
+            if not batch:
+                break
+            requests = [self._request(outcome.spec, seed) for outcome, seed in batch]
+            stage = "generating" if round_index == 0 else "retrying"
+            progress = (lambda pct: on_stage(stage, pct)) if on_stage else None
+            audio = self.engine.generate(requests, pending[0].spec.params, progress, should_cancel)
+            if on_stage:
+                on_stage("looping", 0.0)
+            for (outcome, seed), clip in zip(batch, audio):
+                self._consider(outcome, seed, clip)
+        for outcome in outcomes:
+            if outcome.loop is None:
+                outcome.error = SILENCE_ERROR
+        if on_stage:
+            on_stage("looping", 100.0)
+        return outcomes
+
+    def _request(self, spec: LoopSpec, seed: int) -> GenerationRequest:
+        seconds = loop_seconds(spec.bpm, spec.bars, spec.beats_per_bar) + self.generation.extra_seconds
+        return GenerationRequest(spec.prompt, seconds, seed)
+
+    def _consider(self, outcome: LoopOutcome, seed: int, clip: np.ndarray) -> None:
+        spec = outcome.spec
+        outcome.candidates_tried += 1
+        result = make_loop(clip, self.engine.sample_rate, spec.bpm, spec.bars, spec.beats_per_bar, settings=self.loop_settings)
+        if result.report.silent:
+            return
+        if outcome.loop is None or candidate_rank(result) > candidate_rank(outcome.loop):
+            outcome.loop, outcome.seed = result, seed
+
+    @staticmethod
+    def _settled(outcome: LoopOutcome) -> bool:
+        return outcome.loop is not None and outcome.loop.report.verdict == "good"

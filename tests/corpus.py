@@ -1,0 +1,235 @@
+"""A loop-engine test corpus: MIDI grooves written with mido, rendered by the FluidSynth CLI.
+
+Ground truth (beat and downbeat times) comes from the tempo map we write, never from the engine.
+Audio is rendered at test time into a cache directory; nothing here is committed as audio.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import mido
+import numpy as np
+
+from generation.audio_io import read_audio
+
+SOUNDFONT = Path("/usr/share/sounds/sf2/FluidR3_GM.sf2")
+TICKS_PER_BEAT = 480
+DRUMS, BASS, KEYS = 9, 0, 1  # MIDI channels (drums are channel 10, i.e. index 9)
+KICK, SNARE, HAT = 36, 38, 42
+# A four-chord progression, one chord per bar (roots and triads), so every bar starts with a change.
+PROGRESSION = [(48, (60, 64, 67)), (45, (57, 60, 64)), (41, (57, 60, 65)), (43, (59, 62, 67))]
+
+
+def fluidsynth_available() -> bool:
+    return shutil.which("fluidsynth") is not None and SOUNDFONT.is_file()
+
+
+@dataclass(frozen=True)
+class Groove:
+    """One corpus case: what is rendered (`render_bpm`) and what the engine is asked for (`request_bpm`)."""
+
+    name: str
+    request_bpm: float
+    render_bpm: float | None = None  # None: same as the request
+    beats_per_bar: int = 4
+    bars: int = 4  # loop length asked of the engine
+    source_bars: int = 8  # bars of music rendered
+    swing: float = 0.5  # where the off-beat eighth falls within the beat (0.5 straight, 0.66 swung)
+    pickup_beats: int = 0  # notes before the first downbeat
+    lead_silence: float = 0.0  # seconds of silence before anything
+    drift: float = 0.0  # the tempo ramps from -drift to +drift over the clip (0.015 = +-1.5 %)
+    sample_rate: int = 32000
+    downbeats_every_beats: int | None = None  # truth downbeat spacing in source beats when not a bar
+    music_bar_beats: int | None = None  # requested beats per bar of the *music* (8 for half time in 4/4)
+
+    @property
+    def source_bpm(self) -> float:
+        return self.render_bpm or self.request_bpm
+
+
+@dataclass
+class Rendered:
+    groove: Groove
+    audio: np.ndarray  # [C, T] float32
+    sample_rate: int
+    beat_times: np.ndarray = field(repr=False)  # seconds, every beat of the rendered tempo
+    downbeat_times: np.ndarray = field(repr=False)  # seconds, the loop grid's true bar starts
+
+
+def beat_durations(groove: Groove) -> np.ndarray:
+    """Seconds of each beat (pickup beats included) under the groove's tempo map."""
+    count = groove.pickup_beats + groove.source_bars * groove.beats_per_bar
+    ramp = np.linspace(-1.0, 1.0, count)  # a slow drift from -drift to +drift over the clip
+    bpm = groove.source_bpm * (1.0 + groove.drift * ramp)
+    return 60.0 / bpm
+
+
+def _tempo_microseconds(seconds: float) -> int:
+    return round(seconds * 1e6)
+
+
+def groove_midi(groove: Groove) -> tuple[mido.MidiFile, np.ndarray]:
+    """The MIDI file and the time in seconds of every beat (index 0 = the first pickup beat)."""
+    durations = beat_durations(groove)
+    tpb = TICKS_PER_BEAT
+    lead_ticks = round(groove.lead_silence / durations[0] * tpb)
+    events: list[tuple[int, mido.Message | mido.MetaMessage]] = []
+    for beat, seconds in enumerate(durations):  # one tempo event per beat: the tempo map carries the drift
+        events.append((lead_ticks + beat * tpb, mido.MetaMessage("set_tempo", tempo=_tempo_microseconds(seconds))))
+    events.append((0, mido.MetaMessage("set_tempo", tempo=_tempo_microseconds(durations[0]))))
+    events.append((0, mido.Message("program_change", channel=BASS, program=33)))
+    events.append((0, mido.Message("program_change", channel=KEYS, program=4)))
+
+    def note(channel: int, pitch: int, start: int, length: int, velocity: int) -> None:
+        events.append((start, mido.Message("note_on", channel=channel, note=pitch, velocity=velocity)))
+        events.append((start + length, mido.Message("note_off", channel=channel, note=pitch, velocity=0)))
+
+    bpb = groove.beats_per_bar
+    swing_tick = round(groove.swing * tpb)
+    for beat in range(len(durations)):
+        start = lead_ticks + beat * tpb
+        in_bar = (beat - groove.pickup_beats) % bpb
+        note(DRUMS, HAT, start, tpb // 4, 70)
+        note(DRUMS, HAT, start + swing_tick, tpb // 4, 50)
+        if beat < groove.pickup_beats:
+            note(BASS, 43, start, tpb // 2, 80)  # a bass pickup into the first bar
+            continue
+        bar = (beat - groove.pickup_beats) // bpb
+        root, chord = PROGRESSION[bar % len(PROGRESSION)]
+        if in_bar == 0:
+            note(DRUMS, KICK, start, tpb // 2, 120)
+            note(BASS, root, start, tpb - 20, 110)
+            for pitch in chord:
+                note(KEYS, pitch, start, bpb * tpb - 20, 80)
+        elif in_bar % 2 == 1:
+            note(DRUMS, SNARE, start, tpb // 2, 100)
+        else:
+            note(DRUMS, KICK, start, tpb // 2, 90)
+            note(BASS, root + 7, start, tpb - 20, 90)
+    track = mido.MidiTrack()
+    now = 0
+    for tick, message in sorted(events, key=lambda item: (item[0], item[1].type != "set_tempo")):
+        track.append(message.copy(time=tick - now))
+        now = tick
+    track.append(mido.MetaMessage("end_of_track", time=2 * tpb))
+    midi = mido.MidiFile(ticks_per_beat=tpb)
+    midi.tracks.append(track)
+    beat_times = groove.lead_silence + np.concatenate([[0.0], np.cumsum(durations)[:-1]])
+    return midi, beat_times
+
+
+def render(groove: Groove, directory: Path) -> Rendered:
+    """Render (or reuse) the groove's WAV in `directory`; returns audio and ground truth."""
+    midi, beat_times = groove_midi(groove)
+    wav = directory / f"{groove.name}.wav"
+    if not wav.exists():
+        mid = directory / f"{groove.name}.mid"
+        midi.save(str(mid))
+        subprocess.run(
+            ["fluidsynth", "-ni", "-q", "-g", "0.8", "-F", str(wav), "-r", str(groove.sample_rate),
+             str(SOUNDFONT), str(mid)],
+            check=True, capture_output=True, timeout=120,
+        )
+    audio, rate = read_audio(wav)
+    bar_beats = groove.downbeats_every_beats or groove.beats_per_bar
+    downbeats = beat_times[groove.pickup_beats::bar_beats]
+    return Rendered(groove, audio, rate, beat_times, downbeats)
+
+
+# The corpus: one row per case. Source lengths leave room for several candidate windows.
+CORPUS: list[Groove] = [
+    Groove("bpm40", 40.0, bars=2, source_bars=4),
+    Groove("bpm60.23", 60.23, bars=2, source_bars=5),
+    Groove("bpm87.5", 87.5),
+    Groove("bpm120", 120.0),
+    Groove("bpm174", 174.0, source_bars=10),
+    Groove("bpm240", 240.0, bars=8, source_bars=14),
+    Groove("waltz150", 150.0, beats_per_bar=3, source_bars=10),
+    Groove("waltz72", 72.0, beats_per_bar=3, bars=2, source_bars=6),
+    Groove("swing96", 96.0, swing=0.66),
+    Groove("pickup100", 100.0, pickup_beats=2, lead_silence=1.3),
+    Groove("drift110", 110.0, drift=0.015, source_bars=10),
+    Groove("slow92", 92.0, render_bpm=92.0 * 0.955),
+    Groove("fast130", 130.0, render_bpm=130.0 * 1.06),
+    Groove("slow75", 75.0, render_bpm=75.0 * 0.93, bars=2, source_bars=6),
+    Groove("fast140", 140.0, render_bpm=140.0 * 1.08),
+    Groove("half140", 140.0, render_bpm=70.0, bars=4, source_bars=5, downbeats_every_beats=2, music_bar_beats=8),
+    Groove("rate44k", 128.0, sample_rate=44100),
+]
+
+
+# --- Independent measurements of a finished loop (they use librosa, not the engine's code) ---
+
+MEASURE_HOP = 128
+BEAT_SEARCH_S = 0.06  # an onset belongs to a grid beat when this close (and within a quarter beat)
+
+
+@dataclass(frozen=True)
+class LoopMeasures:
+    start_error_ms: float  # reported start - nearest true downbeat (negative: early)
+    grid_deviation_ms: float  # largest |onset - grid beat - median offset|
+    grid_offset_ms: float  # median onset - grid beat (the loop starts this late on its beat)
+    beats_found: float  # fraction of grid beats with an onset nearby
+    drift_ms_per_bar: float
+    seam_ratio: float  # flux at the wrap / median flux at the other downbeats
+    fade_db: float  # last bar RMS - first bar RMS
+
+
+def _rms_db(x: np.ndarray) -> float:
+    return 10 * math.log10(max(float(np.mean(np.square(x, dtype=np.float64))), 1e-20))
+
+
+def measure_loop(
+    loop: np.ndarray, sample_rate: int, bars: int, beats_per_bar: int,
+    source_start: float, true_downbeats: np.ndarray, music_bar_beats: int | None = None,
+) -> LoopMeasures:
+    """Measure a [C, N] loop played three times in a row, looking at the middle copy.
+
+    Seam and fade compare bars of the music: `music_bar_beats` requested beats (default a bar).
+    """
+    import librosa
+
+    signal = loop.mean(axis=0)
+    n = len(signal)
+    tiled = np.tile(signal, 3)
+    beats = bars * beats_per_bar
+    beat_s = n / sample_rate / beats
+    grid = n / sample_rate + beat_s * np.arange(beats)
+    onsets = librosa.onset.onset_detect(y=tiled, sr=sample_rate, hop_length=MEASURE_HOP, units="time")
+    distance = onsets[None, :] - grid[:, None]
+    nearest = distance[np.arange(beats), np.abs(distance).argmin(axis=1)]
+    found = np.abs(nearest) < min(BEAT_SEARCH_S, beat_s / 4)
+    offsets = nearest[found] * 1000
+    median = float(np.median(offsets)) if len(offsets) else math.nan
+    deviation = float(np.max(np.abs(offsets - median))) if len(offsets) else math.inf
+    bar_index = (np.arange(beats) / beats_per_bar)[found]
+    drift = float(np.polyfit(bar_index, offsets, 1)[0]) if len(set(bar_index)) > 1 else 0.0
+
+    flux = librosa.onset.onset_strength(y=tiled, sr=sample_rate, hop_length=MEASURE_HOP)
+    radius = max(1, round(0.025 * sample_rate / MEASURE_HOP))
+
+    shift = (median if math.isfinite(median) else 0.0) / 1000  # look where this loop's onsets are
+
+    def flux_at(seconds: float) -> float:
+        frame = round((seconds + shift) * sample_rate / MEASURE_HOP)
+        return float(flux[max(0, frame - radius) : frame + radius + 1].max())
+
+    bar_beats = music_bar_beats or beats_per_bar
+    step = bar_beats if beats > bar_beats else 1  # one-bar loops: compare with the other beats
+    others = [flux_at(t) for t in grid[step::step]]
+    wrap = max(flux_at(n / sample_rate), flux_at(2 * n / sample_rate))
+    bar = n * bar_beats // beats
+    return LoopMeasures(
+        start_error_ms=float((source_start - true_downbeats)[np.abs(true_downbeats - source_start).argmin()]) * 1000,
+        grid_deviation_ms=deviation,
+        grid_offset_ms=median,
+        beats_found=float(found.mean()),
+        drift_ms_per_bar=drift,
+        seam_ratio=wrap / max(float(np.median(others)), 1e-9),
+        fade_db=_rms_db(signal[-bar:]) - _rms_db(signal[:bar]),
+    )

@@ -1,0 +1,52 @@
+"""Best-of-N and retries around the real (tiny) model and the loop engine."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from generation.config import GenerationSettings, LoopSettings
+from generation.engine import MusicGenEngine, SamplingParams
+from generation.pipeline import LoopMaker, LoopOutcome, LoopSpec
+from generation.prompts import loop_samples
+
+
+def maker(engine: MusicGenEngine, candidates: int, retries: int) -> LoopMaker:
+    generation = GenerationSettings(candidates=candidates, retry_budget=retries, extra_seconds=2.0)
+    return LoopMaker(engine, generation, LoopSettings())
+
+
+def test_every_spec_gets_an_exact_loop_from_its_own_candidates(tiny_engine: MusicGenEngine) -> None:
+    specs = [LoopSpec("dub techno, 120 bpm", 120.0, 1, 4, seed=100), LoopSpec("waltz, 90 bpm", 90.0, 1, 3, seed=200)]
+    stages: list[tuple[str, float]] = []
+    outcomes = maker(tiny_engine, candidates=2, retries=1).make(specs, on_stage=lambda s, p: stages.append((s, p)))
+
+    for spec, outcome in zip(specs, outcomes):
+        assert outcome.ok and outcome.error is None
+        assert outcome.loop.audio.shape[-1] == loop_samples(spec.bpm, spec.bars, spec.beats_per_bar, 32000)
+        assert spec.seed <= outcome.seed < spec.seed + 4
+        # A random model's noise is never "good", so every candidate of both rounds was tried,
+        # and the best is delivered, marked, rather than an error.
+        if outcome.loop.report.verdict != "good":
+            assert outcome.candidates_tried == 4 and outcome.loop.report.reason
+    assert stages[0] == ("generating", 0.0) and stages[-1] == ("looping", 100.0)
+    assert any(stage == "retrying" for stage, _ in stages) == any(o.loop.report.verdict != "good" for o in outcomes)
+
+
+def test_exact_seed_makes_one_candidate_and_reproduces_the_loop(tiny_engine: MusicGenEngine) -> None:
+    first = maker(tiny_engine, 2, 0).make([LoopSpec("house, 124 bpm", 124.0, 1, 4, seed=7)])[0]
+    replay = maker(tiny_engine, 2, 2).make([LoopSpec("house, 124 bpm", 124.0, 1, 4, seed=first.seed, exact_seed=True)])[0]
+    assert replay.candidates_tried == 1 and replay.seed == first.seed
+    np.testing.assert_array_equal(replay.loop.audio, first.loop.audio)
+
+
+def test_silent_candidates_are_never_delivered(tiny_engine: MusicGenEngine) -> None:
+    outcome = LoopOutcome(spec=LoopSpec("silence", 120.0, 1, 4, seed=1), seed=1)
+    maker(tiny_engine, 1, 0)._consider(outcome, 1, np.zeros((1, 32000 * 4), dtype=np.float32))
+    assert outcome.loop is None and outcome.candidates_tried == 1
+
+
+def test_a_batch_must_share_sampling_parameters(tiny_engine: MusicGenEngine) -> None:
+    specs = [LoopSpec("a", 120.0, 1, 4, 1), LoopSpec("b", 120.0, 1, 4, 2, params=SamplingParams(temperature=0.5))]
+    with pytest.raises(ValueError, match="sampling parameters"):
+        maker(tiny_engine, 1, 0).make(specs)
