@@ -1,0 +1,80 @@
+"""Dynamic batching through the real queue and worker process: 8 concurrent requests, B=8 vs B=1.
+
+    .venv/bin/python bench/batching.py [--requests 8] [--bars 1] [--bpm 120]
+
+Uses the tiny random MusicGen on CPU (written to a temporary directory), short loops, one
+candidate and no retries. Each run starts its own worker, waits for one warm-up job, then times
+the requests from submission until the last loop is done.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+from generation.config import GenerationSettings, ModelSettings, QueueSettings, Settings, StorageSettings  # noqa: E402
+from generation.jobs import FINAL_EVENT_TYPES, JobDone, JobRequest, QueueService  # noqa: E402
+from generation.storage import Database  # noqa: E402
+
+
+async def wait_done(service: QueueService, job_ids: list[str]) -> None:
+    async def one(job_id: str, events: asyncio.Queue) -> None:
+        while not isinstance(event := await events.get(), FINAL_EVENT_TYPES):
+            pass
+        assert isinstance(event, JobDone), event
+
+    await asyncio.gather(*(one(job_id, service.subscribe(job_id)) for job_id in job_ids))
+
+
+async def run(model_dir: Path, data_dir: Path, batch_size: int, args: argparse.Namespace) -> float:
+    """Seconds for `args.requests` concurrent requests with batches of up to `batch_size`."""
+    settings = Settings(
+        model=ModelSettings(name=str(model_dir), allowed=[str(model_dir)], device="cpu"),
+        generation=GenerationSettings(extra_seconds=0.5, candidates=1, retry_budget=0),
+        queue=QueueSettings(batch_size=batch_size, batch_wait_ms=300, max_queue=100),
+        storage=StorageSettings(data_dir=data_dir),
+    )
+    database = Database.from_settings(settings.storage)
+    database.upgrade()
+    service = QueueService(settings, database)
+    await service.start()
+    try:
+        def request(user: int) -> JobRequest:
+            return JobRequest(user_id=user, prompt="funky drums", bpm=args.bpm, bars=args.bars, seed=user)
+
+        warm_up = await service.submit(request(0))
+        await wait_done(service, [warm_up.job_id])
+        started = time.perf_counter()
+        accepted = await asyncio.gather(*(service.submit(request(user)) for user in range(1, args.requests + 1)))
+        await wait_done(service, [a.job_id for a in accepted])
+        return time.perf_counter() - started
+    finally:
+        await service.stop()
+        database.dispose()
+
+
+async def main(args: argparse.Namespace) -> None:
+    from generation.model import TINY, write_random_checkpoint  # the bench, not the service, needs torch
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = write_random_checkpoint(Path(tmp) / "tiny", TINY, seed=0)
+        seconds = {b: await run(model_dir, Path(tmp) / f"data-b{b}", b, args) for b in (args.requests, 1)}
+    loop_s = args.bars * 4 * 60 / args.bpm
+    print(f"{args.requests} concurrent requests, {args.bars} bar(s) at {args.bpm:g} BPM ({loop_s:g} s loops), tiny model, CPU")
+    for b, s in seconds.items():
+        print(f"B={b}: {s:.2f} s, {args.requests / s:.2f} loops/s")
+    print(f"batched / one at a time throughput: {seconds[1] / seconds[args.requests]:.2f}x")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=8)
+    parser.add_argument("--bars", type=int, default=1)
+    parser.add_argument("--bpm", type=float, default=120.0)
+    asyncio.run(main(parser.parse_args()))

@@ -1,0 +1,214 @@
+"""The embedded backend: worker processes on this machine, restarted when they die.
+
+Each worker is a spawned process (a fresh interpreter: no fork of the bot's event loop or
+sockets) holding the model. The pool reads its events on the event loop with `add_reader`, so
+no thread of the bot ever blocks on a worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from multiprocessing.context import SpawnProcess
+from pathlib import Path
+
+from ..config import Settings
+from .backend import (
+    BackendEvent,
+    BatchFinished,
+    EventSink,
+    ModelUnavailable,
+    WorkerLost,
+    WorkerReady,
+    WorkFailed,
+    WorkItem,
+)
+from .worker import CancelJobs, RunBatch, Stop, WorkerConfig, worker_main
+
+log = logging.getLogger(__name__)
+
+MONITOR_INTERVAL_S = 0.25
+STOP_GRACE_S = 5.0
+MAX_RESTART_DELAY_S = 30.0
+
+
+def timeout_message(seconds: float) -> str:
+    return f"This loop took longer than {seconds / 60:g} minutes to make and was stopped. Please try again."
+
+
+@dataclass
+class _Worker:
+    index: int
+    name: str
+    process: SpawnProcess
+    tasks: Connection
+    events: Connection
+    ready: bool = False
+    batch: tuple[WorkItem, ...] = ()
+    batch_started: float = 0.0
+    models: list[str] = field(default_factory=list)
+
+
+class ProcessWorkerPool:
+    """`JobBackend` with `workers` local processes (one per GPU; one on a CPU-only machine)."""
+
+    def __init__(self, settings: Settings, *, workers: int = 1, device: str | None = None) -> None:
+        self.settings = settings
+        self.count = workers
+        self.device = device or settings.model.device
+        self.job_timeout_s = settings.queue.job_timeout_s
+        self._context = multiprocessing.get_context("spawn")
+        self._workers: dict[int, _Worker] = {}
+        self._incarnations = 0
+        self._quick_deaths: dict[int, int] = {}
+        self._sink: EventSink | None = None
+        self._monitor: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    # --- JobBackend ---------------------------------------------------------------------------
+
+    async def start(self, sink: EventSink) -> None:
+        self._sink = sink
+        for index in range(self.count):
+            self._spawn(index)
+        self._monitor = asyncio.create_task(self._watch(), name="worker-pool-monitor")
+
+    async def stop(self) -> None:
+        self._stopping = True
+        if self._monitor is not None:
+            self._monitor.cancel()
+        for worker in list(self._workers.values()):
+            self._detach(worker)
+            try:
+                worker.tasks.send(Stop())
+            except OSError:
+                pass
+            await asyncio.to_thread(worker.process.join, STOP_GRACE_S)
+            if worker.process.is_alive():
+                worker.process.kill()
+                await asyncio.to_thread(worker.process.join)
+        self._workers.clear()
+
+    def free_worker(self) -> str | None:
+        for worker in self._workers.values():
+            if worker.ready and not worker.batch:
+                return worker.name
+        return None
+
+    def run(self, worker_name: str, batch: Sequence[WorkItem]) -> None:
+        worker = self._by_name(worker_name)
+        worker.batch, worker.batch_started = tuple(batch), time.monotonic()
+        worker.tasks.send(RunBatch(worker.batch))
+
+    def cancel(self, job_id: str) -> None:
+        for worker in self._workers.values():
+            if any(item.job_id == job_id for item in worker.batch):
+                worker.tasks.send(CancelJobs((job_id,)))
+
+    def workers_alive(self) -> int:
+        return sum(1 for worker in self._workers.values() if worker.process.is_alive())
+
+    def running(self) -> int:
+        return sum(len(worker.batch) for worker in self._workers.values())
+
+    def models(self) -> list[str]:
+        return sorted({model for worker in self._workers.values() for model in worker.models})
+
+    def worker_pids(self) -> list[int]:
+        """Process ids of the live workers (for tests and operators)."""
+        return [w.process.pid for w in self._workers.values() if w.process.pid is not None and w.process.is_alive()]
+
+    # --- processes ----------------------------------------------------------------------------
+
+    def _spawn(self, index: int) -> None:
+        self._incarnations += 1
+        name = f"embedded-{index}.{self._incarnations}"
+        config = WorkerConfig(
+            name=name, model=self.settings.model.name, device=self.device,
+            generation=self.settings.generation, loop=self.settings.loop,
+            data_dir=Path(self.settings.storage.data_dir).resolve(),
+        )
+        tasks_recv, tasks_send = self._context.Pipe(duplex=False)
+        events_recv, events_send = self._context.Pipe(duplex=False)
+        process = self._context.Process(
+            target=worker_main, args=(config, tasks_recv, events_send), name=name, daemon=True
+        )
+        process.start()
+        # The child has its own copies; closing ours lets a dead child show up as EOF.
+        tasks_recv.close()
+        events_send.close()
+        worker = _Worker(index, name, process, tasks_send, events_recv)
+        self._workers[index] = worker
+        asyncio.get_running_loop().add_reader(events_recv.fileno(), self._on_readable, worker)
+        log.info("started worker %s (pid %s)", name, process.pid)
+
+    def _detach(self, worker: _Worker) -> None:
+        try:
+            asyncio.get_running_loop().remove_reader(worker.events.fileno())
+        except (OSError, ValueError):
+            pass
+
+    def _by_name(self, name: str) -> _Worker:
+        return next(worker for worker in self._workers.values() if worker.name == name)
+
+    def _on_readable(self, worker: _Worker) -> None:
+        try:
+            while worker.events.poll():
+                self._handle(worker, worker.events.recv())
+        except (EOFError, OSError):
+            self._on_death(worker)
+
+    def _handle(self, worker: _Worker, event: BackendEvent) -> None:
+        if isinstance(event, WorkerReady):
+            worker.ready = True
+            worker.models.append(event.model)
+            self._quick_deaths.pop(worker.index, None)
+        elif isinstance(event, ModelUnavailable) and event.model in worker.models:
+            worker.models.remove(event.model)
+        elif isinstance(event, BatchFinished):
+            worker.batch = ()
+        self._emit(event)
+
+    def _emit(self, event: BackendEvent) -> None:
+        assert self._sink is not None
+        self._sink(event)
+
+    def _on_death(self, worker: _Worker) -> None:
+        """Report the worker's jobs as lost and start a new worker in its place."""
+        if self._workers.get(worker.index) is not worker or self._stopping:
+            return
+        self._detach(worker)
+        worker.events.close()
+        worker.tasks.close()
+        worker.process.join(timeout=1.0)
+        log.warning("worker %s died (exit code %s)", worker.name, worker.process.exitcode)
+        del self._workers[worker.index]
+        self._emit(WorkerLost(worker.name, tuple(item.job_id for item in worker.batch)))
+        # A worker that keeps dying before it is ready waits longer each time: no tight crash loop.
+        deaths = self._quick_deaths.get(worker.index, 0) + (0 if worker.ready else 1)
+        self._quick_deaths[worker.index] = deaths
+        delay = min(MAX_RESTART_DELAY_S, 2.0 ** deaths - 1.0)
+        asyncio.get_running_loop().call_later(delay, self._respawn, worker.index)
+
+    def _respawn(self, index: int) -> None:
+        if not self._stopping and index not in self._workers:
+            self._spawn(index)
+
+    async def _watch(self) -> None:
+        """Kill workers past the job timeout, and catch deaths the pipe did not report."""
+        while True:
+            await asyncio.sleep(MONITOR_INTERVAL_S)
+            now = time.monotonic()
+            for worker in list(self._workers.values()):
+                if worker.batch and now - worker.batch_started > self.job_timeout_s:
+                    stuck, worker.batch = worker.batch, ()
+                    for item in stuck:
+                        self._emit(WorkFailed(item.job_id, timeout_message(self.job_timeout_s)))
+                    worker.process.kill()
+                if not worker.process.is_alive():
+                    self._on_death(worker)

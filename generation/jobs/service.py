@@ -1,0 +1,363 @@
+"""The queue service: admission, fair order, batching, progress and results. Knows nothing of Discord.
+
+    service = QueueService(settings, database)        # embedded: worker processes on this machine
+    await service.start()                             # recovers what a previous run left behind
+    result = await service.submit(JobRequest(user_id=1, prompt="dusty boom bap", bpm=92, bars=4))
+    events = service.subscribe(result.job_id)         # JobProgress ... then JobDone / JobFailed
+
+Every job is a row in the history (`generation.storage`) from the moment it is accepted, so a
+restart loses nothing: `start()` puts interrupted jobs back in line (one retry) and queues again
+whatever was waiting. The backend (`backend.JobBackend`) only runs batches; all decisions are here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from contextlib import suppress
+from pathlib import Path
+
+from sqlalchemy import select
+
+from ..config import Settings
+from ..storage import (
+    Database,
+    Generation,
+    GenerationStatus,
+    LoopReportFields,
+    get_generation,
+    mark_cancelled,
+    mark_done,
+    mark_failed,
+    mark_running,
+    recover_interrupted,
+)
+from .admission import admit
+from .api import (
+    FINAL_EVENT_TYPES,
+    Accepted,
+    CancelOutcome,
+    CancelResult,
+    JobCancelled,
+    JobDone,
+    JobEvent,
+    JobFailed,
+    JobProgress,
+    JobRequest,
+    QueueStatus,
+    Refused,
+    Stage,
+    SubmitResult,
+)
+from .backend import (
+    BackendEvent,
+    BatchFinished,
+    JobBackend,
+    ModelUnavailable,
+    WorkDone,
+    WorkerLost,
+    WorkerReady,
+    WorkFailed,
+    WorkItem,
+    WorkProgress,
+)
+from .fair import FairQueue, QueuedJob
+
+log = logging.getLogger(__name__)
+
+RECENT_BATCHES = 20
+"""How many recent batch timings the ETA is estimated from."""
+
+Listener = Callable[[JobEvent], object]
+"""Called with every job event; may be a coroutine function."""
+
+
+def work_item(row: Generation) -> WorkItem:
+    return WorkItem(
+        job_id=row.short_id, model=row.model, prompt_sent=row.prompt_sent, bpm=row.bpm, bars=row.bars,
+        beats_per_bar=row.beats_per_bar, seed=row.seed, temperature=row.temperature, top_k=row.top_k,
+        top_p=row.top_p, cfg_coef=row.cfg_coef,
+    )
+
+
+def report_fields(report: dict[str, object]) -> LoopReportFields:
+    """The loop report (`LoopReport.as_dict()`) as the history stores it."""
+    names = set(LoopReportFields.__dataclass_fields__) - {"verdict_reason"}
+    return LoopReportFields(**{name: report.get(name) for name in names}, verdict_reason=report.get("reason"))  # type: ignore[arg-type]
+
+
+class QueueService:
+    def __init__(self, settings: Settings, database: Database, backend: JobBackend | None = None) -> None:
+        if backend is None:
+            from .pool import ProcessWorkerPool
+
+            backend = ProcessWorkerPool(settings)
+        self.settings = settings
+        self.database = database
+        self.backend = backend
+        self.data_dir = Path(settings.storage.data_dir).resolve()
+        self._queue = FairQueue()
+        self._running: dict[str, QueuedJob] = {}
+        self._admission = asyncio.Lock()
+        self._subscribers: dict[str, list[asyncio.Queue[JobEvent]]] = {}
+        self._listeners: list[Listener] = []
+        self._backend_events: asyncio.Queue[BackendEvent] = asyncio.Queue()
+        self._worker_free = asyncio.Event()
+        self._arrived = asyncio.Event()
+        self._batch_seconds: deque[float] = deque(maxlen=RECENT_BATCHES)
+        self._suggested_batch_size: int | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Recover what a previous run left, start the workers and begin dispatching."""
+        rows, failed = await asyncio.to_thread(self._recover)
+        for row in rows:
+            # Jobs submitted before `start` are in both the queue and the database.
+            if self._queue.position(row.short_id) is None:
+                self._queue.push(QueuedJob(work_item(row), row.user_id))
+        for job_id, reason in failed:
+            self._publish(JobFailed(job_id, reason))
+        await self.backend.start(self._backend_events.put_nowait)
+        self._tasks = [
+            asyncio.create_task(self._apply_backend_events(), name="queue-results"),
+            asyncio.create_task(self._dispatch(), name="queue-dispatch"),
+        ]
+        log.info("queue started with %d job(s) waiting", len(self._queue))
+
+    async def stop(self) -> None:
+        """Stop dispatching and the workers. Running jobs are resumed (retried) by the next `start`."""
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+        await self.backend.stop()
+
+    def _recover(self) -> tuple[list[Generation], list[tuple[str, str]]]:
+        with self.database.session() as session:
+            recovery = recover_interrupted(session)
+            rows = list(session.scalars(
+                select(Generation).where(Generation.status == GenerationStatus.QUEUED).order_by(Generation.id)
+            ))
+            failed = [(job_id, get_generation(session, job_id).error or "") for job_id in recovery.failed]
+        return rows, failed
+
+    # --- the public API -----------------------------------------------------------------------
+
+    async def submit(self, request: JobRequest) -> SubmitResult:
+        """Queue a loop, or say why not (`Refused`) in words the user can act on."""
+        async with self._admission:
+            admitted = await asyncio.to_thread(self._admit, request)
+            if isinstance(admitted, Refused):
+                return admitted
+            job = QueuedJob(admitted, request.user_id)
+            self._queue.push(job)
+        self._arrived.set()
+        self._worker_free.set()
+        position = self._queue.position(job.job_id) or 1
+        return Accepted(job.job_id, position, self._eta(position))
+
+    def _admit(self, request: JobRequest) -> WorkItem | Refused:
+        with self.database.session() as session:
+            admitted = admit(session, self.settings, request)
+            return admitted if isinstance(admitted, Refused) else work_item(admitted)
+
+    async def cancel(self, job_id: str, user_id: int) -> CancelResult:
+        """Cancel a waiting or running job; only the user who asked for it may."""
+        outcome = await asyncio.to_thread(self._cancel_row, job_id, user_id)
+        if outcome is CancelOutcome.CANCELLED:
+            self._queue.remove(job_id)
+            if self._running.pop(job_id, None) is not None:
+                self.backend.cancel(job_id)
+            self._publish(JobCancelled(job_id))
+        return CancelResult(outcome, CANCEL_MESSAGES[outcome])
+
+    def _cancel_row(self, job_id: str, user_id: int) -> CancelOutcome:
+        with self.database.session() as session:
+            row = get_generation(session, job_id)
+            if row is None:
+                return CancelOutcome.NOT_FOUND
+            if row.user_id != user_id:
+                return CancelOutcome.NOT_OWNER
+            return CancelOutcome.CANCELLED if mark_cancelled(session, job_id) else CancelOutcome.ALREADY_FINISHED
+
+    async def status(self) -> QueueStatus:
+        depth = len(self._queue)
+        return QueueStatus(
+            depth=depth, running=len(self._running), workers_alive=self.backend.workers_alive(),
+            models=self.backend.models(), eta_by_position=[self._eta(p) for p in range(1, depth + 1)],
+            seconds_per_batch=self._seconds_per_batch(),
+        )
+
+    def position(self, job_id: str) -> int | None:
+        return self._queue.position(job_id)
+
+    def subscribe(self, job_id: str) -> asyncio.Queue[JobEvent]:
+        """A queue of the job's events; the last one is JobDone, JobFailed or JobCancelled."""
+        events: asyncio.Queue[JobEvent] = asyncio.Queue()
+        self._subscribers.setdefault(job_id, []).append(events)
+        return events
+
+    def add_listener(self, listener: Listener) -> None:
+        """Receive every job's events (the bot's single entry point for progress messages)."""
+        self._listeners.append(listener)
+
+    def set_uploading(self, job_id: str, percent: float = 0.0) -> None:
+        """The bot reports its upload of a finished loop, so subscribers see the last stage too."""
+        self._publish(JobProgress(job_id, Stage.UPLOADING, percent))
+
+    # --- events -------------------------------------------------------------------------------
+
+    def _publish(self, event: JobEvent) -> None:
+        final = isinstance(event, FINAL_EVENT_TYPES)
+        subscribers = self._subscribers.pop(event.job_id, []) if final else self._subscribers.get(event.job_id, [])
+        for events in subscribers:
+            events.put_nowait(event)
+        for listener in self._listeners:
+            result = listener(event)
+            if inspect.isawaitable(result):
+                asyncio.ensure_future(result)
+
+    async def _apply_backend_events(self) -> None:
+        while True:
+            event = await self._backend_events.get()
+            try:
+                await self._apply(event)
+            except Exception:
+                log.exception("could not apply %s", event)
+
+    async def _apply(self, event: BackendEvent) -> None:
+        if isinstance(event, WorkProgress):
+            stage = Stage(event.stage)
+            for job_id in event.job_ids:
+                if job_id in self._running:
+                    self._publish(JobProgress(job_id, stage, event.percent))
+        elif isinstance(event, WorkDone):
+            if await asyncio.to_thread(self._store_done, event) and self._running.pop(event.job_id, None):
+                self._publish(JobDone(event.job_id, [self.data_dir / event.audio_path], event.report, event.seed))
+        elif isinstance(event, WorkFailed):
+            if await asyncio.to_thread(self._store_failed, event.job_id, event.reason):
+                self._running.pop(event.job_id, None)
+                self._publish(JobFailed(event.job_id, event.reason))
+        elif isinstance(event, WorkerLost):
+            await self._requeue_lost(event)
+        elif isinstance(event, BatchFinished):
+            self._batch_seconds.append(event.seconds)
+            self._worker_free.set()
+        elif isinstance(event, WorkerReady):
+            self._suggested_batch_size = event.batch_size
+            self._worker_free.set()
+        elif isinstance(event, ModelUnavailable):
+            log.error("worker %s: %s", event.worker, event.reason)
+
+    def _store_done(self, event: WorkDone) -> bool:
+        with self.database.session() as session:
+            return mark_done(session, event.job_id, audio_path=event.audio_path, report=report_fields(event.report))
+
+    def _store_failed(self, job_id: str, reason: str) -> bool:
+        with self.database.session() as session:
+            return mark_failed(session, job_id, reason)
+
+    async def _requeue_lost(self, event: WorkerLost) -> None:
+        """The worker died: its jobs go back to the front of their users' lines once, then fail."""
+        def recover() -> tuple[list[str], list[tuple[str, str]]]:
+            with self.database.session() as session:
+                recovery = recover_interrupted(session, worker=event.worker)
+                failed = [(job_id, get_generation(session, job_id).error or "") for job_id in recovery.failed]
+            return recovery.requeued, failed
+
+        requeued, failed = await asyncio.to_thread(recover)
+        for job_id in reversed(requeued):
+            job = self._running.pop(job_id, None)
+            if job is not None:
+                self._queue.push(QueuedJob(job.item, job.user_id), front=True)
+                self._publish(JobProgress(job_id, Stage.QUEUED, 0.0, self._queue.position(job_id)))
+        for job_id, reason in failed:
+            self._running.pop(job_id, None)
+            self._publish(JobFailed(job_id, reason))
+        self._worker_free.set()
+
+    # --- dispatching --------------------------------------------------------------------------
+
+    def batch_size(self) -> int:
+        return self.settings.queue.batch_size or self._suggested_batch_size or 1
+
+    async def _dispatch(self) -> None:
+        while True:
+            await self._worker_free.wait()
+            self._worker_free.clear()
+            while len(self._queue) and self.backend.free_worker() is not None:
+                batch = await self._next_batch()
+                worker = self.backend.free_worker()
+                if worker is None:  # it died while the batch filled: the jobs keep their turn
+                    for job in reversed(batch):
+                        self._queue.push(job, front=True)
+                    break
+                await self._start_batch(worker, batch)
+
+    async def _next_batch(self) -> list[QueuedJob]:
+        """Up to B compatible jobs, waiting at most `batch_wait_ms` after the head joined for more."""
+        limit = self.batch_size()
+        wait_s = self.settings.queue.batch_wait_ms / 1000
+        while (head := self._queue.head()) is not None:
+            remaining = head.queued_at + wait_s - time.monotonic()
+            if remaining <= 0 or self._queue.compatible_with_head(limit) >= limit:
+                return self._queue.take_batch(limit)
+            self._arrived.clear()
+            with suppress(TimeoutError):
+                await asyncio.wait_for(self._arrived.wait(), remaining)
+        return []
+
+    async def _start_batch(self, worker: str, batch: Sequence[QueuedJob]) -> None:
+        def claim() -> list[str]:
+            with self.database.session() as session:
+                return [job.job_id for job in batch if mark_running(session, job.job_id, worker)]
+
+        claimed = set(await asyncio.to_thread(claim))
+        jobs = [job for job in batch if job.job_id in claimed]  # the others were cancelled meanwhile
+        if not jobs:
+            self._worker_free.set()
+            return
+        for job in jobs:
+            self._running[job.job_id] = job
+        self.backend.run(worker, [job.item for job in jobs])
+        for job in jobs:
+            self._publish(JobProgress(job.job_id, Stage.GENERATING, 0.0))
+        self._announce_positions()
+
+    def _announce_positions(self) -> None:
+        """Tell the waiting jobs that have subscribers where they now stand."""
+        if not self._subscribers:
+            return
+        for position, job in enumerate(self._queue.in_order(), 1):
+            if job.job_id in self._subscribers:
+                self._publish(JobProgress(job.job_id, Stage.QUEUED, 0.0, position))
+
+    # --- estimates ----------------------------------------------------------------------------
+
+    def _seconds_per_batch(self) -> float | None:
+        return sum(self._batch_seconds) / len(self._batch_seconds) if self._batch_seconds else None
+
+    def _eta(self, position: int) -> float | None:
+        """Seconds until the job at `position` is done: its batch and those before it, over the workers."""
+        per_batch = self._seconds_per_batch()
+        if per_batch is None:
+            return None
+        batches = math.ceil(position / self.batch_size())
+        return batches * per_batch / max(1, self.backend.workers_alive())
+
+
+CANCEL_MESSAGES = {
+    CancelOutcome.CANCELLED: "Your loop was cancelled.",
+    CancelOutcome.NOT_OWNER: "Only the person who asked for this loop can cancel it.",
+    CancelOutcome.NOT_FOUND: "There is no loop with that id.",
+    CancelOutcome.ALREADY_FINISHED: "That loop has already finished, so there is nothing to cancel.",
+}
