@@ -1,6 +1,6 @@
 """The bot-side cost of the queue: 1000 submissions from 200 users, then draining them.
 
-    .venv/bin/python bench/queue.py [--jobs 1000] [--users 200] [--database-url URL]
+    .venv/bin/python -m bench.queue [--jobs 1000] [--users 200] [--database-url URL]
 
 Prints submit latency (p50/p99), the scheduler's overhead per job (dispatch, claim and result
 bookkeeping, measured with a backend that finishes every batch at once), and the peak RSS of this
@@ -9,25 +9,20 @@ process; fails if torch was imported. Uses SQLite in a temporary directory unles
 
 from __future__ import annotations
 
+import argparse
+import asyncio
+import resource
+import statistics
 import sys
+import tempfile
+import time
+from collections.abc import Sequence
 from pathlib import Path
 
-# This file is named like the standard library's `queue`: run as a script, its folder comes first
-# on sys.path and would shadow it. Put the repository root there instead.
-sys.path[0] = str(Path(__file__).resolve().parents[1])
-
-import argparse  # noqa: E402
-import asyncio  # noqa: E402
-import resource  # noqa: E402
-import statistics  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from collections.abc import Sequence  # noqa: E402
-
-from generation.config import ModelSettings, QueueSettings, Settings, StorageSettings  # noqa: E402
-from generation.jobs import JobDone, JobRequest, QueueService  # noqa: E402
-from generation.jobs.backend import BatchFinished, EventSink, WorkDone, WorkerReady, WorkItem  # noqa: E402
-from generation.storage import Database  # noqa: E402
+from generation.config import ModelSettings, QueueSettings, Settings, StorageSettings
+from generation.jobs import JobDone, JobRequest, QueueService
+from generation.jobs.backend import BatchFinished, EventSink, MadeLoop, WorkDone, WorkerReady, WorkItem
+from generation.storage import Database
 
 
 class InstantBackend:
@@ -49,7 +44,8 @@ class InstantBackend:
     def run(self, worker: str, batch: Sequence[WorkItem]) -> None:
         assert self._sink is not None
         for item in batch:
-            self._sink(WorkDone(item.job_id, f"loops/{item.job_id}.wav", {"verdict": "good"}, item.seed))
+            made = MadeLoop(item.job_id, f"loops/{item.job_id}.wav", {"verdict": "good"}, item.seed)
+            self._sink(WorkDone(item.job_id, (made,)))
         self._sink(BatchFinished(worker, len(batch), 0.0))
 
     def cancel(self, job_id: str) -> None:
@@ -60,6 +56,9 @@ class InstantBackend:
 
     def running(self) -> int:
         return 0
+
+    def resumed(self) -> dict[str, tuple[str, ...]]:
+        return {}
 
     def models(self) -> list[str]:
         return ["bench"]

@@ -232,3 +232,33 @@ def loopify(
     typer.echo(f"wrote {path}: {result.audio.shape[1]} samples at {result.sample_rate} Hz, verdict {report.verdict}")
     if report.reason:
         typer.echo(report.reason)
+
+
+@app.command()
+def run(
+    sync_guild: Annotated[Optional[int], typer.Option(help="Sync commands to this guild only (instant; for development).")] = None,
+) -> None:
+    """Start the Discord bot (and, in embedded mode, its GPU worker)."""
+    conf = settings()
+    if conf.token is None:
+        from bot.runner import NO_TOKEN
+
+        raise fail(NO_TOKEN)
+    from bot.runner import run as run_bot
+
+    logging.getLogger().setLevel(logging.INFO)
+    run_bot(conf, sync_guild=sync_guild)
+
+
+@app.command()
+def commands() -> None:
+    """Print the slash commands as JSON, exactly as they would be synced to Discord."""
+    from bot.runner import command_schema_json
+
+    typer.echo(command_schema_json(settings()))
+
+
+# Distributed mode's GPU worker lives in generation/jobs/distributed/cli.py.
+from .jobs.distributed.cli import worker  # noqa: E402
+
+app.command("worker")(worker)

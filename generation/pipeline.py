@@ -14,14 +14,16 @@ import numpy as np
 
 from .config import GenerationSettings, LoopSettings
 from .engine import GenerationRequest, MusicGenEngine, SamplingParams
-from .loop import LoopResult, make_loop
-from .prompts import loop_seconds
+from .loop import LoopGrid, LoopReport, LoopResult, make_loop, make_variation_loop, variation_prompt
+from .prompts import loop_samples, loop_seconds
 
 StageCallback = tp.Callable[[str, float], None]
 """Called with a stage ("generating", "looping") and its progress in percent."""
 
 VERDICT_RANK = {"good": 2, "usable": 1, "unusable": 0}
 SILENCE_ERROR = "The model produced only silence for this prompt. Try describing instruments or a genre."
+VARIATION_PROMPT_BARS = 2
+"""A variation prompts the model with its parent's last bars (all of them when the loop is shorter)."""
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,10 @@ class LoopSpec:
     params: SamplingParams = field(default_factory=SamplingParams)
     exact_seed: bool = False
     """Generate only `seed` (one candidate, no retries): how `/replay` reproduces a loop."""
+    previous: LoopResult | None = field(default=None, compare=False)
+    """For a variation: the loop to continue (see `LoopMaker.loop_to_continue`). Its last bars
+    prompt the model, and the new loop is cut on its grid, as long as it. A batch's variations
+    must share one prompt length."""
 
 
 @dataclass
@@ -64,6 +70,28 @@ class LoopMaker:
         self.engine = engine
         self.generation = generation
         self.loop_settings = loop
+
+    def loop_to_continue(self, audio: np.ndarray, sample_rate: int, bpm: float, bars: int, beats_per_bar: int) -> LoopResult:
+        """A finished loop [C, N] (from a file or made again) as a variation's `previous`.
+
+        Converted to the model's rate and channels and fitted to the exact loop length there. A
+        finished loop starts on a downbeat at the requested tempo, so its grid is the nominal
+        one: no stretch, starting at 0. Its report is nominal too; only the grid and length are used.
+        """
+        import torch
+        from audiocraft.data.audio_utils import convert_audio
+
+        rate, samples = self.engine.sample_rate, loop_samples(bpm, bars, beats_per_bar, self.engine.sample_rate)
+        converted = convert_audio(torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32)), sample_rate, rate,
+                                  self.engine.channels).numpy()
+        fitted = np.zeros((converted.shape[0], samples), dtype=np.float32)
+        fitted[:, : min(samples, converted.shape[1])] = converted[:, :samples]
+        grid = LoopGrid(bpm, bars, beats_per_bar, 60.0 / bpm, 1.0, 0.0)
+        report = LoopReport(
+            source_bpm=bpm, metric_relation=1.0, stretch_ratio=1.0, source_start_seconds=0.0, downbeat_confidence=1.0,
+            seam_score=1.0, tempo_stability=1.0, loudness_lufs=None, verdict="good", reason=None, reason_code=None,
+        )
+        return LoopResult(audio=fitted, sample_rate=rate, report=report, grid=grid)
 
     def candidate_seeds(self, spec: LoopSpec, round_index: int) -> list[int]:
         """Seeds of one round: the spec's seed first, all derived from it so a rerun is identical."""
@@ -108,12 +136,26 @@ class LoopMaker:
 
     def _request(self, spec: LoopSpec, seed: int) -> GenerationRequest:
         seconds = loop_seconds(spec.bpm, spec.bars, spec.beats_per_bar) + self.generation.extra_seconds
-        return GenerationRequest(spec.prompt, seconds, seed)
+        prompt = None if spec.previous is None else self._prompt(spec.previous)
+        return GenerationRequest(spec.prompt, seconds, seed, prompt_audio=prompt)
+
+    def _prompt(self, previous: LoopResult) -> np.ndarray:
+        """A variation's prompt [C, T]: the last bars of the loop it continues, starting on a downbeat."""
+        return variation_prompt(previous, previous.audio, self.engine.sample_rate, VARIATION_PROMPT_BARS)
+
+    def _cut(self, spec: LoopSpec, clip: np.ndarray) -> LoopResult:
+        """A loop from a candidate: the best window of a new clip, or of a continuation on its parent's grid."""
+        rate = self.engine.sample_rate
+        if spec.previous is None:
+            return make_loop(clip, rate, spec.bpm, spec.bars, spec.beats_per_bar, settings=self.loop_settings)
+        # The prompt ends on a bar line of the previous loop's grid, so the new bars start there.
+        prompt = self._prompt(spec.previous)
+        source = np.concatenate([prompt, clip], axis=1)
+        return make_variation_loop(spec.previous, source, rate, prompt.shape[1] / rate, settings=self.loop_settings)
 
     def _consider(self, outcome: LoopOutcome, seed: int, clip: np.ndarray) -> None:
-        spec = outcome.spec
         outcome.candidates_tried += 1
-        result = make_loop(clip, self.engine.sample_rate, spec.bpm, spec.bars, spec.beats_per_bar, settings=self.loop_settings)
+        result = self._cut(outcome.spec, clip)
         if result.report.silent:
             return
         if outcome.loop is None or candidate_rank(result) > candidate_rank(outcome.loop):

@@ -9,25 +9,34 @@ from __future__ import annotations
 
 import math
 import secrets
-from dataclasses import dataclass
-from datetime import timedelta
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from pathlib import Path
 
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, distinct, func, select
 from sqlalchemy.orm import Session
 
+from ..audio_io import audio_duration
 from ..config import Settings
 from ..prompts import InvalidRequest, build_prompt, validate_request
 from ..storage import (
     Generation,
+    GenerationKind,
     GenerationStatus,
     GuildSettings,
     NewGeneration,
-    count_queued,
-    create_generation,
+    create_generations,
+    get_generation,
     get_guild_settings,
     utcnow,
 )
-from .api import JobRequest, Refused, RefusalKind
+from .api import AUDIO_FORMATS, MAX_VARIATIONS, JobRequest, Refused, RefusalKind
+
+MAX_SOURCE_SECONDS = 600.0
+"""The longest file `/loopify` takes."""
+VARIATION_SEED_STRIDE = 1000
+"""Variation k of a request gets seed + k x this: far apart enough that no two share a candidate seed."""
+UNREADABLE_SOURCE = "I can't read that file as audio. Upload WAV, FLAC, OGG or MP3."
 
 
 @dataclass(frozen=True)
@@ -66,11 +75,73 @@ def wait_text(seconds: float) -> str:
     return f"{math.ceil(seconds)} seconds" if seconds < 60 else f"{minutes} minute{'s' if minutes > 1 else ''}"
 
 
-def check_request(settings: Settings, request: JobRequest, guild: GuildSettings | None) -> NewGeneration | Refused:
-    """The request as a row to insert, or an INVALID refusal saying what to change."""
+def resolved_kind(request: JobRequest) -> GenerationKind:
+    """A request with a source file is a loopify, whatever kind it names."""
+    return GenerationKind.LOOPIFY if request.source_audio is not None else request.kind
+
+
+def check_source(path: str) -> None:
+    """Raise `InvalidRequest` unless `path` is audio soundfile reads, at most `MAX_SOURCE_SECONDS` long."""
+    try:
+        seconds = audio_duration(Path(path))
+    except Exception:  # soundfile raises its own errors, RuntimeError and OSError for unreadable files
+        raise InvalidRequest(UNREADABLE_SOURCE) from None
+    if seconds <= 0:
+        raise InvalidRequest(UNREADABLE_SOURCE)
+    if seconds > MAX_SOURCE_SECONDS:
+        raise InvalidRequest(f"That file is {seconds / 60:.1f} minutes long; the limit is {MAX_SOURCE_SECONDS / 60:g} minutes.")
+
+
+def check_parent(request: JobRequest, parent: Generation | None) -> None:
+    """Raise `InvalidRequest` when the parent named is missing, or cannot be continued for a variation."""
+    if request.parent_id is not None and parent is None:
+        raise InvalidRequest(f"There is no loop with the id {request.parent_id[:40]!r}.")
+    if resolved_kind(request) is not GenerationKind.VARIATION:
+        return
+    if parent is None:
+        raise InvalidRequest("A variation needs the id of the loop to vary.")
+    if parent.status is not GenerationStatus.DONE:
+        raise InvalidRequest("That loop isn't finished, so there is nothing to vary yet.")
+
+
+def check_options(request: JobRequest) -> None:
+    """Raise `InvalidRequest` for a variation count, format or source file the queue does not take."""
+    if not 1 <= request.variations <= MAX_VARIATIONS:
+        raise InvalidRequest(f"Variations must be between 1 and {MAX_VARIATIONS}, not {request.variations}.")
+    if request.audio_format not in AUDIO_FORMATS:
+        raise InvalidRequest(f"The format must be one of {', '.join(AUDIO_FORMATS)}, not {request.audio_format[:20]!r}.")
+    if request.kind is GenerationKind.LOOPIFY and request.source_audio is None:
+        raise InvalidRequest("A loopify needs an uploaded audio file.")
+    if request.source_audio is not None:
+        if request.variations != 1:
+            raise InvalidRequest("An uploaded file makes one loop; ask for 1 variation.")
+        check_source(request.source_audio)
+
+
+def variation_seeds(request: JobRequest) -> list[int]:
+    """One seed per loop of the request; 0 for a loopify, which uses none."""
+    if request.source_audio is not None:
+        return [0]
+    first = new_seed() if request.seed is None else request.seed
+    return [first + k * VARIATION_SEED_STRIDE for k in range(request.variations)]
+
+
+def check_request(
+    settings: Settings, request: JobRequest, guild: GuildSettings | None, parent: Generation | None = None
+) -> list[NewGeneration] | Refused:
+    """The request as rows to insert (one per variation), or an INVALID refusal saying what to change.
+
+    A variation takes its parent's BPM, bars and meter: it is cut on the parent's grid. A loopify
+    sends no prompt to a model; its rows keep the source file in `prompt_sent` instead, so the job
+    can be rebuilt from the history after a restart.
+    """
+    if resolved_kind(request) is GenerationKind.VARIATION and parent is not None:
+        request = replace(request, bpm=parent.bpm, bars=parent.bars, beats_per_bar=parent.beats_per_bar)
     model = request.model or (guild.default_model if guild and guild.default_model else settings.model.name)
     try:
         prompt = validate_request(request.prompt, request.bpm, request.bars, request.beats_per_bar)
+        check_options(request)
+        check_parent(request, parent)
         if model not in settings.model.allowed and model != settings.model.name:
             raise InvalidRequest(f"The model {model!r} is not available here.")
         if guild is not None and guild.allowed_channel_ids and request.channel_id not in guild.allowed_channel_ids:
@@ -80,28 +151,52 @@ def check_request(settings: Settings, request: JobRequest, guild: GuildSettings 
     except InvalidRequest as error:
         return Refused(RefusalKind.INVALID, str(error))
     generation = settings.generation
-    return NewGeneration(
-        user_id=request.user_id, guild_id=request.guild_id, channel_id=request.channel_id,
-        prompt=prompt, prompt_sent=build_prompt(prompt, request.bpm, request.beats_per_bar).text,
-        bpm=request.bpm, bars=request.bars, beats_per_bar=request.beats_per_bar,
-        temperature=_or(request.temperature, generation.temperature),
-        top_k=int(_or(request.top_k, generation.top_k)),
-        top_p=_or(request.top_p, generation.top_p),
-        cfg_coef=_or(request.cfg_coef, generation.cfg_coef),
-        seed=new_seed() if request.seed is None else request.seed,
-        model=model,
+    return [
+        NewGeneration(
+            user_id=request.user_id, guild_id=request.guild_id, channel_id=request.channel_id,
+            prompt=prompt,
+            prompt_sent=request.source_audio or build_prompt(prompt, request.bpm, request.beats_per_bar).text,
+            bpm=request.bpm, bars=request.bars, beats_per_bar=request.beats_per_bar,
+            temperature=_or(request.temperature, generation.temperature),
+            top_k=int(_or(request.top_k, generation.top_k)),
+            top_p=_or(request.top_p, generation.top_p),
+            cfg_coef=_or(request.cfg_coef, generation.cfg_coef),
+            seed=seed,
+            model=model,
+            kind=resolved_kind(request),
+            parent_id=None if parent is None else parent.id,
+        )
+        for seed in variation_seeds(request)
+    ]
+
+
+def count_requests(session: Session, *conditions: ColumnElement[bool]) -> int:
+    """How many requests (request groups: variations=N counts once) have rows matching `conditions`."""
+    return session.scalar(select(func.count(distinct(Generation.request_group))).where(*conditions)) or 0
+
+
+def recent_requests(session: Session, user_id: int, since: datetime, limit: int) -> list[datetime]:
+    """When the user's last `limit` requests since `since` were made, newest first."""
+    made_at = func.min(Generation.created_at)
+    query = (
+        select(made_at)
+        .where(Generation.user_id == user_id, Generation.created_at > since)
+        .group_by(Generation.request_group)
+        .order_by(made_at.desc())
+        .limit(limit)
     )
+    return list(session.scalars(query))
 
 
 def check_limits(session: Session, settings: Settings, request: JobRequest, limits: Limits) -> Refused | None:
     """A refusal when the user or the queue is at a limit; None when the request may join."""
-    waiting = session.scalar(select(func.count()).where(Generation.status == GenerationStatus.QUEUED)) or 0
+    waiting = count_requests(session, Generation.status == GenerationStatus.QUEUED)
     if waiting >= settings.queue.max_queue:
         return Refused(RefusalKind.QUEUE_FULL, "The queue is full right now. Please try again in a few minutes.",
                        retry_after=None)
     if limits.exempt:
         return None
-    queued = count_queued(session, request.user_id)
+    queued = count_requests(session, Generation.user_id == request.user_id, Generation.status == GenerationStatus.QUEUED)
     if queued >= limits.max_queued_per_user:
         return Refused(
             RefusalKind.TOO_MANY_QUEUED,
@@ -110,12 +205,7 @@ def check_limits(session: Session, settings: Settings, request: JobRequest, limi
         )
     now = utcnow()
     window = timedelta(seconds=limits.rate_limit_window_s)
-    recent = list(session.scalars(
-        select(Generation.created_at)
-        .where(Generation.user_id == request.user_id, Generation.created_at > now - window)
-        .order_by(Generation.created_at.desc())
-        .limit(limits.rate_limit_jobs)
-    ))
+    recent = recent_requests(session, request.user_id, now - window, limits.rate_limit_jobs)
     if len(recent) >= limits.rate_limit_jobs:
         # The oldest of the last N leaves the window first; then one more is allowed.
         retry_after = max(0.0, (recent[-1] + window - now).total_seconds())
@@ -127,11 +217,12 @@ def check_limits(session: Session, settings: Settings, request: JobRequest, limi
     return None
 
 
-def admit(session: Session, settings: Settings, request: JobRequest) -> Generation | Refused:
-    """Validate, check the limits and queue the request, in the caller's unit of work."""
+def admit(session: Session, settings: Settings, request: JobRequest) -> list[Generation] | Refused:
+    """Validate, check the limits and queue the request's rows (one per variation), in the caller's unit of work."""
     guild = get_guild_settings(session, request.guild_id) if request.guild_id is not None else None
-    checked = check_request(settings, request, guild)
+    parent = get_generation(session, request.parent_id) if request.parent_id is not None else None
+    checked = check_request(settings, request, guild, parent)
     if isinstance(checked, Refused):
         return checked
     refusal = check_limits(session, settings, request, Limits.resolve(settings, guild, request.role_ids))
-    return refusal if refusal is not None else create_generation(session, checked)
+    return refusal if refusal is not None else create_generations(session, checked)

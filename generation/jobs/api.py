@@ -11,10 +11,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..storage.models import GenerationKind
+
+AUDIO_FORMATS = ("wav", "flac", "ogg")
+"""The formats a loop can be written in (gapless ones only: no MP3)."""
+MAX_VARIATIONS = 4
+
 
 @dataclass(frozen=True)
 class JobRequest:
-    """One loop asked for. Sampling fields left as None take the `[generation]` settings."""
+    """One request: 1 to `MAX_VARIATIONS` loops. Sampling fields left as None take the `[generation]` settings.
+
+    A request is one job however many `variations` it asks for: one id, one place in the queue,
+    one count against the rate limit, one `JobDone` with every file.
+    """
 
     user_id: int
     prompt: str
@@ -31,6 +41,20 @@ class JobRequest:
     top_k: int | None = None
     top_p: float | None = None
     cfg_coef: float | None = None
+    kind: GenerationKind = GenerationKind.LOOP
+    """Recorded in the history; VARIATION continues the parent's loop, the others are plain loops."""
+    parent_id: str | None = None
+    """The public short id of the loop this one was made from (variation, re-roll, double, replay).
+    A variation always takes its parent's BPM, bars and meter."""
+    exact_seed: bool = False
+    """Generate only `seed` (one candidate, no retries): `/replay` reproduces the loop users heard."""
+    variations: int = 1
+    """How many loops to make (1 to `MAX_VARIATIONS`); their seeds follow from `seed`."""
+    audio_format: str = "wav"
+    """One of `AUDIO_FORMATS`; a waveform PNG is written beside the audio (same stem, `.png`)."""
+    source_audio: str | None = None
+    """A readable audio file of at most 10 minutes to loop as it is (`/loopify`): no model, no seed.
+    The worker reads it from this path, so it must be on the worker's machine (embedded mode)."""
 
 
 @dataclass(frozen=True)
@@ -96,12 +120,27 @@ class JobProgress:
 
 @dataclass(frozen=True)
 class JobDone:
+    """A request's loops, one event for all its variations, in the order asked for.
+
+    `seed` and `report` are the first loop's; `seeds`, `reports` and `loop_ids` (each loop's
+    public short id; the first is `job_id`) default to that one loop. A variation that produced
+    nothing (silence) is left out here and recorded as failed in the history.
+    """
+
     job_id: str
     files: list[Path]
-    """The loop audio files (absolute paths)."""
+    """The loop audio files (absolute paths); each has its waveform at `.with_suffix('.png')`."""
     report: dict[str, Any]
     seed: int
     """The seed of the delivered candidate: `/replay` with it gives the same loop."""
+    seeds: list[int] = field(default_factory=list)
+    reports: list[dict[str, Any]] = field(default_factory=list)
+    loop_ids: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        for name, single in (("seeds", self.seed), ("reports", self.report), ("loop_ids", self.job_id)):
+            if not getattr(self, name):
+                object.__setattr__(self, name, [single])
 
 
 @dataclass(frozen=True)

@@ -19,24 +19,54 @@ DURATION_BUCKET_S = 4.0
 
 
 @dataclass(frozen=True)
+class ParentLoop:
+    """The loop a variation continues: its kept audio, or how to make it again."""
+
+    audio_path: str | None
+    """Relative to the data directory; None (or a missing file) once the retention sweep took it."""
+    remake: WorkItem | None
+    """The parent as an exact-seed job, to regenerate it; None when it cannot be (a loopified upload)."""
+
+
+@dataclass(frozen=True)
 class WorkItem:
-    """One job as a worker needs it: what to generate, and nothing about who asked."""
+    """One job (one request, 1-4 loops) as a worker needs it: what to make, and nothing about who asked."""
 
     job_id: str
+    """The request's id: its first loop's short id."""
     model: str
     prompt_sent: str
     bpm: float
     bars: int
     beats_per_bar: int
-    seed: int
     temperature: float
     top_k: int
     top_p: float
     cfg_coef: float
+    loop_ids: tuple[str, ...]
+    """The short id of each loop (history row) of the request, in order; the first is `job_id`."""
+    seeds: tuple[int, ...]
+    """One seed per loop."""
+    exact_seed: bool = False
+    audio_format: str = "wav"
+    source_audio: str | None = None
+    """Loopify: loop this file as it is, with no model."""
+    parent: ParentLoop | None = None
+    """Variation: the loop to continue."""
+
+    @property
+    def seed(self) -> int:
+        """The first loop's seed."""
+        return self.seeds[0]
 
     @property
     def batch_key(self) -> tuple[Any, ...]:
-        """Jobs with equal keys can share one `generate` call: same model and sampling, similar length."""
+        """Jobs with equal keys can share one `generate` call: same model and sampling, similar length.
+
+        A loopify or a variation (its prompt audio fixes the batch's prompt length) runs alone.
+        """
+        if self.source_audio is not None or self.parent is not None:
+            return ("alone", self.job_id)
         seconds = loop_seconds(self.bpm, self.bars, self.beats_per_bar)
         bucket = math.ceil(seconds / DURATION_BUCKET_S)
         return (self.model, self.temperature, self.top_k, self.top_p, self.cfg_coef, bucket)
@@ -70,20 +100,32 @@ class WorkProgress:
 
 
 @dataclass(frozen=True)
-class WorkDone:
-    job_id: str
-    audio_path: str
-    """Relative to the data directory."""
-    report: dict[str, Any]
-    seed: int
-
-
-@dataclass(frozen=True)
 class WorkFailed:
     """A job failed because of the request or took too long: not retried."""
 
     job_id: str
     reason: str
+
+
+@dataclass(frozen=True)
+class MadeLoop:
+    """One loop file a worker wrote."""
+
+    loop_id: str
+    audio_path: str
+    """Relative to the data directory; the waveform PNG lies beside it."""
+    report: dict[str, Any]
+    seed: int
+    """The seed of the delivered candidate (best-of-N may deliver another than the one asked for)."""
+
+
+@dataclass(frozen=True)
+class WorkDone:
+    """A job made at least one loop; `failures` are its other loops (by loop id), which came out silent."""
+
+    job_id: str
+    loops: tuple[MadeLoop, ...]
+    failures: tuple[WorkFailed, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -127,3 +169,6 @@ class JobBackend(Protocol):
         """Jobs being worked on now."""
 
     def models(self) -> list[str]: ...
+
+    def resumed(self) -> dict[str, tuple[str, ...]]:
+        """Batches a previous run left that still run (worker name -> job ids), known once `start` returns."""

@@ -119,6 +119,9 @@ class ProcessWorkerPool:
     def models(self) -> list[str]:
         return sorted({model for worker in self._workers.values() for model in worker.models})
 
+    def resumed(self) -> dict[str, tuple[str, ...]]:
+        return {}  # the workers die with the service: nothing outlives it
+
     def worker_pids(self) -> list[int]:
         """Process ids of the live workers (for tests and operators)."""
         return [w.process.pid for w in self._workers.values() if w.process.pid is not None and w.process.is_alive()]

@@ -18,19 +18,23 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from contextlib import suppress
+from dataclasses import replace
 from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, select
+from sqlalchemy.orm import Session
 
 from ..config import Settings
 from ..storage import (
     Database,
     Generation,
+    GenerationKind,
     GenerationStatus,
     LoopReportFields,
     get_generation,
+    list_request_group,
     mark_cancelled,
     mark_done,
     mark_failed,
@@ -58,7 +62,9 @@ from .backend import (
     BackendEvent,
     BatchFinished,
     JobBackend,
+    MadeLoop,
     ModelUnavailable,
+    ParentLoop,
     WorkDone,
     WorkerLost,
     WorkerReady,
@@ -77,12 +83,53 @@ Listener = Callable[[JobEvent], object]
 """Called with every job event; may be a coroutine function."""
 
 
-def work_item(row: Generation) -> WorkItem:
+def work_item(rows: Sequence[Generation], request: JobRequest | None = None) -> WorkItem:
+    """A request's rows (one per variation, in order) as the job a worker runs; call it in a session.
+
+    The job's options come from `request`; rebuilt from the history alone (after a restart) a
+    replay is exact-seed and the format is WAV, as the rows do not keep them. A loopify's row
+    keeps its source file in `prompt_sent` (see `admission.check_request`).
+    """
+    first = rows[0]
+    loopify = first.kind is GenerationKind.LOOPIFY
     return WorkItem(
-        job_id=row.short_id, model=row.model, prompt_sent=row.prompt_sent, bpm=row.bpm, bars=row.bars,
-        beats_per_bar=row.beats_per_bar, seed=row.seed, temperature=row.temperature, top_k=row.top_k,
-        top_p=row.top_p, cfg_coef=row.cfg_coef,
+        job_id=first.short_id, model=first.model, prompt_sent=first.prompt_sent, bpm=first.bpm, bars=first.bars,
+        beats_per_bar=first.beats_per_bar, temperature=first.temperature, top_k=first.top_k, top_p=first.top_p,
+        cfg_coef=first.cfg_coef, loop_ids=tuple(row.short_id for row in rows), seeds=tuple(row.seed for row in rows),
+        exact_seed=request.exact_seed if request is not None else first.kind is GenerationKind.REPLAY,
+        audio_format=request.audio_format if request is not None else "wav",
+        source_audio=first.prompt_sent if loopify else None,
+        parent=parent_loop(first.parent) if first.kind is GenerationKind.VARIATION and first.parent else None,
     )
+
+
+def parent_loop(parent: Generation) -> ParentLoop:
+    """The loop a variation continues: its file while kept, and the parent as an exact-seed job to make it again."""
+    return ParentLoop(audio_path=parent.audio_path, remake=replace(work_item([parent]), exact_seed=True))
+
+
+def request_groups(rows: Sequence[Generation]) -> list[list[Generation]]:
+    """Rows (ordered by id) gathered into their requests, in order of each request's first row."""
+    groups: dict[str, list[Generation]] = {}
+    for row in rows:
+        groups.setdefault(row.request_group, []).append(row)
+    return list(groups.values())
+
+
+def claim_rows(session: Session, item: WorkItem, worker: str) -> bool:
+    """Mark every row of the job running on `worker`; False when they are no longer queued (cancelled)."""
+    return all([mark_running(session, loop_id, worker) for loop_id in item.loop_ids])
+
+
+def fail_request(session: Session, job_id: str, reason: str) -> bool:
+    """Fail every row of the request `job_id` that is still queued or running."""
+    return any([mark_failed(session, row.short_id, reason) for row in list_request_group(session, job_id)])
+
+
+def job_failures(session: Session, row_ids: Sequence[str]) -> list[tuple[str, str]]:
+    """(job id, reason) of the requests among failed rows: a request's other rows are not jobs of their own."""
+    rows = [get_generation(session, row_id) for row_id in row_ids]
+    return [(row.short_id, row.error or "") for row in rows if row is not None and row.short_id == row.request_group]
 
 
 def report_fields(report: dict[str, object]) -> LoopReportFields:
@@ -93,7 +140,11 @@ def report_fields(report: dict[str, object]) -> LoopReportFields:
 
 class QueueService:
     def __init__(self, settings: Settings, database: Database, backend: JobBackend | None = None) -> None:
-        if backend is None:
+        if backend is None and settings.queue.mode == "redis":
+            from .distributed import SaqBackend
+
+            backend = SaqBackend(settings)
+        elif backend is None:
             from .pool import ProcessWorkerPool
 
             backend = ProcessWorkerPool(settings)
@@ -106,6 +157,7 @@ class QueueService:
         self._admission = asyncio.Lock()
         self._subscribers: dict[str, list[asyncio.Queue[JobEvent]]] = {}
         self._listeners: list[Listener] = []
+        self._batch_listeners: list[Callable[[int, float], object]] = []
         self._backend_events: asyncio.Queue[BackendEvent] = asyncio.Queue()
         self._worker_free = asyncio.Event()
         self._arrived = asyncio.Event()
@@ -117,14 +169,16 @@ class QueueService:
 
     async def start(self) -> None:
         """Recover what a previous run left, start the workers and begin dispatching."""
-        rows, failed = await asyncio.to_thread(self._recover)
-        for row in rows:
+        # The backend starts first: a distributed one finds the batches still running from before.
+        await self.backend.start(self._backend_events.put_nowait)
+        jobs, running, failed = await asyncio.to_thread(self._recover, list(self.backend.resumed()))
+        for job in jobs:
             # Jobs submitted before `start` are in both the queue and the database.
-            if self._queue.position(row.short_id) is None:
-                self._queue.push(QueuedJob(work_item(row), row.user_id))
+            if self._queue.position(job.job_id) is None:
+                self._queue.push(job)
+        self._running.update((job.job_id, job) for job in running)
         for job_id, reason in failed:
             self._publish(JobFailed(job_id, reason))
-        await self.backend.start(self._backend_events.put_nowait)
         self._tasks = [
             asyncio.create_task(self._apply_backend_events(), name="queue-results"),
             asyncio.create_task(self._dispatch(), name="queue-dispatch"),
@@ -141,14 +195,17 @@ class QueueService:
         self._tasks = []
         await self.backend.stop()
 
-    def _recover(self) -> tuple[list[Generation], list[tuple[str, str]]]:
+    def _recover(self, resumed: Collection[str]) -> tuple[list[QueuedJob], list[QueuedJob], list[tuple[str, str]]]:
+        """Jobs to queue, jobs still running in batches the backend resumed, and jobs failed for good."""
         with self.database.session() as session:
-            recovery = recover_interrupted(session)
-            rows = list(session.scalars(
-                select(Generation).where(Generation.status == GenerationStatus.QUEUED).order_by(Generation.id)
-            ))
-            failed = [(job_id, get_generation(session, job_id).error or "") for job_id in recovery.failed]
-        return rows, failed
+            recovery = recover_interrupted(session, keep_workers=resumed)
+
+            def jobs(*conditions: ColumnElement[bool]) -> list[QueuedJob]:
+                rows = list(session.scalars(select(Generation).where(*conditions).order_by(Generation.id)))
+                return [QueuedJob(work_item(group), group[0].user_id) for group in request_groups(rows)]
+
+            running = jobs(Generation.status == GenerationStatus.RUNNING, Generation.worker.in_(resumed))
+            return jobs(Generation.status == GenerationStatus.QUEUED), running, job_failures(session, recovery.failed)
 
     # --- the public API -----------------------------------------------------------------------
 
@@ -168,7 +225,7 @@ class QueueService:
     def _admit(self, request: JobRequest) -> WorkItem | Refused:
         with self.database.session() as session:
             admitted = admit(session, self.settings, request)
-            return admitted if isinstance(admitted, Refused) else work_item(admitted)
+            return admitted if isinstance(admitted, Refused) else work_item(admitted, request)
 
     async def cancel(self, job_id: str, user_id: int) -> CancelResult:
         """Cancel a waiting or running job; only the user who asked for it may."""
@@ -187,7 +244,8 @@ class QueueService:
                 return CancelOutcome.NOT_FOUND
             if row.user_id != user_id:
                 return CancelOutcome.NOT_OWNER
-            return CancelOutcome.CANCELLED if mark_cancelled(session, job_id) else CancelOutcome.ALREADY_FINISHED
+            cancelled = [mark_cancelled(session, loop.short_id) for loop in list_request_group(session, row.request_group)]
+            return CancelOutcome.CANCELLED if any(cancelled) else CancelOutcome.ALREADY_FINISHED
 
     async def status(self) -> QueueStatus:
         depth = len(self._queue)
@@ -209,6 +267,10 @@ class QueueService:
     def add_listener(self, listener: Listener) -> None:
         """Receive every job's events (the bot's single entry point for progress messages)."""
         self._listeners.append(listener)
+
+    def add_batch_listener(self, listener: Callable[[int, float], object]) -> None:
+        """Receive every finished batch's job count and wall seconds (metrics)."""
+        self._batch_listeners.append(listener)
 
     def set_uploading(self, job_id: str, percent: float = 0.0) -> None:
         """The bot reports its upload of a finished loop, so subscribers see the last stage too."""
@@ -241,8 +303,13 @@ class QueueService:
                 if job_id in self._running:
                     self._publish(JobProgress(job_id, stage, event.percent))
         elif isinstance(event, WorkDone):
-            if await asyncio.to_thread(self._store_done, event) and self._running.pop(event.job_id, None):
-                self._publish(JobDone(event.job_id, [self.data_dir / event.audio_path], event.report, event.seed))
+            stored = await asyncio.to_thread(self._store_done, event)
+            if stored and self._running.pop(event.job_id, None):
+                self._publish(JobDone(
+                    event.job_id, [self.data_dir / loop.audio_path for loop in stored], stored[0].report, stored[0].seed,
+                    seeds=[loop.seed for loop in stored], reports=[loop.report for loop in stored],
+                    loop_ids=[loop.loop_id for loop in stored],
+                ))
         elif isinstance(event, WorkFailed):
             if await asyncio.to_thread(self._store_failed, event.job_id, event.reason):
                 self._running.pop(event.job_id, None)
@@ -251,6 +318,8 @@ class QueueService:
             await self._requeue_lost(event)
         elif isinstance(event, BatchFinished):
             self._batch_seconds.append(event.seconds)
+            for listener in self._batch_listeners:
+                listener(event.jobs, event.seconds)
             self._worker_free.set()
         elif isinstance(event, WorkerReady):
             self._suggested_batch_size = event.batch_size
@@ -258,21 +327,26 @@ class QueueService:
         elif isinstance(event, ModelUnavailable):
             log.error("worker %s: %s", event.worker, event.reason)
 
-    def _store_done(self, event: WorkDone) -> bool:
+    def _store_done(self, event: WorkDone) -> list[MadeLoop]:
+        """Record the job's loops (and its silent ones as failed); the loops stored, none if it was cancelled."""
         with self.database.session() as session:
-            return mark_done(session, event.job_id, audio_path=event.audio_path, report=report_fields(event.report))
+            for failure in event.failures:
+                mark_failed(session, failure.job_id, failure.reason)
+            return [
+                loop for loop in event.loops
+                if mark_done(session, loop.loop_id, audio_path=loop.audio_path, report=report_fields(loop.report), seed=loop.seed)
+            ]
 
     def _store_failed(self, job_id: str, reason: str) -> bool:
         with self.database.session() as session:
-            return mark_failed(session, job_id, reason)
+            return fail_request(session, job_id, reason)
 
     async def _requeue_lost(self, event: WorkerLost) -> None:
         """The worker died: its jobs go back to the front of their users' lines once, then fail."""
         def recover() -> tuple[list[str], list[tuple[str, str]]]:
             with self.database.session() as session:
                 recovery = recover_interrupted(session, worker=event.worker)
-                failed = [(job_id, get_generation(session, job_id).error or "") for job_id in recovery.failed]
-            return recovery.requeued, failed
+                return recovery.requeued, job_failures(session, recovery.failed)
 
         requeued, failed = await asyncio.to_thread(recover)
         for job_id in reversed(requeued):
@@ -319,7 +393,7 @@ class QueueService:
     async def _start_batch(self, worker: str, batch: Sequence[QueuedJob]) -> None:
         def claim() -> list[str]:
             with self.database.session() as session:
-                return [job.job_id for job in batch if mark_running(session, job.job_id, worker)]
+                return [job.job_id for job in batch if claim_rows(session, job.item, worker)]
 
         claimed = set(await asyncio.to_thread(claim))
         jobs = [job for job in batch if job.job_id in claimed]  # the others were cancelled meanwhile

@@ -21,6 +21,7 @@ from .repository import (
     mark_delivered,
     mark_done,
     mark_failed,
+    mark_request_delivered,
     mark_running,
     new_short_id,
     pending_deliveries,
@@ -33,7 +34,7 @@ __all__ = [
     "GuildSettingsChanges", "LoopReportFields", "NewGeneration", "RecoveryResult", "SweepResult",
     "count_queued", "create_generation", "create_generations", "database_url", "get_generation",
     "get_guild_settings", "list_history", "list_request_group", "mark_cancelled", "mark_delivered",
-    "mark_done", "mark_failed", "mark_running", "new_short_id", "pending_deliveries",
+    "mark_done", "mark_failed", "mark_request_delivered", "mark_running", "new_short_id", "pending_deliveries",
     "record_delivery_failure", "recover_interrupted", "redact", "sweep_audio", "upsert_guild_settings",
     "utcnow",
 ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -71,6 +72,7 @@ def recover_interrupted(
     session: Session,
     *,
     worker: str | None = None,
+    keep_workers: Collection[str] = (),
     max_attempts: int = DEFAULT_MAX_ATTEMPTS,
     error: str = INTERRUPTED_ERROR,
 ) -> RecoveryResult:
@@ -78,11 +80,14 @@ def recover_interrupted(
 
     `attempts` counts the starts (`mark_running`), so with the default of 2 a job interrupted
     once is retried and a job interrupted again fails with `error`. `worker` limits recovery to
-    the jobs of one dead worker, for when others are still alive.
+    the jobs of one dead worker, for when others are still alive; `keep_workers` leaves the jobs
+    of those running (a distributed backend's batches that outlived the service).
     """
     query = select(Generation).where(Generation.status == GenerationStatus.RUNNING).order_by(Generation.id)
     if worker is not None:
         query = query.where(Generation.worker == worker)
+    if keep_workers:
+        query = query.where(Generation.worker.not_in(keep_workers))
     requeued: list[str] = []
     failed: list[str] = []
     for generation in session.scalars(query.with_for_update()).all():

@@ -156,11 +156,19 @@ def mark_running(session: Session, short_id: str, worker: str) -> bool:
     return claimed is not None
 
 
-def mark_done(session: Session, short_id: str, *, audio_path: str, report: LoopReportFields) -> bool:
-    """Store the result of a running job and queue its delivery; False when it was not running."""
+def mark_done(
+    session: Session, short_id: str, *, audio_path: str, report: LoopReportFields, seed: int | None = None
+) -> bool:
+    """Store the result of a running job and queue its delivery; False when it was not running.
+
+    `seed` is the seed of the candidate delivered, when best-of-N chose another than the row's:
+    stored, so that `/replay` reproduces the loop users heard.
+    """
+    delivered = {} if seed is None else {"seed": seed}
     generation_id = _transition(
         session, short_id, [GenerationStatus.RUNNING],
         status=GenerationStatus.DONE, finished_at=utcnow(), audio_path=audio_path, error=None, **asdict(report),
+        **delivered,
     )
     return _queue_delivery(session, generation_id)
 
@@ -287,6 +295,21 @@ def mark_delivered(
     if message_id is not None:
         delivery.generation.posted_message_id = message_id
         delivery.generation.posted_channel_id = channel_id
+
+
+def mark_request_delivered(
+    session: Session, request_group: str, *, message_id: int | None = None, channel_id: int | None = None
+) -> int:
+    """Record that every pending result of one request (its variations) was posted; returns how many."""
+    query = (
+        select(Delivery.id)
+        .join(Generation, Delivery.generation_id == Generation.id)
+        .where(Generation.request_group == request_group, Delivery.delivered_at.is_(None))
+    )
+    delivery_ids = list(session.scalars(query))
+    for delivery_id in delivery_ids:
+        mark_delivered(session, delivery_id, message_id=message_id, channel_id=channel_id)
+    return len(delivery_ids)
 
 
 def record_delivery_failure(session: Session, delivery_id: int, error: str) -> None:

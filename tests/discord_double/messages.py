@@ -246,10 +246,11 @@ def interaction_metadata(interaction: JSON) -> dict[str, Any]:
         "user": user,
         "authorizing_integration_owners": interaction.get("authorizing_integration_owners", {}),
     }
-    legacy: JSON = {"id": interaction["id"], "type": interaction["type"], "user": user}
     if interaction["type"] == 2:
         metadata |= {"name": interaction["data"]["name"], "command_type": interaction["data"].get("type", 1)}
-        legacy["name"] = interaction["data"]["name"]
-    elif interaction["type"] == 3 and "message" in interaction:
+        # The legacy field has a command name, so Discord only sends it for application commands.
+        legacy = {"id": interaction["id"], "type": interaction["type"], "user": user, "name": interaction["data"]["name"]}
+        return {"interaction_metadata": metadata, "interaction": legacy}
+    if interaction["type"] == 3 and "message" in interaction:
         metadata["interacted_message_id"] = interaction["message"]["id"]
-    return {"interaction_metadata": metadata, "interaction": legacy}
+    return {"interaction_metadata": metadata}

@@ -1,0 +1,215 @@
+"""The LoopJam bot: a discord.py `commands.Bot` whose features live in cogs under `bot/cogs/`."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import typing as tp
+from pathlib import Path
+
+import discord
+from aiohttp import web
+from discord.ext import commands
+
+from generation.config import Settings
+from generation.jobs.api import JobDone
+from generation.metrics import start_metrics_server
+from generation.storage import Database, Generation, get_generation, mark_request_delivered, pending_deliveries
+
+from . import embeds
+from .errors import LoopJamTree
+from .text import NO_PINGS, requester_only
+from .tracker import JobTracker, TrackedJob, send_result
+from .views import LoopActionButton, CancelButton, result_view
+
+if tp.TYPE_CHECKING:
+    from generation.jobs.service import QueueService
+
+log = logging.getLogger(__name__)
+
+
+class _WithoutVoiceWarnings(logging.Filter):
+    """LoopJam never joins voice, so discord.py's "PyNaCl is not installed" warnings are noise."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "voice will NOT be supported" not in record.getMessage()
+
+
+logging.getLogger("discord.client").addFilter(_WithoutVoiceWarnings())
+
+EXTENSIONS = ("bot.cogs.loops", "bot.cogs.history", "bot.cogs.status", "bot.cogs.admin")
+SCHEMA_HASH_FILE = "commands.sha256"
+
+
+def intents() -> discord.Intents:
+    """Guilds only: slash commands need no privileged intent (no members, no message content)."""
+    chosen = discord.Intents.none()
+    chosen.guilds = True
+    return chosen
+
+
+class LoopJamBot(commands.Bot):
+    def __init__(self, settings: Settings, service: "QueueService", database: Database, *, sync_guild: int | None = None) -> None:
+        super().__init__(
+            command_prefix=commands.when_mentioned,
+            intents=intents(),
+            tree_cls=LoopJamTree,
+            allowed_mentions=NO_PINGS,
+            help_command=None,
+        )
+        self.settings = settings
+        self.service = service
+        self.database = database
+        self.sync_guild = sync_guild or settings.discord.sync_guild
+        self.tracker = JobTracker(self)
+        self.metrics: web.AppRunner | None = None
+
+    async def load_cogs(self) -> None:
+        for extension in EXTENSIONS:
+            await self.load_extension(extension)
+        self.add_dynamic_items(LoopActionButton, CancelButton)
+
+    async def setup_hook(self) -> None:
+        await self.load_cogs()
+        await self.sync_commands_if_changed()
+        self.service.add_listener(self.tracker.on_event)
+        self.metrics = await start_metrics_server(self.settings.metrics, self.service)
+        await self.service.start()
+        self.loop.create_task(self.deliver_pending())
+
+    async def close(self) -> None:
+        await self.service.stop()
+        if self.metrics is not None:
+            await self.metrics.cleanup()
+        await super().close()
+
+    async def in_db(self, work: tp.Callable[..., tp.Any], *args: tp.Any) -> tp.Any:
+        """Run `work(session, *args)` in one database unit of work, off the event loop."""
+
+        def unit() -> tp.Any:
+            with self.database.session() as session:
+                return work(session, *args)
+
+        return await asyncio.to_thread(unit)
+
+    # --- command sync ---------------------------------------------------------------------
+
+    def command_schema(self) -> list[dict[str, tp.Any]]:
+        return [command.to_dict(self.tree) for command in self.tree.get_commands()]
+
+    async def sync_commands_if_changed(self) -> None:
+        """Sync to one guild when asked (instant, for development); globally only when the schema changed."""
+        if self.sync_guild:
+            guild = discord.Object(self.sync_guild)
+            self.tree.copy_global_to(guild=guild)
+            await self.tree.sync(guild=guild)
+            return
+        digest = hashlib.sha256(json.dumps(self.command_schema(), sort_keys=True).encode()).hexdigest()
+        stamp = Path(self.settings.storage.data_dir) / SCHEMA_HASH_FILE
+        if stamp.is_file() and stamp.read_text().strip() == digest:
+            log.info("command schema unchanged; not syncing")
+            return
+        await self.tree.sync()
+        stamp.parent.mkdir(parents=True, exist_ok=True)
+        stamp.write_text(digest)
+
+    # --- results --------------------------------------------------------------------------
+
+    async def channel_for(self, channel_id: int) -> discord.abc.Messageable:
+        return self.get_channel(channel_id) or await self.fetch_channel(channel_id)
+
+    async def post_result(self, job_id: str, done: JobDone, tracked: TrackedJob | None) -> None:
+        """Post a finished loop where its request was made, and record where it went."""
+        found = await self.in_db(_row_and_credit, job_id)
+        if found is None or found[0].channel_id is None:
+            return
+        row, credit = found
+        channel = await self.channel_for(row.channel_id)
+        guild = getattr(channel, "guild", None)
+        limit = guild.filesize_limit if guild is not None else discord.utils.DEFAULT_FILE_SIZE_LIMIT_BYTES
+        request = embeds.request_line(row.prompt, row.bpm, row.bars, row.beats_per_bar)
+        seconds = row.bars * row.beats_per_bar * 60.0 / row.bpm
+        embed = embeds.result_embed(job_id, request, done.report, done.seed, row.model, seconds, credit)
+        if tracked is not None and tracked.token_alive():
+            self.service.set_uploading(job_id)
+            await tracked.interaction.edit_original_response(
+                embed=embeds.progress_embed(job_id, request, "uploading", 100.0), view=None
+            )
+            message = await send_result(tracked.interaction.followup, done.files, limit, embed, result_view(job_id), None)
+            await tracked.interaction.edit_original_response(
+                embed=discord.Embed(title="Done", description=f"{request}\n\n[Jump to the loop]({message.jump_url})"),
+            )
+        else:
+            # The interaction token is gone (late result, or a restart): a new message that pings
+            # only the requester.
+            requester = discord.Object(row.user_id)
+            message = await send_result(channel, done.files, limit, embed, result_view(job_id), requester)
+        await self.in_db(_record_posted, job_id, message.id, message.channel.id)
+
+    async def post_failure(self, job_id: str, reason: str, tracked: TrackedJob | None) -> None:
+        """Say why a job failed: on its queue message while the token lives, else to the requester."""
+        row = await self.in_db(get_generation, job_id)
+        if row is None or row.channel_id is None:
+            return
+        request = embeds.request_line(row.prompt, row.bpm, row.bars, row.beats_per_bar)
+        embed = embeds.failed_embed(job_id, request, reason)
+        if tracked is not None and tracked.token_alive():
+            await tracked.interaction.edit_original_response(embed=embed, view=None)
+        else:
+            channel = await self.channel_for(row.channel_id)
+            await channel.send(content=f"<@{row.user_id}>", embed=embed, allowed_mentions=requester_only(discord.Object(row.user_id)))
+        await self.in_db(_record_posted, job_id, None, None)
+
+    async def deliver_pending(self) -> None:
+        """Post what finished while the bot was away: one message per request, as when it is here."""
+        await self.wait_until_ready()
+        for job_id, outcome in await self.in_db(_pending_outcomes, Path(self.settings.storage.data_dir)):
+            try:
+                if isinstance(outcome, JobDone):
+                    await self.post_result(job_id, outcome, None)
+                else:
+                    await self.post_failure(job_id, outcome, None)
+            except discord.HTTPException:
+                log.exception("could not deliver %s", job_id)
+
+
+def _pending_outcomes(session: tp.Any, data_dir: Path) -> list[tuple[str, JobDone | str]]:
+    """Each undelivered request (by its first row's id) with its result, or its error message."""
+    rows: dict[str, list[Generation]] = {}
+    for delivery in pending_deliveries(session, limit=200):
+        rows.setdefault(delivery.generation.request_group, []).append(delivery.generation)
+    outcomes: list[tuple[str, JobDone | str]] = []
+    for job_id, group in rows.items():
+        done = [row for row in group if row.audio_path]
+        if done:
+            reports = [report_of(row) for row in done]
+            files = [data_dir / row.audio_path for row in done]
+            seeds = [row.seed for row in done]
+            outcomes.append((job_id, JobDone(job_id, files, reports[0], seeds[0], seeds=seeds, reports=reports)))
+        else:
+            outcomes.append((job_id, group[0].error or "This loop could not be made."))
+    return outcomes
+
+
+def report_of(row: "Generation") -> dict[str, tp.Any]:
+    """The loop report as stored with a finished row, in the worker's field names."""
+    names = ("source_bpm", "stretch_ratio", "source_start_seconds", "downbeat_confidence", "seam_score",
+             "tempo_stability", "loudness_lufs", "verdict")
+    return {**{name: getattr(row, name) for name in names}, "reason": row.verdict_reason}
+
+
+def _row_and_credit(session: tp.Any, job_id: str) -> tuple["Generation", str] | None:
+    """The job's row and who to credit: the requester, and the parent's author for a button press."""
+    row = get_generation(session, job_id)
+    if row is None:
+        return None
+    credit = f"by <@{row.user_id}>"
+    if row.parent is not None and row.parent.user_id != row.user_id:
+        credit += f", {row.kind.value} of <@{row.parent.user_id}>'s loop"
+    return row, credit
+
+
+def _record_posted(session: tp.Any, job_id: str, message_id: int | None, channel_id: int | None) -> None:
+    mark_request_delivered(session, job_id, message_id=message_id, channel_id=channel_id)

@@ -1,0 +1,111 @@
+"""/settings: a server's own limits, channels, model and longest loop (Manage Server only)."""
+
+from __future__ import annotations
+
+import typing as tp
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from generation.storage import get_guild_settings, upsert_guild_settings
+
+from .. import embeds
+from ..errors import UserFacingError
+
+if tp.TYPE_CHECKING:
+    from ..client import LoopJamBot
+
+
+@app_commands.guild_only()
+@app_commands.default_permissions(manage_guild=True)
+class Settings(commands.GroupCog, group_name="settings", group_description="LoopJam's settings for this server"):
+    def __init__(self, bot: "LoopJamBot") -> None:
+        self.bot = bot
+        super().__init__()
+
+    async def interaction_check(self, interaction: discord.Interaction) -> bool:
+        """Servers can hand /settings to other roles in Discord; LoopJam still asks for Manage Server."""
+        if not interaction.permissions.manage_guild:
+            raise app_commands.MissingPermissions(["manage_guild"])
+        return True
+
+    async def _change(self, interaction: discord.Interaction, **changes: tp.Any) -> None:
+        row = await self.bot.in_db(lambda session: upsert_guild_settings(session, interaction.guild_id, **changes))
+        await interaction.response.send_message("Saved.", embed=self.describe(row), ephemeral=True)
+
+    def describe(self, row: tp.Any) -> discord.Embed:
+        queue = self.bot.settings.queue
+        embed = discord.Embed(title="LoopJam settings for this server", colour=embeds.COLOUR)
+
+        def value(override: tp.Any, default: tp.Any) -> str:
+            return f"{override:g} (server)" if override is not None else f"{default:g} (default)"
+
+        get = (lambda name: getattr(row, name) if row is not None else None)
+        embed.add_field(name="Loops per user", value=f"{value(get('rate_limit_jobs'), queue.rate_limit_jobs)} "
+                                                      f"every {value(get('rate_limit_window_s'), queue.rate_limit_window_s)} s")
+        embed.add_field(name="Queued per user", value=value(get("max_queued_per_user"), queue.max_queued_per_user))
+        embed.add_field(name="Longest loop", value=value(get("max_bars"), 8) + " bars")
+        embed.add_field(name="Default model", value=get("default_model") or self.bot.settings.model.name)
+        channels = get("allowed_channel_ids") or []
+        embed.add_field(name="Channels", value=", ".join(f"<#{c}>" for c in channels) or "all", inline=False)
+        roles = get("exempt_role_ids") or []
+        embed.add_field(name="Roles without limits", value=", ".join(f"<@&{r}>" for r in roles) or "none", inline=False)
+        return embed
+
+    @app_commands.command(name="show", description="Show this server's settings.")
+    async def show(self, interaction: discord.Interaction) -> None:
+        row = await self.bot.in_db(get_guild_settings, interaction.guild_id)
+        await interaction.response.send_message(embed=self.describe(row), ephemeral=True)
+
+    @app_commands.command(name="limits", description="Loops per user per time window, and queued loops per user.")
+    @app_commands.describe(jobs="Loops a user may ask for in the window", window_minutes="The window, in minutes",
+                           queued="Loops a user may have waiting at once")
+    async def limits(self, interaction: discord.Interaction, jobs: app_commands.Range[int, 1, 100] | None = None,
+                     window_minutes: app_commands.Range[float, 1, 1440] | None = None,
+                     queued: app_commands.Range[int, 1, 20] | None = None) -> None:
+        changes: dict[str, tp.Any] = {}
+        if jobs is not None:
+            changes["rate_limit_jobs"] = jobs
+        if window_minutes is not None:
+            changes["rate_limit_window_s"] = window_minutes * 60
+        if queued is not None:
+            changes["max_queued_per_user"] = queued
+        if not changes:
+            raise UserFacingError("Give at least one of jobs, window_minutes or queued.")
+        await self._change(interaction, **changes)
+
+    @app_commands.command(name="channel", description="Allow or stop loops in a channel (none allowed = every channel).")
+    @app_commands.choices(action=[app_commands.Choice(name="allow", value="allow"), app_commands.Choice(name="remove", value="remove")])
+    async def channel(self, interaction: discord.Interaction, action: str, channel: discord.TextChannel) -> None:
+        row = await self.bot.in_db(get_guild_settings, interaction.guild_id)
+        channels = set(row.allowed_channel_ids if row is not None else [])
+        channels = channels | {channel.id} if action == "allow" else channels - {channel.id}
+        await self._change(interaction, allowed_channel_ids=sorted(channels))
+
+    @app_commands.command(name="exempt-role", description="Let a role skip the per-user limits, or stop it.")
+    @app_commands.choices(action=[app_commands.Choice(name="add", value="add"), app_commands.Choice(name="remove", value="remove")])
+    async def exempt_role(self, interaction: discord.Interaction, action: str, role: discord.Role) -> None:
+        row = await self.bot.in_db(get_guild_settings, interaction.guild_id)
+        roles = set(row.exempt_role_ids if row is not None else [])
+        roles = roles | {role.id} if action == "add" else roles - {role.id}
+        await self._change(interaction, exempt_role_ids=sorted(roles))
+
+    @app_commands.command(name="model", description="The model /loop uses when none is chosen.")
+    async def model(self, interaction: discord.Interaction, name: str) -> None:
+        if name not in self.bot.settings.model.allowed:
+            raise UserFacingError(f"Choose one of: {', '.join(self.bot.settings.model.allowed)}.")
+        await self._change(interaction, default_model=name)
+
+    @model.autocomplete("name")
+    async def model_names(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
+        return [app_commands.Choice(name=m[:100], value=m) for m in self.bot.settings.model.allowed if current.lower() in m.lower()][:25]
+
+    @app_commands.command(name="max-bars", description="The longest loop members may ask for.")
+    @app_commands.choices(bars=[app_commands.Choice(name=str(n), value=n) for n in (1, 2, 4, 8)])
+    async def max_bars(self, interaction: discord.Interaction, bars: int) -> None:
+        await self._change(interaction, max_bars=bars)
+
+
+async def setup(bot: "LoopJamBot") -> None:
+    await bot.add_cog(Settings(bot))

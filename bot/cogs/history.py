@@ -1,0 +1,87 @@
+"""/history and /replay."""
+
+from __future__ import annotations
+
+import typing as tp
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from generation.jobs.api import JobRequest
+from generation.storage import GenerationKind, get_generation, list_history
+
+from .. import embeds
+from ..errors import UserFacingError
+from ..text import NO_PINGS, quote
+from ..views import HistoryPages
+
+if tp.TYPE_CHECKING:
+    from ..client import LoopJamBot
+
+PAGE_SIZE = 8
+
+
+class History(commands.Cog):
+    def __init__(self, bot: "LoopJamBot") -> None:
+        self.bot = bot
+
+    @app_commands.command(name="history", description="Browse the loops made here.")
+    @app_commands.guild_only()
+    @app_commands.describe(scope="Your loops or the whole server's (default: yours)", search="Only prompts containing this")
+    @app_commands.choices(scope=[app_commands.Choice(name="mine", value="mine"), app_commands.Choice(name="server", value="server")])
+    async def history(self, interaction: discord.Interaction, scope: str = "mine", search: app_commands.Range[str, 1, 100] | None = None) -> None:
+        user_id = interaction.user.id if scope == "mine" else None
+        guild_id = interaction.guild_id
+
+        async def page(number: int) -> tuple[discord.Embed, bool]:
+            rows = await self.bot.in_db(
+                lambda session: list_history(session, user_id=user_id, guild_id=guild_id, search=search,
+                                             limit=PAGE_SIZE + 1, offset=number * PAGE_SIZE)
+            )
+            return history_embed(rows[:PAGE_SIZE], number, scope, search, interaction.guild_id), len(rows) > PAGE_SIZE
+
+        embed, has_next = await page(0)
+        view = HistoryPages(interaction.user.id, page, has_next)
+        await interaction.response.send_message(embed=embed, view=view, ephemeral=scope == "mine", allowed_mentions=NO_PINGS)
+
+    @app_commands.command(name="replay", description="Make a loop from the history again (same seed unless you give one).")
+    @app_commands.guild_only()
+    @app_commands.describe(id="The loop's id, as shown under it and in /history", seed="Another seed (default: the same)")
+    async def replay(self, interaction: discord.Interaction, id: app_commands.Range[str, 1, 32],
+                     seed: app_commands.Range[int, 0, 2**53 - 1] | None = None) -> None:
+        row = await self.bot.in_db(get_generation, id.strip())
+        if row is None:
+            raise UserFacingError(f"There is no loop with the id {quote(id, 40)}. /history lists them.")
+        request = JobRequest(
+            user_id=interaction.user.id, prompt=row.prompt, bpm=row.bpm, bars=row.bars, beats_per_bar=row.beats_per_bar,
+            guild_id=interaction.guild_id, channel_id=interaction.channel_id,
+            role_ids=self.bot.get_cog("Loops").role_ids(interaction),
+            model=row.model, temperature=row.temperature, top_k=row.top_k, top_p=row.top_p, cfg_coef=row.cfg_coef,
+            seed=row.seed if seed is None else seed, exact_seed=seed is None,
+            kind=GenerationKind.REPLAY, parent_id=row.short_id,
+        )
+        await self.bot.get_cog("Loops").enqueue(interaction, request)
+
+
+def history_embed(rows: list[tp.Any], page: int, scope: str, search: str | None, guild_id: int | None) -> discord.Embed:
+    title = "Your loops" if scope == "mine" else "Loops on this server"
+    if search:
+        title += f" matching “{quote(search, 50)}”"
+    embed = discord.Embed(title=title, colour=embeds.COLOUR)
+    if not rows:
+        embed.description = "Nothing here yet. Make one with /loop." if page == 0 else "No more loops."
+    for row in rows:
+        when = discord.utils.format_dt(row.created_at, "R")
+        by = f" · by <@{row.user_id}>" if scope == "server" else ""
+        link = ""
+        if row.posted_message_id and row.posted_channel_id and guild_id:
+            link = f" · [listen](https://discord.com/channels/{guild_id}/{row.posted_channel_id}/{row.posted_message_id})"
+        name = f"`{row.short_id}` · {row.bpm:g} BPM · {row.bars} bars · {row.status.value}"
+        embed.add_field(name=name, value=f"{quote(row.prompt, 120)}\n{when}{by}{link}", inline=False)
+    embed.set_footer(text=f"page {page + 1}")
+    return embed
+
+
+async def setup(bot: "LoopJamBot") -> None:
+    await bot.add_cog(History(bot))

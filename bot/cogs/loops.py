@@ -1,0 +1,231 @@
+"""/loop, /loopify and the buttons under a loop: everything that puts a job on the queue."""
+
+from __future__ import annotations
+
+import typing as tp
+
+import aiohttp
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from generation.audio_io import audio_duration
+from generation.config import BPM_MAX, BPM_MIN, PROMPT_MAX_CHARS
+from generation.jobs.api import Accepted, JobRequest, Refused, RefusalKind
+from generation.storage import GenerationKind, get_generation, get_guild_settings, list_history
+
+from .. import embeds
+from ..errors import RateLimited, UserFacingError
+from ..text import NO_PINGS, quote
+from ..tracker import TrackedJob
+from ..views import cancel_view
+
+if tp.TYPE_CHECKING:
+    from ..client import LoopJamBot
+
+BEATS_BY_METER = {"4/4": 4, "3/4": 3, "6/8": 6}
+REQUIRED_PERMISSIONS = discord.Permissions(send_messages=True, attach_files=True, embed_links=True, view_channel=True)
+AUDIO_TYPES = ("audio/", "video/ogg", "application/ogg")
+MAX_UPLOAD_BYTES = 25 * 1024 * 1024
+MAX_UPLOAD_SECONDS = 600
+
+BARS_CHOICES = [app_commands.Choice(name=f"{n} bar{'s' if n > 1 else ''}", value=n) for n in (1, 2, 4, 8)]
+METER_CHOICES = [app_commands.Choice(name=meter, value=meter) for meter in BEATS_BY_METER]
+FORMAT_CHOICES = [app_commands.Choice(name=name, value=value) for name, value in
+                  (("WAV", "wav"), ("FLAC", "flac"), ("OGG Vorbis", "ogg"))]
+
+
+class Loops(commands.Cog):
+    def __init__(self, bot: "LoopJamBot") -> None:
+        self.bot = bot
+
+    # --- checks shared by every way of queueing -------------------------------------------------
+
+    async def check_channel(self, interaction: discord.Interaction) -> None:
+        """Refuse before queueing when the loop could not be posted here."""
+        if interaction.guild_id is None:
+            raise UserFacingError("LoopJam makes loops in servers, not in direct messages.")
+        missing = [name for name, needed in REQUIRED_PERMISSIONS if needed and not getattr(interaction.app_permissions, name)]
+        if missing:
+            words = ", ".join(name.replace("_", " ") for name in missing)
+            raise UserFacingError(f"I can't post loops in this channel: I need the {words} permission here.")
+        guild = await self.bot.in_db(get_guild_settings, interaction.guild_id)
+        allowed = guild.allowed_channel_ids if guild is not None else None
+        if allowed and interaction.channel_id not in allowed:
+            channels = ", ".join(f"<#{channel}>" for channel in allowed)
+            raise UserFacingError(f"Loops are made in {channels} on this server.")
+
+    def role_ids(self, interaction: discord.Interaction) -> frozenset[int]:
+        roles = getattr(interaction.user, "roles", None) or []
+        return frozenset(role.id for role in roles)
+
+    async def enqueue(self, interaction: discord.Interaction, request: JobRequest) -> None:
+        """Submit, answer with the queue position (or the refusal), and follow the job."""
+        await self.check_channel(interaction)
+        guild = await self.bot.in_db(get_guild_settings, interaction.guild_id)
+        if guild is not None and guild.max_bars is not None and request.bars > guild.max_bars:
+            raise UserFacingError(f"This server allows loops of up to {guild.max_bars} bars.")
+        result = await self.bot.service.submit(request)
+        if isinstance(result, Refused):
+            if result.reason is RefusalKind.RATE_LIMITED and result.retry_after is not None:
+                raise RateLimited(result.message, result.retry_after)
+            raise UserFacingError(result.message)
+        assert isinstance(result, Accepted)
+        line = embeds.request_line(request.prompt, request.bpm, request.bars, request.beats_per_bar)
+        embed = embeds.queued_embed(result.job_id, line, result.position, result.eta_seconds, interaction.user)
+        self.bot.tracker.track(TrackedJob(result.job_id, line, interaction))
+        await interaction.response.send_message(embed=embed, view=cancel_view(result.job_id), allowed_mentions=NO_PINGS)
+
+    # --- /loop ----------------------------------------------------------------------------------
+
+    @app_commands.command(name="loop", description="Make a loop that repeats seamlessly at an exact tempo.")
+    @app_commands.guild_only()
+    @app_commands.describe(
+        prompt="What it should sound like, e.g. “dusty boom bap, vinyl crackle”",
+        bpm=f"Tempo in beats per minute, {BPM_MIN:g} to {BPM_MAX:g} (decimals allowed)",
+        bars="Length in bars (default 4)",
+        meter="Time signature (default 4/4)",
+        variations="How many different loops to make at once (1-4)",
+        temperature="Sampling temperature: lower is safer, higher is wilder (default 1.0)",
+        top_k="Sample from the k most likely tokens (default 250)",
+        top_p="Sample from the smallest set reaching this probability (0 = off)",
+        cfg="How closely to follow the prompt (default 3.0)",
+        seed="Seed, to get the same loop again",
+        model="Which MusicGen model to use",
+        format="Audio format of the file (default WAV)",
+    )
+    @app_commands.choices(bars=BARS_CHOICES, meter=METER_CHOICES, format=FORMAT_CHOICES)
+    async def loop(
+        self,
+        interaction: discord.Interaction,
+        prompt: app_commands.Range[str, 1, PROMPT_MAX_CHARS],
+        bpm: app_commands.Range[float, BPM_MIN, BPM_MAX],
+        bars: int = 4,
+        meter: str = "4/4",
+        variations: app_commands.Range[int, 1, 4] = 1,
+        temperature: app_commands.Range[float, 0.05, 2.0] | None = None,
+        top_k: app_commands.Range[int, 0, 2048] | None = None,
+        top_p: app_commands.Range[float, 0.0, 1.0] | None = None,
+        cfg: app_commands.Range[float, 0.0, 10.0] | None = None,
+        seed: app_commands.Range[int, 0, 2**53 - 1] | None = None,
+        model: str | None = None,
+        format: str = "wav",
+    ) -> None:
+        allowed_models = self.bot.settings.model.allowed
+        if model is not None and model not in allowed_models:
+            raise UserFacingError(f"Unknown model. Choose one of: {', '.join(allowed_models)}.")
+        request = JobRequest(
+            user_id=interaction.user.id, prompt=prompt, bpm=bpm, bars=bars, beats_per_bar=BEATS_BY_METER[meter],
+            guild_id=interaction.guild_id, channel_id=interaction.channel_id, role_ids=self.role_ids(interaction),
+            model=model, seed=seed, temperature=temperature, top_k=top_k, top_p=top_p, cfg_coef=cfg,
+            variations=variations, audio_format=format,
+        )
+        await self.enqueue(interaction, request)
+
+    @loop.autocomplete("prompt")
+    async def recent_prompts(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
+        rows = await self.bot.in_db(
+            lambda session: list_history(session, user_id=interaction.user.id, search=current or None, limit=25)
+        )
+        unique = list(dict.fromkeys(row.prompt for row in rows))[:25]
+        return [app_commands.Choice(name=prompt[:100], value=prompt[:PROMPT_MAX_CHARS]) for prompt in unique]
+
+    @loop.autocomplete("model")
+    async def configured_models(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
+        return [app_commands.Choice(name=m[:100], value=m) for m in self.bot.settings.model.allowed if current.lower() in m.lower()][:25]
+
+    # --- /loopify -------------------------------------------------------------------------------
+
+    @app_commands.command(name="loopify", description="Make an exact-tempo loop from an audio file you upload.")
+    @app_commands.guild_only()
+    @app_commands.describe(file="An audio file (WAV, FLAC, OGG, MP3), at most 10 minutes", bpm="Its tempo in BPM",
+                           bars="Length of the loop in bars (default 4)", meter="Time signature (default 4/4)")
+    @app_commands.choices(bars=BARS_CHOICES, meter=METER_CHOICES)
+    async def loopify(
+        self,
+        interaction: discord.Interaction,
+        file: discord.Attachment,
+        bpm: app_commands.Range[float, BPM_MIN, BPM_MAX],
+        bars: int = 4,
+        meter: str = "4/4",
+    ) -> None:
+        content_type = file.content_type or ""
+        if not content_type.startswith(AUDIO_TYPES):
+            raise UserFacingError(f"{quote(file.filename, 80)} is not an audio file. Upload WAV, FLAC, OGG or MP3.")
+        if file.size > MAX_UPLOAD_BYTES:
+            raise UserFacingError(f"That file is {file.size // (1024 * 1024)} MB; the limit is {MAX_UPLOAD_BYTES // (1024 * 1024)} MB.")
+        await self.check_channel(interaction)
+        source = await self.download(file)
+        request = JobRequest(
+            user_id=interaction.user.id, prompt=f"loopify: {file.filename}", bpm=bpm, bars=bars,
+            beats_per_bar=BEATS_BY_METER[meter], guild_id=interaction.guild_id, channel_id=interaction.channel_id,
+            role_ids=self.role_ids(interaction), source_audio=str(source),
+        )
+        await self.enqueue(interaction, request)
+
+    async def download(self, attachment: discord.Attachment) -> str:
+        """Fetch an uploaded file into the data directory with aiohttp; returns its path."""
+        uploads = self.bot.settings.storage.data_dir / "uploads"
+        uploads.mkdir(parents=True, exist_ok=True)
+        target = uploads / f"{attachment.id}-{discord.utils.remove_markdown(attachment.filename).replace('/', '_')}"
+        async with aiohttp.ClientSession() as session, session.get(attachment.url) as response:
+            if response.status != 200:
+                raise UserFacingError("I couldn't download that file from Discord. Please upload it again.")
+            target.write_bytes(await response.read())
+        try:
+            seconds = audio_duration(target)
+        except (RuntimeError, OSError):  # soundfile's error for a file it cannot parse
+            target.unlink(missing_ok=True)
+            raise UserFacingError("I can't read that file as audio. Upload WAV, FLAC, OGG or MP3.") from None
+        if seconds > MAX_UPLOAD_SECONDS:
+            target.unlink(missing_ok=True)
+            raise UserFacingError(f"That file is {seconds / 60:.1f} minutes long; the limit is 10 minutes.")
+        return str(target)
+
+    # --- buttons --------------------------------------------------------------------------------
+
+    async def on_loop_action(self, interaction: discord.Interaction, action: str, job_id: str) -> None:
+        """Variation, Re-roll, Double (queue a new job, charged to whoever pressed) or Info."""
+        row = await self.bot.in_db(get_generation, job_id)
+        if row is None:
+            raise UserFacingError("I can't find that loop any more.")
+        if action == "info":
+            await interaction.response.send_message(embed=info_embed(row), ephemeral=True)
+            return
+        kinds = {"variation": GenerationKind.VARIATION, "reroll": GenerationKind.REROLL, "double": GenerationKind.DOUBLE}
+        bars = row.bars * 2 if action == "double" else row.bars
+        if bars > 8:
+            raise UserFacingError("That loop is already 8 bars long, the longest LoopJam makes.")
+        request = JobRequest(
+            user_id=interaction.user.id, prompt=row.prompt, bpm=row.bpm, bars=bars, beats_per_bar=row.beats_per_bar,
+            guild_id=interaction.guild_id, channel_id=interaction.channel_id, role_ids=self.role_ids(interaction),
+            model=row.model, temperature=row.temperature, top_k=row.top_k, top_p=row.top_p, cfg_coef=row.cfg_coef,
+            seed=row.seed if action == "double" else None, kind=kinds[action], parent_id=row.short_id,
+        )
+        await self.enqueue(interaction, request)
+
+    async def on_cancel(self, interaction: discord.Interaction, job_id: str) -> None:
+        result = await self.bot.service.cancel(job_id, interaction.user.id)
+        if not result.ok:
+            raise UserFacingError(result.message)
+        await interaction.response.edit_message(embed=discord.Embed(title="Cancelled", description=result.message), view=None)
+
+
+def info_embed(row: tp.Any) -> discord.Embed:
+    embed = discord.Embed(title=f"Loop {row.short_id}", description=quote(row.prompt, 1000))
+    fields = {
+        "Sent to the model": quote(row.prompt_sent, 1000), "BPM": f"{row.bpm:g}", "Bars": row.bars,
+        "Beats per bar": row.beats_per_bar, "Seed": row.seed, "Model": quote(row.model, 100),
+        "Temperature": row.temperature, "Top-k": row.top_k, "Top-p": row.top_p, "CFG": row.cfg_coef,
+        "Kind": row.kind.value, "Status": row.status.value, "Source tempo": row.source_bpm,
+        "Stretch": row.stretch_ratio, "Seam score": row.seam_score, "Tempo stability": row.tempo_stability,
+        "Loudness (LUFS)": row.loudness_lufs, "Verdict": row.verdict, "Asked by": f"<@{row.user_id}>",
+    }
+    for name, value in fields.items():
+        if value is not None:
+            embed.add_field(name=name, value=str(value)[:1024])
+    return embed
+
+
+async def setup(bot: "LoopJamBot") -> None:
+    await bot.add_cog(Loops(bot))

@@ -1,0 +1,91 @@
+"""How LoopJam's messages look: queue notices, progress, results, history pages."""
+
+from __future__ import annotations
+
+import typing as tp
+
+import discord
+
+from generation.prompts import format_bpm
+
+from .text import quote
+
+COLOUR = discord.Colour.from_rgb(88, 101, 242)
+FAILED_COLOUR = discord.Colour.red()
+BAR_CELLS = 20
+METER_BY_BEATS = {4: "4/4", 3: "3/4", 6: "6/8", 2: "2/4", 7: "7/8"}
+STAGE_WORDS = {
+    "queued": "Queued",
+    "generating": "Generating",
+    "looping": "Cutting the loop",
+    "uploading": "Uploading",
+}
+
+
+def progress_bar(percent: float) -> str:
+    filled = round(max(0.0, min(100.0, percent)) / 100 * BAR_CELLS)
+    return "█" * filled + "░" * (BAR_CELLS - filled) + f" {percent:.0f}%"
+
+
+def describe_eta(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    if seconds < 90:
+        return f", about {max(5, round(seconds / 5) * 5):.0f} s"
+    return f", about {seconds / 60:.0f} min"
+
+
+def request_line(prompt: str, bpm: float, bars: int, beats_per_bar: int) -> str:
+    meter = METER_BY_BEATS.get(beats_per_bar, f"{beats_per_bar}/4")
+    return f"“{quote(prompt)}” · {format_bpm(bpm)} BPM · {bars} bar{'s' if bars != 1 else ''} · {meter}"
+
+
+def queued_embed(job_id: str, request: str, position: int, eta: float | None, requester: discord.abc.User) -> discord.Embed:
+    embed = discord.Embed(title="Queued", description=request, colour=COLOUR)
+    embed.add_field(name="Position", value=f"{position}{describe_eta(eta)}")
+    embed.set_footer(text=f"{job_id} · asked by {requester.display_name}")
+    return embed
+
+
+def progress_embed(job_id: str, request: str, stage: str, percent: float, position: int | None = None) -> discord.Embed:
+    title = STAGE_WORDS.get(stage, stage.title())
+    if stage == "queued" and position is not None:
+        title = f"Queued, position {position}"
+    embed = discord.Embed(title=title, description=request, colour=COLOUR)
+    if stage != "queued":
+        embed.add_field(name="Progress", value=f"`{progress_bar(percent)}`", inline=False)
+    embed.set_footer(text=job_id)
+    return embed
+
+
+def failed_embed(job_id: str, request: str, reason: str) -> discord.Embed:
+    embed = discord.Embed(title="No loop this time", description=f"{request}\n\n{reason}", colour=FAILED_COLOUR)
+    embed.set_footer(text=job_id)
+    return embed
+
+
+def result_embed(
+    job_id: str,
+    request: str,
+    report: dict[str, tp.Any],
+    seed: int,
+    model: str,
+    duration_s: float,
+    credit: str,
+    note: str | None = None,
+) -> discord.Embed:
+    verdict = report.get("verdict", "good")
+    embed = discord.Embed(title="Your loop", description=request, colour=COLOUR)
+    stretch = report.get("stretch_ratio") or 1.0
+    source_bpm = report.get("source_bpm")
+    tempo = f"played at {source_bpm:.1f} BPM, stretched {100 * (stretch - 1):+.1f} %" if source_bpm else "n/a"
+    embed.add_field(name="Tempo", value=tempo)
+    embed.add_field(name="Length", value=f"{duration_s:.2f} s")
+    embed.add_field(name="Verdict", value=verdict if verdict == "good" else f"{verdict}: {report.get('reason') or ''}")
+    embed.add_field(name="Seed", value=str(seed))
+    embed.add_field(name="Model", value=quote(model, 60))
+    if note:
+        embed.add_field(name="Note", value=note, inline=False)
+    embed.add_field(name="Made", value=credit, inline=False)
+    embed.set_footer(text=f"id {job_id} · /replay {job_id}")
+    return embed

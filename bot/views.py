@@ -1,0 +1,109 @@
+"""Buttons that keep working after a restart: the job id lives in each button's `custom_id`.
+
+`custom_id`s look like `lj:<action>:<job id>`; discord.py's `DynamicItem` parses them back, so no
+view has to be kept in memory.
+"""
+
+from __future__ import annotations
+
+import re
+import typing as tp
+
+import discord
+
+from generation.storage.models import SHORT_ID_LENGTH
+
+from .errors import report_error
+
+ACTIONS = {
+    "variation": ("Variation", "🔀", "A new loop that continues this one"),
+    "reroll": ("Re-roll", "🎲", "Same request, new seed"),
+    "double": ("Double", "⏩", "Twice the bars"),
+    "info": ("Info", "ℹ️", "Every parameter"),
+}
+JOB_ID = rf"(?P<job_id>[A-Za-z0-9_-]{{{SHORT_ID_LENGTH}}})"
+
+
+class LoopActionButton(discord.ui.DynamicItem[discord.ui.Button], template=rf"lj:(?P<action>{'|'.join(ACTIONS)}):{JOB_ID}"):
+    """Variation, Re-roll, Double or Info under a posted loop. Anyone may press them."""
+
+    def __init__(self, action: str, job_id: str) -> None:
+        label, emoji, _ = ACTIONS[action]
+        style = discord.ButtonStyle.secondary if action == "info" else discord.ButtonStyle.primary
+        super().__init__(discord.ui.Button(label=label, emoji=emoji, style=style, custom_id=f"lj:{action}:{job_id}"))
+        self.action = action
+        self.job_id = job_id
+
+    @classmethod
+    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Button, match: re.Match[str]) -> "LoopActionButton":
+        return cls(match["action"], match["job_id"])
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        # Component errors never reach the command tree's on_error, so they are reported here.
+        try:
+            await interaction.client.get_cog("Loops").on_loop_action(interaction, self.action, self.job_id)
+        except Exception as error:
+            await report_error(interaction, error)
+
+
+class CancelButton(discord.ui.DynamicItem[discord.ui.Button], template=rf"lj:cancel:{JOB_ID}"):
+    """Under a queued job; only its requester may use it (the service checks)."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(discord.ui.Button(label="Cancel", style=discord.ButtonStyle.danger, custom_id=f"lj:cancel:{job_id}"))
+        self.job_id = job_id
+
+    @classmethod
+    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Button, match: re.Match[str]) -> "CancelButton":
+        return cls(match["job_id"])
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        try:
+            await interaction.client.get_cog("Loops").on_cancel(interaction, self.job_id)
+        except Exception as error:
+            await report_error(interaction, error)
+
+
+def result_view(job_id: str) -> discord.ui.View:
+    view = discord.ui.View(timeout=None)
+    for action in ACTIONS:
+        view.add_item(LoopActionButton(action, job_id))
+    return view
+
+
+def cancel_view(job_id: str) -> discord.ui.View:
+    view = discord.ui.View(timeout=None)
+    view.add_item(CancelButton(job_id))
+    return view
+
+
+class HistoryPages(discord.ui.View):
+    """Previous / Next over pages computed by `fetch_page(page) -> (embed, has_next)`."""
+
+    def __init__(self, owner_id: int, fetch_page: tp.Callable[[int], tp.Awaitable[tuple[discord.Embed, bool]]], has_next: bool) -> None:
+        super().__init__(timeout=600)
+        self.owner_id = owner_id
+        self.fetch_page = fetch_page
+        self.page = 0
+        self._update_buttons(has_next)
+
+    async def on_error(self, interaction: discord.Interaction, error: Exception, item: discord.ui.Item) -> None:
+        await report_error(interaction, error)
+
+    def _update_buttons(self, has_next: bool) -> None:
+        self.previous.disabled = self.page == 0
+        self.next.disabled = not has_next
+
+    async def _show(self, interaction: discord.Interaction, page: int) -> None:
+        self.page = page
+        embed, has_next = await self.fetch_page(page)
+        self._update_buttons(has_next)
+        await interaction.response.edit_message(embed=embed, view=self)
+
+    @discord.ui.button(label="Previous", style=discord.ButtonStyle.secondary)
+    async def previous(self, interaction: discord.Interaction, _: discord.ui.Button) -> None:
+        await self._show(interaction, max(0, self.page - 1))
+
+    @discord.ui.button(label="Next", style=discord.ButtonStyle.secondary)
+    async def next(self, interaction: discord.Interaction, _: discord.ui.Button) -> None:
+        await self._show(interaction, self.page + 1)

@@ -1,0 +1,33 @@
+"""`loopjam worker`, registered on the app in `generation/cli.py`."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from .wire import DEFAULT_QUEUE
+
+
+def worker(
+    redis: Annotated[Optional[str], typer.Option("--redis", help="Redis URL (default: the queue.redis_url setting).")] = None,
+    name: Annotated[Optional[str], typer.Option(help="This worker's name (default: host-pid); unique per queue.")] = None,
+    queue: Annotated[str, typer.Option(help="The saq queue to serve; the bot's must be the same.")] = DEFAULT_QUEUE,
+) -> None:
+    """Serve the bot's jobs from Redis on this machine (distributed mode): one per GPU."""
+    from redis import Redis
+    from redis.exceptions import RedisError
+
+    from ...cli import fail, settings  # here, not at the top: generation.cli imports this module
+    from .worker import default_worker_name, serve
+
+    conf = settings()
+    url = redis or conf.queue.redis_url
+    try:  # one clear line now rather than a traceback after the model has loaded
+        Redis.from_url(url, socket_connect_timeout=5).ping()
+    except (RedisError, ValueError) as error:
+        raise fail(f"Cannot reach Redis: {error}") from None
+    worker_name = name or default_worker_name()
+    if ":" in worker_name:
+        raise fail("The worker name cannot contain ':'.")
+    serve(conf, url, name=worker_name, queue_name=queue)

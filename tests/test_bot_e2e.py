@@ -1,0 +1,241 @@
+"""The real `loopjam run` process (embedded mode, tiny model) against the Discord API double."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+import soundfile as sf
+
+from discord_double import DiscordDouble, RecordedRequest, Upload
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+CALLBACK = "POST /interactions/{interaction_id}/{token}/callback"
+FOLLOW_UP = "POST /webhooks/{application_id}/{token}"
+EDIT_ORIGINAL = "PATCH /webhooks/{application_id}/{token}/messages/@original"
+CHANNEL_MESSAGE = "POST /channels/{channel_id}/messages"
+RESULT_TIMEOUT_S = 90.0
+
+
+def exact_samples(bpm: float, bars: int, beats: int = 4, rate: int = 32000) -> int:
+    return round(bars * beats * 60 / bpm * rate)
+
+
+class BotProcess:
+    """`python -m generation run` with its settings in the environment."""
+
+    def __init__(self, double: DiscordDouble, model_dir: Path, data_dir: Path) -> None:
+        self.env = {
+            **os.environ,
+            **double.bot_environment(),
+            "LOOPJAM_MODEL__NAME": str(model_dir),
+            "LOOPJAM_MODEL__ALLOWED": f'["{model_dir}"]',
+            "LOOPJAM_MODEL__WARMUP": "false",
+            "LOOPJAM_STORAGE__DATA_DIR": str(data_dir),
+            "LOOPJAM_GENERATION__CANDIDATES": "1",
+            "LOOPJAM_GENERATION__RETRY_BUDGET": "0",
+            "LOOPJAM_GENERATION__EXTRA_SECONDS": "1.0",
+            "LOOPJAM_QUEUE__RATE_LIMIT_JOBS": "50",
+            "LOOPJAM_QUEUE__MAX_QUEUED_PER_USER": "2",
+            "HF_HUB_OFFLINE": "1",
+        }
+        self.process: asyncio.subprocess.Process | None = None
+        self.double = double
+
+    async def start(self) -> None:
+        identified = self.double.gateway.identify_count
+        self.process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "generation", "run", env=self.env, cwd=self.env["LOOPJAM_STORAGE__DATA_DIR"]
+        )
+        await self.double.gateway.wait_connected(timeout=60, min_identifies=identified + 1)
+
+    async def kill(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        await self.process.wait()
+
+    async def stop(self) -> None:
+        if self.process is not None and self.process.returncode is None:
+            self.process.terminate()
+            try:
+                await asyncio.wait_for(self.process.wait(), 20)
+            except TimeoutError:
+                await self.kill()
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def double() -> AsyncIterator[DiscordDouble]:
+    async with DiscordDouble() as running:
+        yield running
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def bot(double: DiscordDouble, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[BotProcess]:
+    process = BotProcess(double, tiny_model_dir, tmp_path_factory.mktemp("bot-data"))
+    await process.start()
+    # The worker process loads the model in the background; wait for the commands to be synced.
+    await double.wait_for_request("PUT /applications/{application_id}/commands", timeout=60)
+    yield process
+    await process.stop()
+
+
+def wav_samples(request: RecordedRequest) -> int:
+    (audio,) = [f for f in request.files if f.filename.endswith((".wav", ".flac", ".ogg"))]
+    return sf.info(io.BytesIO(audio.data)).frames
+
+
+async def result_of(double: DiscordDouble, sent, since: int) -> RecordedRequest:
+    """The follow-up that carries the loop of the interaction `sent`."""
+    return await double.wait_for_request(
+        FOLLOW_UP, lambda r: r.path_params.get("token") == sent.token and bool(r.files), timeout=RESULT_TIMEOUT_S, since=since
+    )
+
+
+async def test_loop_is_acknowledged_fast_shows_progress_and_posts_an_exact_wav(double: DiscordDouble, bot: BotProcess) -> None:
+    since = len(double.requests)
+    sent = await double.slash("loop", {"prompt": "dusty boom bap, vinyl crackle", "bpm": 92, "bars": 1}, user="alice")
+    callback = await sent.wait_callback(timeout=3)
+    assert sent.ack_latency_s < 3
+    body = callback.json
+    embed = body["data"]["embeds"][0]
+    assert embed["title"] == "Queued" and "Position" in embed["fields"][0]["name"]
+    assert body["data"]["allowed_mentions"]["parse"] == []
+    assert body["data"]["components"][0]["components"][0]["label"] == "Cancel"
+
+    result = await result_of(double, sent, since)
+    assert wav_samples(result) == exact_samples(92, 1)
+    edits = double.requests.matching(lambda r: r.route == EDIT_ORIGINAL and r.path_params.get("token") == sent.token, since=since)
+    titles = [edit.json["embeds"][0]["title"] for edit in edits if edit.json.get("embeds")]
+    assert any(title in ("Generating", "Cutting the loop", "Uploading") for title in titles), titles
+    labels = [c["label"] for row in result.json["components"] for c in row["components"]]
+    assert labels == ["Variation", "Re-roll", "Double", "Info"]
+    footer = result.json["embeds"][0]["footer"]["text"]
+    assert footer.startswith("id ")
+
+
+async def test_everyone_in_a_prompt_pings_nobody(double: DiscordDouble, bot: BotProcess) -> None:
+    sent = await double.slash("loop", {"prompt": "@everyone **loud** techno", "bpm": 128, "bars": 1}, user="bob")
+    callback = await sent.wait_callback(timeout=3)
+    data = callback.json["data"]
+    assert data["allowed_mentions"]["parse"] == []
+    assert "@\u200beveryone" in data["embeds"][0]["description"] and "\\*\\*loud\\*\\*" in data["embeds"][0]["description"]
+
+
+async def test_too_many_queued_is_refused_ephemerally(double: DiscordDouble, bot: BotProcess) -> None:
+    answers = []
+    for _ in range(3):
+        sent = await double.slash("loop", {"prompt": "ambient pads", "bpm": 70, "bars": 2}, user="carol")
+        answers.append((await sent.wait_callback(timeout=3)).json)
+    refused = answers[-1]
+    assert refused["data"]["flags"] & 64  # ephemeral
+    assert "waiting" in refused["data"]["content"] or "queued" in refused["data"]["content"]
+
+
+async def test_history_lists_the_loop(double: DiscordDouble, bot: BotProcess) -> None:
+    sent = await double.slash("history", {"scope": "server", "search": "boom bap"}, user="alice")
+    callback = await sent.wait_callback(timeout=3)
+    fields = callback.json["data"]["embeds"][0]["fields"]
+    assert any("boom bap" in field["value"] for field in fields)
+
+
+def job_id_of(result: RecordedRequest) -> str:
+    return result.json["embeds"][0]["footer"]["text"].split()[1]
+
+
+def field(result: RecordedRequest, name: str) -> str:
+    return next(f["value"] for f in result.json["embeds"][0]["fields"] if f["name"] == name)
+
+
+async def a_finished_loop(double: DiscordDouble, user: str, bpm: float = 120) -> tuple[RecordedRequest, dict]:
+    since = len(double.requests)
+    sent = await double.slash("loop", {"prompt": "jazzy rhodes", "bpm": bpm, "bars": 1}, user=user)
+    await sent.wait_callback(timeout=3)
+    result = await result_of(double, sent, since)
+    return result, result.response
+
+
+@pytest.mark.parametrize("action", ["reroll", "variation", "double"])
+async def test_result_buttons_make_new_loops_for_whoever_presses(double: DiscordDouble, bot: BotProcess, action: str) -> None:
+    result, message = await a_finished_loop(double, "alice")
+    since = len(double.requests)
+    pressed = await double.click(message, f"lj:{action}:{job_id_of(result)}", user="bob")
+    callback = await pressed.wait_callback(timeout=3)
+    assert callback.json["data"]["embeds"][0]["title"] == "Queued"
+    new = await result_of(double, pressed, since)
+    bars = 2 if action == "double" else 1
+    assert wav_samples(new) == exact_samples(120, bars)
+    made = field(new, "Made")
+    assert str(double.member("bob").user.id) in made and str(double.member("alice").user.id) in made
+
+
+async def test_info_button_is_ephemeral_with_every_parameter(double: DiscordDouble, bot: BotProcess) -> None:
+    result, message = await a_finished_loop(double, "carol")
+    pressed = await double.click(message, f"lj:info:{job_id_of(result)}", user="alice")
+    data = (await pressed.wait_callback(timeout=3)).json["data"]
+    names = {f["name"] for f in data["embeds"][0]["fields"]}
+    assert data["flags"] & 64 and {"Seed", "BPM", "Bars", "Temperature", "Top-k", "CFG", "Model"} <= names
+
+
+async def test_cancel_only_by_the_requester(double: DiscordDouble, bot: BotProcess) -> None:
+    sent = await double.slash("loop", {"prompt": "very long drone", "bpm": 40, "bars": 8}, user="carol")
+    queued = (await sent.wait_callback(timeout=3)).json["data"]
+    message = double.original_message(sent)
+    job_id = queued["embeds"][0]["footer"]["text"].split()[0]
+    by_bob = await double.click(message, f"lj:cancel:{job_id}", user="bob")
+    refusal = (await by_bob.wait_callback(timeout=3)).json["data"]
+    assert refusal["flags"] & 64 and "Only" in refusal["content"]
+    by_carol = await double.click(message, f"lj:cancel:{job_id}", user="carol")
+    update = (await by_carol.wait_callback(timeout=3)).json
+    assert update["type"] == 7 and update["data"]["embeds"][0]["title"] == "Cancelled"
+
+
+async def test_loopify_makes_an_exact_loop_from_an_upload(double: DiscordDouble, bot: BotProcess) -> None:
+    import numpy as np
+
+    rate, bpm = 32000, 100.0
+    clicks = np.zeros(rate * 8, dtype=np.float32)
+    for beat in range(int(8 * bpm / 60)):
+        start = int(beat * 60 / bpm * rate)
+        clicks[start : start + 800] = np.hanning(800) * (0.9 if beat % 4 == 0 else 0.5)
+    buffer = io.BytesIO()
+    sf.write(buffer, clicks, rate, format="WAV")
+    since = len(double.requests)
+    sent = await double.slash(
+        "loopify", {"file": Upload("groove.wav", buffer.getvalue(), "audio/wav"), "bpm": bpm, "bars": 1}, user="alice"
+    )
+    assert (await sent.wait_callback(timeout=3)).json["data"]["embeds"][0]["title"] == "Queued"
+    result = await result_of(double, sent, since)
+    assert wav_samples(result) == exact_samples(bpm, 1)
+
+
+async def test_a_restart_keeps_buttons_working_and_finishes_queued_jobs(double: DiscordDouble, bot: BotProcess) -> None:
+    result, message = await a_finished_loop(double, "alice")
+    queued = []
+    for user in ("bob", "carol"):
+        sent = await double.slash("loop", {"prompt": "restart survivor", "bpm": 110, "bars": 1}, user=user)
+        queued.append((await sent.wait_callback(timeout=3)).json["data"]["embeds"][0]["footer"]["text"].split()[0])
+    since = len(double.requests)
+    await bot.kill()
+    await bot.start()
+
+    # The jobs queued before the crash are posted as channel messages that ping their requester.
+    delivered = set()
+    while len(delivered) < len(queued):
+        posted = await double.wait_for_request(
+            CHANNEL_MESSAGE, lambda r: bool(r.files) and job_id_of(r) in queued and job_id_of(r) not in delivered,
+            timeout=RESULT_TIMEOUT_S, since=since,
+        )
+        delivered.add(job_id_of(posted))
+        assert wav_samples(posted) == exact_samples(110, 1)
+        assert posted.json["allowed_mentions"]["users"] and posted.json["content"].startswith("<@")
+    # A button on a message from before the restart still works.
+    pressed = await double.click(message, f"lj:reroll:{job_id_of(result)}", user="carol")
+    assert (await pressed.wait_callback(timeout=3)).json["data"]["embeds"][0]["title"] == "Queued"

@@ -1,0 +1,184 @@
+"""Slash commands at the tree level: the real bot in this process, real `discord.Interaction`s parsed
+from gateway payloads by discord.py, and a real queue service whose worker never starts (so what
+is queued stays queued and the limits can be counted exactly)."""
+
+from __future__ import annotations
+
+import typing as tp
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+from hypothesis import HealthCheck, given, settings as hypothesis_settings, strategies as st
+
+from bot.client import LoopJamBot
+from discord_double import DiscordDouble, Overwrite, Permission
+from discord_double.inprocess import running_client
+from generation.config import Settings
+from generation.jobs import QueueService
+from generation.jobs.backend import EventSink, WorkItem
+from generation.storage import Database, list_history, upsert_guild_settings
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+EPHEMERAL = 64
+
+
+class NoWorkers:
+    """A backend with no worker: jobs wait in the queue for ever, which is what these tests count."""
+
+    async def start(self, sink: EventSink) -> None: ...
+    async def stop(self) -> None: ...
+    def free_worker(self) -> str | None: return None
+    def run(self, worker: str, batch: Sequence[WorkItem]) -> None: raise AssertionError("no worker")
+    def cancel(self, job_id: str) -> None: ...
+    def workers_alive(self) -> int: return 0
+    def running(self) -> int: return 0
+    def models(self) -> list[str]: return []
+    def resumed(self) -> dict[str, tuple[str, ...]]: return {}
+
+
+class InProcessBot(LoopJamBot):
+    async def before_identify_hook(self, shard_id: int | None, *, initial: bool = False) -> None:
+        """No 5 s pause before re-identifying: the double has no identify limit."""
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def double() -> AsyncIterator[DiscordDouble]:
+    async with DiscordDouble() as running:
+        yield running
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def bot(double: DiscordDouble, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[InProcessBot]:
+    data = tmp_path_factory.mktemp("tree")
+    settings = Settings(
+        storage={"data_dir": data}, queue={"max_queued_per_user": 3, "rate_limit_jobs": 50, "max_queue": 1000},
+        model={"name": "facebook/musicgen-small", "allowed": ["facebook/musicgen-small", "facebook/musicgen-medium"]},
+    )
+    database = Database.from_settings(settings.storage)
+    database.upgrade()
+    bot = InProcessBot(settings, QueueService(settings, database, backend=NoWorkers()), database)
+    bot._connection.guild_ready_timeout = 0.05  # type: ignore[attr-defined]
+    async with running_client(bot, double, timeout=20):
+        yield bot
+
+
+async def answer(double: DiscordDouble, command: str, options: dict[str, tp.Any], user: str = "alice", **where: tp.Any) -> dict:
+    sent = await double.slash(command, options, user=user, **where)
+    callback = await sent.wait_callback(timeout=3)
+    return callback.json
+
+
+def text_of(response: dict) -> str:
+    data = response["data"]
+    return data.get("content") or " ".join(e.get("description", "") + e.get("title", "") for e in data.get("embeds", []))
+
+
+def rows_of(bot: InProcessBot, user_id: int) -> list:
+    with bot.database.session() as session:
+        return list_history(session, user_id=user_id, limit=100)
+
+
+async def test_a_valid_loop_is_queued_publicly_with_its_position(double: DiscordDouble, bot: InProcessBot) -> None:
+    response = await answer(double, "loop", {"prompt": "dusty boom bap", "bpm": 60.23, "bars": 2, "meter": "3/4"}, user="owner")
+    assert not response["data"].get("flags", 0) & EPHEMERAL
+    embed = response["data"]["embeds"][0]
+    assert embed["title"] == "Queued" and embed["fields"][0]["value"].startswith("1")
+    assert "60.23 BPM" in embed["description"] and "2 bars" in embed["description"] and "3/4" in embed["description"]
+    (row,) = rows_of(bot, double.member("owner").user.id)
+    assert (row.bpm, row.bars, row.beats_per_bar, row.prompt_sent) == (60.23, 2, 3, "dusty boom bap, 60.23 bpm, 3/4 time")
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"prompt": "   ", "bpm": 90}, "The prompt is empty"),
+        ({"prompt": "x" * 600, "bpm": 90}, "the limit is 500"),
+        ({"prompt": "house", "bpm": 20}, "between 40 and 240"),
+        ({"prompt": "house", "bpm": 90, "model": "facebook/musicgen-gigantic"}, "Unknown model"),
+    ],
+)
+async def test_bad_options_get_a_friendly_ephemeral_error_and_queue_nothing(
+    double: DiscordDouble, bot: InProcessBot, options: dict, message: str
+) -> None:
+    before = len(rows_of(bot, double.member("bob").user.id))
+    response = await answer(double, "loop", options, user="bob")
+    assert response["data"]["flags"] & EPHEMERAL
+    assert message in text_of(response)
+    assert len(rows_of(bot, double.member("bob").user.id)) == before
+
+
+async def test_everyone_in_a_prompt_is_escaped_and_pings_nobody(double: DiscordDouble, bot: InProcessBot) -> None:
+    response = await answer(double, "loop", {"prompt": "@everyone __loud__ <@&1> techno", "bpm": 128}, user="carol")
+    data = response["data"]
+    assert data["allowed_mentions"] == {"parse": []} or data["allowed_mentions"]["parse"] == []
+    description = data["embeds"][0]["description"]
+    assert "@everyone" not in description and "\\_\\_loud\\_\\_" in description
+
+
+async def test_too_many_queued_then_refused_exactly(double: DiscordDouble, bot: InProcessBot) -> None:
+    user = double.member("carol").user
+    waiting = len([r for r in rows_of(bot, user.id) if r.status.value == "queued"])
+    responses = [await answer(double, "loop", {"prompt": f"dub {i}", "bpm": 100}, user="carol") for i in range(4 - waiting)]
+    assert [bool(r["data"].get("flags", 0) & EPHEMERAL) for r in responses] == [False] * (3 - waiting) + [True]
+    assert "3" in text_of(responses[-1])
+
+
+async def test_rate_limit_says_when_to_try_again(double: DiscordDouble, bot: InProcessBot) -> None:
+    guild_id = double.world.guild.id
+    with bot.database.session() as session:
+        upsert_guild_settings(session, guild_id, rate_limit_jobs=1, rate_limit_window_s=3600, max_queued_per_user=10)
+    try:
+        first = await answer(double, "loop", {"prompt": "first", "bpm": 100}, user="alice")
+        second = await answer(double, "loop", {"prompt": "second", "bpm": 100}, user="alice")
+    finally:
+        with bot.database.session() as session:
+            upsert_guild_settings(session, guild_id, rate_limit_jobs=None, rate_limit_window_s=None, max_queued_per_user=None)
+    assert not first["data"].get("flags", 0) & EPHEMERAL
+    assert second["data"]["flags"] & EPHEMERAL and "<t:" in text_of(second) and ":R>" in text_of(second)
+
+
+async def test_a_channel_where_the_bot_cannot_attach_files_queues_nothing(double: DiscordDouble, bot: InProcessBot) -> None:
+    guild = double.world.guild
+    locked = double.world.add_channel(guild, "no-files", [Overwrite(guild.id, 0, deny=Permission.ATTACH_FILES)])
+    before = len(rows_of(bot, double.member("bob").user.id))
+    response = await answer(double, "loop", {"prompt": "house", "bpm": 120}, user="bob", channel=locked)
+    assert response["data"]["flags"] & EPHEMERAL and "attach files" in text_of(response)
+    assert len(rows_of(bot, double.member("bob").user.id)) == before
+
+
+async def test_replay_of_an_unknown_id_is_explained(double: DiscordDouble, bot: InProcessBot) -> None:
+    response = await answer(double, "replay", {"id": "nope1234"}, user="bob")
+    assert response["data"]["flags"] & EPHEMERAL and "no loop with the id nope1234" in text_of(response)
+
+
+async def test_settings_need_manage_server(double: DiscordDouble, bot: InProcessBot) -> None:
+    response = await answer(double, "settings show", {}, user="bob")
+    assert response["data"]["flags"] & EPHEMERAL and "manage guild permission" in text_of(response)
+
+
+async def test_status_answers(double: DiscordDouble, bot: InProcessBot) -> None:
+    response = await answer(double, "status", {}, user="bob")
+    fields = {f["name"]: f["value"] for f in response["data"]["embeds"][0]["fields"]}
+    assert fields["Workers"] == "0" and int(fields["Waiting"]) >= 1
+
+
+@hypothesis_settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    # What Discord itself lets through: it enforces the options' lengths, ranges and choices.
+    prompt=st.text(min_size=1, max_size=500),
+    bpm=st.floats(min_value=40, max_value=240),
+    bars=st.sampled_from([1, 2, 4, 8]),
+    meter=st.sampled_from(["4/4", "3/4", "6/8"]),
+    temperature=st.none() | st.floats(min_value=0.05, max_value=2.0),
+)
+async def test_any_loop_options_give_a_queue_notice_or_a_friendly_error(
+    double: DiscordDouble, bot: InProcessBot, prompt: str, bpm: float, bars: int, meter: str, temperature: float | None
+) -> None:
+    options = {"prompt": prompt, "bpm": bpm, "bars": bars, "meter": meter}
+    if temperature is not None:
+        options["temperature"] = temperature
+    response = await answer(double, "loop", options, user="owner")
+    shown = text_of(response)
+    assert "Something went wrong" not in shown and shown.strip()

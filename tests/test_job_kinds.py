@@ -1,0 +1,208 @@
+"""Job kinds through the real worker process and the tiny model: replay, variation, variations=N, loopify, formats.
+
+One service (one worker spawn) serves the whole module; each test uses its own user ids, so the
+rate limit of 2 requests per user applies to each test alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+import pytest_asyncio
+import soundfile as sf
+from jobs_fixtures import BROKEN_MODEL, final_event, migrated_database, tiny_settings
+from sqlalchemy import update
+
+from generation.audio_io import read_audio, write_audio
+from generation.config import GenerationSettings
+from generation.jobs import Accepted, JobDone, JobRequest, QueueService, RefusalKind, Refused
+from generation.jobs.admission import UNREADABLE_SOURCE
+from generation.jobs.backend import BatchFinished, EventSink, MadeLoop, WorkDone, WorkerReady, WorkItem
+from generation.prompts import loop_samples
+from generation.storage import Generation, GenerationKind, get_generation, list_request_group
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def loop(user_id: int, **changes: object) -> JobRequest:
+    """One bar at 120 BPM unless changed: about a second per candidate on CPU."""
+    return JobRequest(user_id=user_id, **{"prompt": "dusty boom bap", "bpm": 120.0, "bars": 1, **changes})  # type: ignore[arg-type]
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def service(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[QueueService]:
+    """Best-of-2 (so the delivered seed may be the second candidate's), 2 requests per user."""
+    data_dir = tmp_path_factory.mktemp("kinds")
+    settings = tiny_settings(tiny_model_dir, data_dir, rate_limit_jobs=2, max_queued_per_user=3)
+    settings = settings.model_copy(update={"generation": GenerationSettings(extra_seconds=0.5, candidates=2, retry_budget=0)})
+    database = migrated_database(data_dir)
+    running = QueueService(settings, database)
+    await running.start()
+    yield running
+    await running.stop()
+    database.dispose()
+
+
+async def finish(service: QueueService, request: JobRequest) -> JobDone:
+    accepted = await service.submit(request)
+    assert isinstance(accepted, Accepted), accepted
+    done = await final_event(service, accepted.job_id)
+    assert isinstance(done, JobDone), done
+    return done
+
+
+def stored(service: QueueService, short_id: str) -> Generation:
+    with service.database.session() as session:
+        row = get_generation(session, short_id)
+    assert row is not None
+    return row
+
+
+def clicks(path: Path, bpm: float, bars: int, sample_rate: int = 44100) -> Path:
+    """A stereo click track in 4/4: loud low clicks on downbeats, quieter high ones on the other beats."""
+    beat = 60.0 / bpm
+    audio = np.zeros((2, round(bars * 4 * beat * sample_rate)), dtype=np.float32)
+    t = np.arange(round(0.04 * sample_rate)) / sample_rate
+    for index in range(bars * 4):
+        downbeat = index % 4 == 0
+        click = (0.9 if downbeat else 0.4) * np.sin(2 * np.pi * (800 if downbeat else 1600) * t) * np.exp(-t * 90)
+        start = round(index * beat * sample_rate)
+        audio[:, start : start + len(click)] += click[: audio.shape[1] - start]
+    return write_audio(path, audio, sample_rate)
+
+
+async def test_replay_reproduces_the_delivered_loop_sample_for_sample(service: QueueService) -> None:
+    # With the tiny model here, seed 3's second candidate (4) wins: what users heard is not the seed asked for.
+    original = await finish(service, loop(1, seed=3))
+    row = stored(service, original.job_id)
+    assert row.seed == original.seed  # the delivered candidate's, which /replay passes back
+    replay = await finish(service, loop(1, seed=row.seed, exact_seed=True, kind=GenerationKind.REPLAY,
+                                        parent_id=original.job_id))
+    heard, rate = read_audio(original.files[0])
+    again, _ = read_audio(replay.files[0])
+    assert heard.shape == (1, loop_samples(120.0, 1, 4, rate))
+    np.testing.assert_array_equal(again, heard)
+    replayed = stored(service, replay.job_id)
+    assert (replayed.kind, replayed.parent_id, replayed.seed) == (GenerationKind.REPLAY, row.id, row.seed)
+
+
+async def test_a_variation_continues_its_parent_at_the_exact_length(service: QueueService) -> None:
+    parent = await finish(service, loop(2, seed=11))
+    # The parent's tempo and length win over the request's: the variation is cut on its grid.
+    variation = await finish(service, loop(2, kind=GenerationKind.VARIATION, parent_id=parent.job_id, bpm=90.0, bars=4))
+    audio, rate = read_audio(variation.files[0])
+    assert audio.shape == (1, loop_samples(120.0, 1, 4, rate))
+    assert not np.array_equal(audio, read_audio(parent.files[0])[0])
+    parent_row, row = stored(service, parent.job_id), stored(service, variation.job_id)
+    assert (row.kind, row.parent_id, row.bpm, row.bars) == (GenerationKind.VARIATION, parent_row.id, 120.0, 1)
+
+    # After the retention sweep took the parent's audio, the worker makes the parent again from its seed.
+    parent.files[0].unlink()
+    with service.database.session() as session:
+        session.execute(update(Generation).where(Generation.id == parent_row.id).values(audio_path=None))
+    again = await finish(service, loop(3, kind=GenerationKind.VARIATION, parent_id=parent.job_id))
+    assert read_audio(again.files[0])[0].shape == (1, loop_samples(120.0, 1, 4, rate))
+
+
+async def test_three_variations_are_one_request_in_flac_with_waveforms(service: QueueService) -> None:
+    first = await service.submit(loop(4, variations=3, audio_format="flac", seed=500))
+    second = await service.submit(loop(4, variations=3))
+    assert isinstance(first, Accepted) and isinstance(second, Accepted)
+    # 6 loops so far, but 2 requests: the limit of 2 per window is reached only now.
+    assert (await service.submit(loop(4))).reason is RefusalKind.RATE_LIMITED
+    done = await final_event(service, first.job_id)
+    assert isinstance(done, JobDone) and isinstance(await final_event(service, second.job_id), JobDone)
+
+    assert len(done.files) == len(done.seeds) == len(done.reports) == 3
+    assert (done.seed, done.report) == (done.seeds[0], done.reports[0])
+    for path in done.files:
+        assert path.suffix == ".flac" and sf.info(str(path)).format == "FLAC"
+        assert path.with_suffix(".png").read_bytes().startswith(PNG_MAGIC)
+    with service.database.session() as session:
+        rows = list_request_group(session, first.job_id)
+    assert [row.short_id for row in rows] == done.loop_ids and done.loop_ids[0] == first.job_id
+    assert {row.request_group for row in rows} == {first.job_id}
+    assert [row.seed for row in rows] == done.seeds  # the delivered candidates' seeds
+    assert all(seed - (500 + 1000 * k) in (0, 1) for k, seed in enumerate(done.seeds))  # best of 2 each
+
+
+async def test_loopify_loops_an_upload_to_the_exact_length_without_a_model(service: QueueService, tmp_path: Path) -> None:
+    source = clicks(tmp_path / "groove.wav", bpm=100.0, bars=6)
+    # The model named cannot even load: a loopify never asks for one.
+    done = await finish(service, loop(5, prompt="loopify: groove.wav", bpm=100.0, bars=2, source_audio=str(source),
+                                      model=BROKEN_MODEL))
+    audio, rate = read_audio(done.files[0])
+    assert (rate, audio.shape) == (44100, (2, loop_samples(100.0, 2, 4, 44100)))
+    assert done.files[0].with_suffix(".png").is_file()
+    row = stored(service, done.job_id)
+    assert (row.kind, row.seed, row.prompt) == (GenerationKind.LOOPIFY, 0, "loopify: groove.wav")
+
+    # A variation of it continues the upload's loop with the model, at the model's rate and channels.
+    variation = await finish(service, loop(5, kind=GenerationKind.VARIATION, parent_id=done.job_id))
+    audio, rate = read_audio(variation.files[0])
+    assert (rate, audio.shape) == (32000, (1, loop_samples(100.0, 2, 4, 32000)))
+
+
+async def test_requests_the_queue_cannot_make_are_refused_with_what_to_change(service: QueueService, tmp_path: Path) -> None:
+    not_audio = tmp_path / "notes.wav"
+    not_audio.write_text("these are not samples")
+    too_long = write_audio(tmp_path / "long.wav", np.zeros((1, 660 * 8000), dtype=np.float32), 8000)
+    refusals = {
+        "not audio": (loop(6, source_audio=str(not_audio)), UNREADABLE_SOURCE),
+        "missing file": (loop(6, source_audio=str(tmp_path / "gone.wav")), UNREADABLE_SOURCE),
+        "too long": (loop(6, source_audio=str(too_long)), "That file is 11.0 minutes long; the limit is 10 minutes."),
+        "variations": (loop(6, variations=5), "Variations must be between 1 and 4, not 5."),
+        "format": (loop(6, audio_format="mp3"), "The format must be one of wav, flac, ogg, not 'mp3'."),
+        "no file": (loop(6, kind=GenerationKind.LOOPIFY), "A loopify needs an uploaded audio file."),
+        "no parent": (loop(6, kind=GenerationKind.VARIATION), "A variation needs the id of the loop to vary."),
+        "unknown parent": (loop(6, kind=GenerationKind.REROLL, parent_id="nope"), "There is no loop with the id 'nope'."),
+    }
+    for case, (request, message) in refusals.items():
+        assert await service.submit(request) == Refused(RefusalKind.INVALID, message), case
+
+
+class SecondCandidateBackend:
+    """A backend whose one worker delivers every loop's second candidate (seed + 1), as best-of-N may."""
+
+    def __init__(self) -> None:
+        self.sink: EventSink | None = None
+
+    async def start(self, sink: EventSink) -> None:
+        self.sink = sink
+        sink(WorkerReady("fake", 1, "tiny"))
+
+    async def stop(self) -> None: ...
+    def free_worker(self) -> str | None: return "fake"
+    def cancel(self, job_id: str) -> None: ...
+    def workers_alive(self) -> int: return 1
+    def running(self) -> int: return 0
+    def models(self) -> list[str]: return ["tiny"]
+    def resumed(self) -> dict[str, tuple[str, ...]]: return {}
+
+    def run(self, worker: str, batch: Sequence[WorkItem]) -> None:
+        assert self.sink is not None
+        for item in batch:
+            loops = tuple(MadeLoop(loop_id, f"loops/{loop_id}.wav", {"verdict": "usable"}, seed + 1)
+                          for loop_id, seed in zip(item.loop_ids, item.seeds))
+            self.sink(WorkDone(item.job_id, loops))
+        self.sink(BatchFinished(worker, len(batch), 0.01))
+
+
+async def test_the_history_keeps_the_seed_of_the_candidate_delivered(tmp_path: Path) -> None:
+    database = migrated_database(tmp_path)
+    service = QueueService(tiny_settings(tmp_path / "model", tmp_path), database, backend=SecondCandidateBackend())
+    await service.start()
+    try:
+        accepted = await service.submit(loop(1, seed=40, variations=2))
+        assert isinstance(accepted, Accepted)
+        done = await final_event(service, accepted.job_id)
+        assert isinstance(done, JobDone) and done.seeds == [41, 1041] and done.seed == 41
+        with database.session() as session:
+            assert [row.seed for row in list_request_group(session, accepted.job_id)] == [41, 1041]
+    finally:
+        await service.stop()
+        database.dispose()

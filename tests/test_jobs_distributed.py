@@ -1,0 +1,343 @@
+"""Distributed mode end to end: two `loopjam worker` processes, the real Redis and PostgreSQL.
+
+A worker killed with SIGKILL mid-batch and a bot-side service restarted with batches in flight
+must lose nothing and do nothing twice. Without Redis or PostgreSQL these tests skip with the
+reason, except in CI (`CI` set), where they fail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import uuid
+import wave
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from jobs_fixtures import final_event, tiny_settings
+from redis.asyncio import Redis
+from saq.job import Status
+from saq.queue.redis import RedisQueue
+from storage_fixtures import in_ci, postgres_url  # noqa: F401  (a fixture)
+
+from generation.config import Settings
+from generation.jobs import Accepted, JobCancelled, JobDone, JobEvent, JobProgress, JobRequest, QueueService, Stage
+from generation.jobs.backend import MadeLoop, ParentLoop, WorkDone, WorkFailed, WorkItem
+from generation.jobs.distributed import RedisRateLimiter, SaqBackend, Timing
+from generation.jobs.distributed.wire import (
+    RUN_BATCH,
+    decode_event,
+    decode_items,
+    encode_event,
+    encode_items,
+    input_files,
+    pack_files,
+    unpack_files,
+    with_local_inputs,
+)
+from generation.storage import Base, Database, GenerationStatus, get_generation
+
+REDIS_URL_ENV = "LOOPJAM_TEST_REDIS_URL"
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+WORKER_START_TIMEOUT_S = 90.0
+FAST = Timing(heartbeat_s=3, sweep_s=1, poll_s=0.2, workers_poll_s=0.5)
+"""A killed worker's batch is swept a few seconds after its last heartbeat."""
+AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3"}
+
+
+# --- the wire format (no services needed) -----------------------------------------------------
+
+
+def item(job_id: str = "abcdefgh", **changes: object) -> WorkItem:
+    fields: dict[str, object] = {
+        "job_id": job_id, "model": "tiny", "prompt_sent": "dusty boom bap, 120 bpm", "bpm": 120.0, "bars": 1,
+        "beats_per_bar": 4, "temperature": 1.0, "top_k": 250, "top_p": 0.0, "cfg_coef": 3.0,
+        "loop_ids": (job_id,), "seeds": (2**40 + 7,), **changes,
+    }
+    return WorkItem(**fields)  # type: ignore[arg-type]
+
+
+def test_work_items_and_events_survive_json() -> None:
+    variation = item("varvarva", parent=ParentLoop("loops/parent.wav", remake=item("parentid", exact_seed=True)))
+    assert decode_items(encode_items([item(), variation])) == (item(), variation)
+    done = WorkDone("abcdefgh", (MadeLoop("abcdefgh", "loops/abcdefgh.wav", {"verdict": "good"}, 5),),
+                    (WorkFailed("abcdefgi", "silent"),))
+    assert decode_event(encode_event(done)) == done
+
+
+def test_files_travel_as_flac_and_come_back_bit_exact(tmp_path: Path) -> None:
+    import numpy as np
+
+    from generation.audio_io import write_audio
+
+    sent, received = tmp_path / "worker", tmp_path / "bot"
+    audio = np.random.default_rng(0).uniform(-1, 1, (2, 32000)).astype("float32")
+    write_audio(sent / "loops" / "a.wav", audio, 32000)
+    (sent / "loops" / "a.png").write_bytes(b"\x89PNG not really")
+    original = (sent / "loops" / "a.wav").read_bytes()
+    packed = pack_files(sent)
+    assert packed["loops/a.wav"]["as"] == "flac" and not any(sent.rglob("*.*"))
+    unpack_files(received, packed)
+    with wave.open(str(received / "loops" / "a.wav")) as back:
+        frames = back.readframes(back.getnframes())
+    assert frames == original[-len(frames):]  # the same samples, bit for bit
+    assert (received / "loops" / "a.png").read_bytes() == b"\x89PNG not really"
+    with pytest.raises(ValueError):
+        unpack_files(received, {"../escape.png": {"as": "raw", "data": ""}})
+
+
+def test_uploads_and_parent_loops_travel_to_the_worker(tmp_path: Path) -> None:
+    import numpy as np
+
+    from generation.audio_io import write_audio
+
+    bot, worker = tmp_path / "bot", tmp_path / "worker"
+    write_audio(bot / "loops" / "parent.wav", np.zeros((1, 3200), dtype="float32"), 32000)
+    upload = tmp_path / "upload.OGG"
+    upload.write_bytes(b"OggS and the rest")
+    items = (item("varvarva", parent=ParentLoop("loops/parent.wav", remake=None)),
+             item("loopifyy", source_audio=str(upload)))
+    unpack_files(worker, input_files(bot, items))
+    local = with_local_inputs(items, worker)
+    assert (worker / "loops" / "parent.wav").is_file() and local[0] == items[0]
+    assert local[1].source_audio == str(worker / "inputs" / "loopifyy.ogg")
+    assert Path(local[1].source_audio).read_bytes() == upload.read_bytes()
+
+
+# --- services ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def redis_url() -> str:
+    """The test Redis; skips (fails in CI) when it does not answer."""
+    from redis import Redis
+    from redis.exceptions import RedisError
+
+    url = os.environ.get(REDIS_URL_ENV, DEFAULT_REDIS_URL)
+    try:
+        Redis.from_url(url, socket_connect_timeout=3).ping()
+    except RedisError as error:
+        reason = f"Redis unreachable at {url} ({error})"
+        if in_ci():
+            pytest.fail(f"{reason}; CI must run the distributed tests", pytrace=False)
+        pytest.skip(f"{reason}; set {REDIS_URL_ENV} to run them")
+    return url
+
+
+@pytest.fixture(scope="module")
+def queue_name(redis_url: str) -> Iterator[str]:
+    """A saq queue of this module's own; its keys are deleted at the end."""
+    from redis import Redis
+
+    name = f"loopjam-test-{uuid.uuid4().hex[:8]}"
+    yield name
+    redis = Redis.from_url(redis_url)
+    for pattern in (f"saq:{name}:*", f"saq:job:{name}:*", f"loopjam:{name}:*"):
+        for key in redis.scan_iter(pattern):
+            redis.delete(key)
+    redis.close()
+
+
+@dataclass
+class Workers:
+    """`loopjam worker` processes serving the module's queue."""
+
+    redis_url: str
+    queue_name: str
+    model_dir: Path
+    cwd: Path
+    processes: dict[str, subprocess.Popen[bytes]]
+
+    def start(self, name: str) -> None:
+        env = {
+            **os.environ, "OMP_NUM_THREADS": "1",  # two workers on two cores: no oversubscription
+            "LOOPJAM_MODEL__NAME": str(self.model_dir), "LOOPJAM_MODEL__DEVICE": "cpu", "LOOPJAM_MODEL__WARMUP": "false",
+            "LOOPJAM_GENERATION__EXTRA_SECONDS": "0.5", "LOOPJAM_GENERATION__CANDIDATES": "1",
+            "LOOPJAM_GENERATION__RETRY_BUDGET": "0",
+        }
+        command = [sys.executable, "-m", "generation", "worker", "--redis", self.redis_url,
+                   "--queue", self.queue_name, "--name", name]
+        log = (self.cwd / f"{name}.log").open("wb")
+        self.processes[name] = subprocess.Popen(command, cwd=self.cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+    def kill(self, name: str) -> None:
+        os.kill(self.processes[name].pid, signal.SIGKILL)
+        self.processes[name].wait()
+
+    def stop(self) -> None:
+        for process in self.processes.values():
+            if process.poll() is None:
+                process.terminate()
+        for process in self.processes.values():
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {path.name}\n{path.read_text()[-3000:]}" for path in sorted(self.cwd.glob("*.log")))
+
+
+@pytest.fixture(scope="module")
+def workers(redis_url: str, queue_name: str, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workers]:
+    """Two workers, started once for the module (each pays for importing torch and loading the model)."""
+    workers = Workers(redis_url, queue_name, tiny_model_dir, tmp_path_factory.mktemp("workers"), {})
+    for name in ("gpu-a", "gpu-b"):
+        workers.start(name)
+    yield workers
+    workers.stop()
+
+
+@pytest.fixture
+def database(postgres_url) -> Iterator[Database]:  # noqa: F811  (the fixture above)
+    """The module's PostgreSQL database, migrated, emptied after each test."""
+    database = Database(postgres_url)
+    database.upgrade()
+    yield database
+    with database.session() as session:
+        for table in reversed(Base.metadata.sorted_tables):
+            session.execute(table.delete())
+    database.dispose()
+
+
+@pytest.mark.redis
+async def test_the_shared_rate_limit_is_exact_under_concurrency(redis_url: str, queue_name: str) -> None:
+    """Two processes' worth of clients asking at once: exactly `limit` get through, then the window frees one."""
+    clients = [Redis.from_url(redis_url) for _ in range(2)]
+    limiters = [RedisRateLimiter(client, prefix=f"loopjam:{queue_name}:ratelimit") for client in clients]
+    try:
+        answers = await asyncio.gather(*(limiters[i % 2].take("user-1", 5, 1.0) for i in range(40)))
+        assert answers.count(None) == 5
+        assert all(0 < wait <= 1.0 for wait in answers if wait is not None)
+        assert await limiters[0].take("user-2", 5, 1.0) is None  # per user
+        await asyncio.sleep(max(answers, key=lambda wait: wait or 0) + 0.05)
+        assert await limiters[1].take("user-1", 5, 1.0) is None
+    finally:
+        for client in clients:
+            await client.aclose()
+
+
+def distributed_service(settings: Settings, database: Database, workers: Workers) -> QueueService:
+    return QueueService(settings, database, SaqBackend(settings, queue_name=workers.queue_name,
+                                                       redis_url=workers.redis_url, timing=FAST))
+
+
+async def both_workers_ready(service: QueueService, workers: Workers) -> None:
+    deadline = asyncio.get_running_loop().time() + WORKER_START_TIMEOUT_S
+    while service.backend.workers_alive() < 2:
+        assert asyncio.get_running_loop().time() < deadline, f"the workers did not start:\n{workers.logs()}"
+        await asyncio.sleep(0.5)
+
+
+def loop(user_id: int, bars: int = 1, bpm: float = 120.0) -> JobRequest:
+    return JobRequest(user_id=user_id, prompt="dusty boom bap", bpm=bpm, bars=bars)
+
+
+LONG = {"bpm": 70.0, "bars": 8}
+"""About 28 seconds of audio: long enough on the tiny model to be killed or cancelled in."""
+
+
+async def running_on(service: QueueService, job_id: str) -> str:
+    """The worker that has started the job, once one has."""
+    async def worker() -> str:
+        while (name := await service.backend.worker_of(job_id)) is None:
+            await asyncio.sleep(0.05)
+        return name
+
+    return await asyncio.wait_for(worker(), 60)
+
+
+async def submit_all(service: QueueService, requests: list[JobRequest]) -> list[str]:
+    results = [await service.submit(request) for request in requests]
+    assert all(isinstance(result, Accepted) for result in results), results
+    return [result.job_id for result in results]  # type: ignore[union-attr]
+
+
+def assert_each_done_once(database: Database, data_dir: Path, job_ids: list[str], attempts: list[int]) -> None:
+    """Every row done, started as often as expected, and exactly one audio file per job."""
+    with database.session() as session:
+        rows = [get_generation(session, job_id) for job_id in job_ids]
+    assert [row.status for row in rows] == [GenerationStatus.DONE] * len(rows)
+    assert [row.attempts for row in rows] == attempts
+    audio = [path.relative_to(data_dir).as_posix() for path in data_dir.rglob("*")
+             if path.suffix in AUDIO_SUFFIXES and not path.name.startswith(".")]
+    assert sorted(audio) == sorted(row.audio_path for row in rows)
+
+
+async def deliveries(backend: SaqBackend, job_ids: list[str]) -> Counter[str]:
+    """How many finished saq batches delivered each of the jobs: 1 each, or something ran twice."""
+    queue = RedisQueue(Redis.from_url(backend.redis_url), name=backend.queue_name)
+    delivered: Counter[str] = Counter()
+    async for job in queue.iter_jobs([Status.COMPLETE]):
+        if job.function == RUN_BATCH:
+            delivered.update(event["data"]["job_id"] for event in job.result["events"]
+                             if event["type"] == "WorkDone" and event["data"]["job_id"] in job_ids)
+    await queue.disconnect()
+    return delivered
+
+
+@pytest.mark.redis
+@pytest.mark.postgres
+async def test_a_restarted_service_collects_what_ran_while_it_was_down(workers, database, tiny_model_dir, tmp_path) -> None:
+    settings = tiny_settings(tiny_model_dir, tmp_path, batch_size=1)
+    before = distributed_service(settings, database, workers)
+    started: set[str] = set()
+    before.add_listener(lambda e: started.add(e.job_id) if isinstance(e, JobProgress) and e.stage is Stage.GENERATING else None)
+    await before.start()
+    await both_workers_ready(before, workers)
+    job_ids = await submit_all(before, [loop(user) for user in range(1, 6)])  # 2 in flight, 3 waiting
+    async def two_started() -> None:
+        while len(started) < 2:
+            await asyncio.sleep(0.05)
+
+    await asyncio.wait_for(two_started(), 30)
+    await before.stop()  # as if the bot went down: the workers go on without it
+    await asyncio.sleep(3.0)
+
+    after = distributed_service(settings, database, workers)
+    events = {job_id: after.subscribe(job_id) for job_id in job_ids}
+    await after.start()
+    try:
+        assert set(after.backend.resumed()) and set(job_ids) >= {j for ids in after.backend.resumed().values() for j in ids}
+        finals: list[JobEvent] = await asyncio.gather(*(final_event(after, job_id, events[job_id]) for job_id in job_ids))
+        assert all(isinstance(event, JobDone) for event in finals), finals
+        assert_each_done_once(database, tmp_path, job_ids, attempts=[1] * len(job_ids))
+        assert await deliveries(after.backend, job_ids) == Counter(job_ids)
+    finally:
+        await after.stop()
+
+
+@pytest.mark.redis
+@pytest.mark.postgres
+async def test_a_worker_killed_mid_batch_loses_nothing(workers, database, tiny_model_dir, tmp_path) -> None:
+    settings = tiny_settings(tiny_model_dir, tmp_path, batch_size=1)
+    service = distributed_service(settings, database, workers)
+    await service.start()
+    try:
+        await both_workers_ready(service, workers)
+        long, *short = await submit_all(service, [loop(1, **LONG)] + [loop(user) for user in (2, 3, 4)])
+        finals = {job_id: asyncio.ensure_future(final_event(service, job_id)) for job_id in (long, *short)}
+        workers.kill(await running_on(service, long))
+        assert all(isinstance(final, JobDone) for final in await asyncio.gather(*finals.values()))
+        assert_each_done_once(database, tmp_path, [long, *short], attempts=[2, 1, 1, 1])
+        assert await deliveries(service.backend, [long, *short]) == Counter([long, *short])
+
+        # The owner cancels a running batch: the worker stops it between decoding steps and goes on.
+        cancelled = (await submit_all(service, [loop(5, **LONG)]))[0]
+        events = service.subscribe(cancelled)
+        await running_on(service, cancelled)
+        assert (await service.cancel(cancelled, user_id=5)).ok
+        assert await final_event(service, cancelled, events) == JobCancelled(cancelled)
+        after = (await submit_all(service, [loop(5)]))[0]
+        assert isinstance(await final_event(service, after), JobDone)
+        with database.session() as session:
+            assert get_generation(session, cancelled).status is GenerationStatus.CANCELLED
+        assert await deliveries(service.backend, [cancelled]) == Counter()
+    finally:
+        await service.stop()
