@@ -11,17 +11,25 @@ from pathlib import Path
 
 import discord
 from aiohttp import web
-from discord.ext import commands
+from discord.ext import commands, tasks
 
 from generation.config import Settings
 from generation.jobs.api import JobDone
 from generation.metrics import start_metrics_server
-from generation.storage import Database, Generation, get_generation, mark_request_delivered, pending_deliveries
+from generation.storage import (
+    Database,
+    Generation,
+    get_generation,
+    has_pending_delivery,
+    mark_request_delivered,
+    pending_deliveries,
+)
 
 from . import embeds
 from .errors import LoopJamTree
 from .text import NO_PINGS, requester_only
 from .tracker import JobTracker, TrackedJob, send_result
+from .uploads import TooLargeToUpload
 from .views import LoopActionButton, CancelButton, result_view
 
 if tp.TYPE_CHECKING:
@@ -65,6 +73,8 @@ class LoopJamBot(commands.Bot):
         self.sync_guild = sync_guild or settings.discord.sync_guild
         self.tracker = JobTracker(self)
         self.metrics: web.AppRunner | None = None
+        self.posting: set[str] = set()
+        """Jobs whose outcome is being posted now, so the redelivery loop leaves them alone."""
 
     async def load_cogs(self) -> None:
         for extension in EXTENSIONS:
@@ -77,9 +87,11 @@ class LoopJamBot(commands.Bot):
         self.service.add_listener(self.tracker.on_event)
         self.metrics = await start_metrics_server(self.settings.metrics, self.service)
         await self.service.start()
-        self.loop.create_task(self.deliver_pending())
+        self.deliver_pending.change_interval(seconds=self.settings.discord.redelivery_interval_s)
+        self.deliver_pending.start()
 
     async def close(self) -> None:
+        self.deliver_pending.cancel()
         await self.service.stop()
         if self.metrics is not None:
             await self.metrics.cleanup()
@@ -120,8 +132,22 @@ class LoopJamBot(commands.Bot):
     async def channel_for(self, channel_id: int) -> discord.abc.Messageable:
         return self.get_channel(channel_id) or await self.fetch_channel(channel_id)
 
+    async def _post_once(self, job_id: str, posting: tp.Coroutine[tp.Any, tp.Any, None]) -> None:
+        """Run `posting` unless the same job's outcome is being posted already."""
+        if job_id in self.posting:
+            posting.close()
+            return
+        self.posting.add(job_id)
+        try:
+            await posting
+        finally:
+            self.posting.discard(job_id)
+
     async def post_result(self, job_id: str, done: JobDone, tracked: TrackedJob | None) -> None:
         """Post a finished loop where its request was made, and record where it went."""
+        await self._post_once(job_id, self._post_result(job_id, done, tracked))
+
+    async def _post_result(self, job_id: str, done: JobDone, tracked: TrackedJob | None) -> None:
         found = await self.in_db(_row_and_credit, job_id)
         if found is None or found[0].channel_id is None:
             return
@@ -132,6 +158,15 @@ class LoopJamBot(commands.Bot):
         request = embeds.request_line(row.prompt, row.bpm, row.bars, row.beats_per_bar)
         seconds = row.bars * row.beats_per_bar * 60.0 / row.bpm
         embed = embeds.result_embed(job_id, request, done.report, done.seed, row.model, seconds, credit)
+        try:
+            message = await self._send_loops(job_id, done, tracked, request, embed, limit, channel, row.user_id)
+        except TooLargeToUpload as error:
+            await self._post_failure(job_id, str(error), tracked)
+            return
+        await self.in_db(_record_posted, job_id, message.id, message.channel.id)
+
+    async def _send_loops(self, job_id: str, done: JobDone, tracked: TrackedJob | None, request: str,
+                          embed: discord.Embed, limit: int, channel: tp.Any, requester_id: int) -> discord.Message:
         if tracked is not None and tracked.token_alive():
             self.service.set_uploading(job_id)
             await tracked.interaction.edit_original_response(
@@ -141,16 +176,17 @@ class LoopJamBot(commands.Bot):
             await tracked.interaction.edit_original_response(
                 embed=discord.Embed(title="Done", description=f"{request}\n\n[Jump to the loop]({message.jump_url})"),
             )
-        else:
-            # The interaction token is gone (late result, or a restart): a new message that pings
-            # only the requester.
-            requester = discord.Object(row.user_id)
-            message = await send_result(channel, done.files, limit, embed, result_view(job_id), requester)
-        await self.in_db(_record_posted, job_id, message.id, message.channel.id)
+            return message
+        # The interaction token is gone (late result, a restart, or a refused follow-up): a new
+        # message that pings only the requester.
+        return await send_result(channel, done.files, limit, embed, result_view(job_id), discord.Object(requester_id))
 
     async def post_failure(self, job_id: str, reason: str, tracked: TrackedJob | None) -> None:
         """Say why a job failed: on its queue message while the token lives, else to the requester."""
-        row = await self.in_db(get_generation, job_id)
+        await self._post_once(job_id, self._post_failure(job_id, reason, tracked))
+
+    async def _post_failure(self, job_id: str, reason: str, tracked: TrackedJob | None) -> None:
+        row = await self.in_db(_undelivered, job_id)
         if row is None or row.channel_id is None:
             return
         request = embeds.request_line(row.prompt, row.bpm, row.bars, row.beats_per_bar)
@@ -162,9 +198,9 @@ class LoopJamBot(commands.Bot):
             await channel.send(content=f"<@{row.user_id}>", embed=embed, allowed_mentions=requester_only(discord.Object(row.user_id)))
         await self.in_db(_record_posted, job_id, None, None)
 
+    @tasks.loop(seconds=30.0)  # `[discord] redelivery_interval_s`, set in setup_hook
     async def deliver_pending(self) -> None:
-        """Post what finished while the bot was away: one message per request, as when it is here."""
-        await self.wait_until_ready()
+        """Post what finished while the bot was away, or whose post Discord refused: nothing is lost."""
         for job_id, outcome in await self.in_db(_pending_outcomes, Path(self.settings.storage.data_dir)):
             try:
                 if isinstance(outcome, JobDone):
@@ -173,6 +209,10 @@ class LoopJamBot(commands.Bot):
                     await self.post_failure(job_id, outcome, None)
             except discord.HTTPException:
                 log.exception("could not deliver %s", job_id)
+
+    @deliver_pending.before_loop
+    async def _before_delivering(self) -> None:
+        await self.wait_until_ready()
 
 
 def _pending_outcomes(session: tp.Any, data_dir: Path) -> list[tuple[str, JobDone | str]]:
@@ -200,9 +240,15 @@ def report_of(row: "Generation") -> dict[str, tp.Any]:
     return {**{name: getattr(row, name) for name in names}, "reason": row.verdict_reason}
 
 
-def _row_and_credit(session: tp.Any, job_id: str) -> tuple["Generation", str] | None:
-    """The job's row and who to credit: the requester, and the parent's author for a button press."""
+def _undelivered(session: tp.Any, job_id: str) -> Generation | None:
+    """The job's row while its outcome still waits to be posted; None once posted (or unknown)."""
     row = get_generation(session, job_id)
+    return row if row is not None and has_pending_delivery(session, row.request_group) else None
+
+
+def _row_and_credit(session: tp.Any, job_id: str) -> tuple[Generation, str] | None:
+    """The job's row (while undelivered) and who to credit: the requester, and the parent's author."""
+    row = _undelivered(session, job_id)
     if row is None:
         return None
     credit = f"by <@{row.user_id}>"

@@ -41,6 +41,7 @@ class DiscordSettings(Section):
     api_base_url: str = "https://discord.com/api/v10"
     gateway_url: str | None = None
     sync_guild: int | None = None
+    redelivery_interval_s: float = Field(default=30.0, gt=0, le=3600)
 
 
 class ModelSettings(Section):

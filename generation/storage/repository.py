@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any, TypedDict, Unpack
 
-from sqlalchemy import ColumnElement, func, select, update
+from sqlalchemy import ColumnElement, Select, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -297,19 +297,28 @@ def mark_delivered(
         delivery.generation.posted_channel_id = channel_id
 
 
-def mark_request_delivered(
-    session: Session, request_group: str, *, message_id: int | None = None, channel_id: int | None = None
-) -> int:
-    """Record that every pending result of one request (its variations) was posted; returns how many."""
-    query = (
+def _undelivered_of(request_group: str) -> Select[tuple[int]]:
+    """The ids of the deliveries of one request that were not posted yet."""
+    return (
         select(Delivery.id)
         .join(Generation, Delivery.generation_id == Generation.id)
         .where(Generation.request_group == request_group, Delivery.delivered_at.is_(None))
     )
-    delivery_ids = list(session.scalars(query))
+
+
+def mark_request_delivered(
+    session: Session, request_group: str, *, message_id: int | None = None, channel_id: int | None = None
+) -> int:
+    """Record that every pending result of one request (its variations) was posted; returns how many."""
+    delivery_ids = list(session.scalars(_undelivered_of(request_group)))
     for delivery_id in delivery_ids:
         mark_delivered(session, delivery_id, message_id=message_id, channel_id=channel_id)
     return len(delivery_ids)
+
+
+def has_pending_delivery(session: Session, request_group: str) -> bool:
+    """Whether some result of this request still waits to be posted."""
+    return session.scalar(_undelivered_of(request_group).limit(1)) is not None
 
 
 def record_delivery_failure(session: Session, delivery_id: int, error: str) -> None:
