@@ -23,6 +23,7 @@ from generation.storage import (
     has_pending_delivery,
     mark_request_delivered,
     pending_deliveries,
+    sweep_audio,
 )
 
 from . import embeds
@@ -89,9 +90,11 @@ class LoopJamBot(commands.Bot):
         await self.service.start()
         self.deliver_pending.change_interval(seconds=self.settings.discord.redelivery_interval_s)
         self.deliver_pending.start()
+        self.sweep_old_audio.start()
 
     async def close(self) -> None:
         self.deliver_pending.cancel()
+        self.sweep_old_audio.cancel()
         await self.service.stop()
         if self.metrics is not None:
             await self.metrics.cleanup()
@@ -209,6 +212,14 @@ class LoopJamBot(commands.Bot):
                     await self.post_failure(job_id, outcome, None)
             except discord.HTTPException:
                 log.exception("could not deliver %s", job_id)
+
+    @tasks.loop(hours=1)
+    async def sweep_old_audio(self) -> None:
+        """Delete loop audio past `[storage] retention_days`; the history keeps the rest and /replay regenerates."""
+        storage = self.settings.storage
+        swept = await self.in_db(sweep_audio, Path(storage.data_dir), storage.retention_days)
+        if swept.cleared:
+            log.info("retention: deleted the audio of %d loop(s)", swept.cleared)
 
     @deliver_pending.before_loop
     async def _before_delivering(self) -> None:

@@ -245,6 +245,8 @@ async def test_a_restart_keeps_buttons_working_and_finishes_queued_jobs(double: 
     # A button on a message from before the restart still works.
     pressed = await double.click(message, f"lj:reroll:{job_id_of(result)}", user="carol")
     assert (await pressed.wait_callback(timeout=3)).json["data"]["embeds"][0]["title"] == "Queued"
+    # The command schema did not change, so the restarted bot did not sync it again.
+    assert len(double.requests.matching(lambda r: r.route == "PUT /applications/{application_id}/commands")) == 1
 
 
 async def test_progress_edits_survive_429s(double: DiscordDouble, bot: BotProcess) -> None:

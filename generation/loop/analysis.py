@@ -1,4 +1,4 @@
-"""Features the loop engine reads: onset strength, low-band onsets, chroma and log-mel, per frame.
+"""Features the loop engine reads: onset strength, low-band onsets and level, chroma and log-mel, per frame.
 
 Everything is computed once from one STFT of the mono mix. Frames are `hop` samples apart
 (about 5 ms, so beat times are precise to a few ms); frame f is centred on sample f * hop.
@@ -28,6 +28,7 @@ class Analysis:
     hop: int
     onset: np.ndarray  # [F] spectral flux of log-mel (all bands)
     low_onset: np.ndarray  # [F] spectral flux below LOW_BAND_HZ
+    low_level: np.ndarray  # [F] power below LOW_BAND_HZ in dB
     chroma: np.ndarray  # [12, F], each frame max-normalised
     log_mel: np.ndarray  # [N_MELS, F] in dB
     duration: float  # seconds of the analysed signal
@@ -81,6 +82,7 @@ def analyse(signal: np.ndarray, sample_rate: int) -> Analysis:
         hop=hop,
         onset=(flux[0] * low_bands + flux[1] * (N_MELS - low_bands)) / N_MELS,  # mean over all bands
         low_onset=flux[0],
+        low_level=librosa.power_to_db(mel[:low_bands].sum(axis=0), ref=1.0, top_db=None),
         chroma=chroma,
         log_mel=log_mel,
         duration=duration,

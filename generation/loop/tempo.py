@@ -20,6 +20,8 @@ METRIC_RELATIONS: dict[float, float] = {1.0: 1.0, 0.5: 0.9, 2.0: 0.9, 2.0 / 3.0:
 SEARCH_SPAN = 2.0  # search this many stretch limits around each relation, to see tempos past the limit
 PEAK_RADIUS_S = 0.015
 MAX_BACKTRACK_S = 0.03  # an onset counts for a beat when its peak is this close
+LOW_HIT_S = 0.06  # a beat's low-end hit is its loudest low-band level this soon after it
+LOW_FLOOR_DB = 40.0  # low-band levels are floored this far under the loudest beat's
 
 
 @dataclass(frozen=True)
@@ -118,6 +120,26 @@ def _zscore(values: np.ndarray) -> np.ndarray:
     return (values - values.mean()) / spread if spread > 0 else np.zeros_like(values)
 
 
+def _low_hits(analysis: Analysis, frames: np.ndarray, radius: int) -> np.ndarray:
+    """[B] peak low-band level (dB) from just before each beat frame to LOW_HIT_S after it.
+
+    A level, not a flux: a bass note right after another (beat 1 after a waltz's "pah" on 3)
+    rises little over what still rings, yet is the louder hit.
+    """
+    offsets = np.arange(-radius, round(LOW_HIT_S * analysis.frame_rate) + 1)
+    window = np.clip(frames[:, None] + offsets, 0, len(analysis.low_level) - 1)
+    level = analysis.low_level[window].max(axis=1)
+    return np.maximum(level, level.max() - LOW_FLOOR_DB)  # beats in silence would swamp the z-scores
+
+
+def _beat_change(per_beat: np.ndarray) -> np.ndarray:
+    """[B] harmonic change into each beat: 1 - cosine of its chroma with the previous beat's."""
+    norms = np.linalg.norm(per_beat, axis=0)
+    cosine = (per_beat[:, 1:] * per_beat[:, :-1]).sum(axis=0) / np.maximum(norms[1:] * norms[:-1], 1e-12)
+    change = 1.0 - cosine
+    return np.r_[change.mean() if len(change) else 0.0, change]  # the first beat: no evidence either way
+
+
 def _bar_change(per_beat: np.ndarray, beats_per_bar: int) -> np.ndarray:
     """[B] harmonic change at each beat: 1 - cosine of the mean chroma of the bar before and after.
 
@@ -136,20 +158,29 @@ def _bar_change(per_beat: np.ndarray, beats_per_bar: int) -> np.ndarray:
 
 
 def downbeat_phase(analysis: Analysis, beat_times: np.ndarray, beats_per_bar: int) -> tuple[int, float]:
-    """Which beat of `beat_times` starts a bar, and the confidence of that (0..1).
+    """Which beat of `beat_times` [B] starts a bar, and the confidence of that (0..1).
 
-    Bars start with low-end hits (kick, bass) and with harmonic change; the phase whose beats
-    carry the most of both wins. Confidence is the margin over the runner-up, in z units.
+    Bars start with the hardest low-end hit (kick, bass), a chord change (against the previous
+    beat and, more robustly, the previous bar) and an accent. Each cue is z-scored over the beats,
+    their weighted sum too, and every phase is scored by the mean of its beats. Confidence is the
+    margin of the best phase over the runner-up, as a fraction of the largest margin possible.
     """
     if len(beat_times) < 2 * beats_per_bar:
         return 0, 0.0
     frames = analysis.frame(beat_times)
     radius = max(1, round(PEAK_RADIUS_S * analysis.frame_rate))
-    low = _zscore(_peaks_at(analysis.low_onset, frames, radius))
-    accent = _zscore(_peaks_at(analysis.onset, frames, radius))
     per_beat = librosa.util.sync(analysis.chroma, frames, aggregate=np.mean)[:, 1 : len(frames) + 1]
-    evidence = low + _zscore(_bar_change(per_beat, beats_per_bar)) + 0.5 * accent
+    evidence = _zscore(
+        _zscore(_low_hits(analysis, frames, radius))
+        + _zscore(_beat_change(per_beat))
+        + _zscore(_bar_change(per_beat, beats_per_bar))
+        # Flux cues are weaker: a snare accents beat 2 and a bass after silence makes beat 3 rise.
+        + 0.5 * _zscore(_peaks_at(analysis.onset, frames, radius))
+        + 0.5 * _zscore(_peaks_at(analysis.low_onset, frames, radius))
+    )
     scores = np.array([evidence[phase::beats_per_bar].mean() for phase in range(beats_per_bar)])
     order = np.argsort(scores)[::-1]
-    confidence = float(np.clip((scores[order[0]] - scores[order[1]]) / 2.0, 0.0, 1.0))
+    # z-scored evidence that peaks on one phase only and is flat elsewhere gives this margin.
+    ideal = beats_per_bar / np.sqrt(beats_per_bar - 1)
+    confidence = float(np.clip((scores[order[0]] - scores[order[1]]) / ideal, 0.0, 1.0))
     return int(order[0]), confidence

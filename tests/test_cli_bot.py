@@ -1,0 +1,39 @@
+"""`loopjam run` and `loopjam commands`, as an operator runs them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from generation.cli import app
+
+
+@pytest.fixture(autouse=True)
+def no_token(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("DISCORD_TOKEN", raising=False)
+    monkeypatch.delenv("LOOPJAM_CONFIG", raising=False)
+
+
+def test_run_without_a_token_exits_2_and_says_how_to_set_it(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["run"])
+    assert result.exit_code == 2
+    (line,) = result.output.strip().splitlines()
+    assert "DISCORD_TOKEN" in line
+    assert not (tmp_path / "data").exists()  # nothing started, nothing written
+
+
+def test_commands_prints_the_schema_that_would_be_synced() -> None:
+    result = CliRunner().invoke(app, ["commands"])
+    assert result.exit_code == 0, result.output
+    schema = {command["name"]: command for command in json.loads(result.output)}
+    assert set(schema) == {"loop", "loopify", "history", "replay", "status", "settings"}
+    options = {option["name"]: option for option in schema["loop"]["options"]}
+    assert options["bpm"]["min_value"] == 40 and options["bpm"]["max_value"] == 240
+    assert options["prompt"]["max_length"] == 500 and options["prompt"]["autocomplete"]
+    assert [choice["value"] for choice in options["bars"]["choices"]] == [1, 2, 4, 8]
+    assert all(option["description"] for option in schema["loop"]["options"])
+    assert int(schema["settings"]["default_member_permissions"]) == 32  # Manage Server
