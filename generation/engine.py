@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import secrets
 import time
 import typing as tp
@@ -62,11 +63,14 @@ class MusicGenEngine:
 
     @classmethod
     def load(cls, name: str, device: str = "auto") -> "MusicGenEngine":
-        """Load the model once per process; on CPU with oneDNN off (see `bench/onednn.py`)."""
+        """Load the model once per process; on CPU, leave one core to the rest of the process."""
         model = load_musicgen(name, device)
         if model.device.type == "cpu":
-            # oneDNN builds kernels for every new input shape: the first generation at each new
-            # length stalls for 10-30 s here, against 0.5 s with torch's own CPU kernels.
+            # With every core in torch's thread pool, any other busy process (the bot's event loop,
+            # the loop engine, a second worker) makes its threads wait on each other: one second of
+            # audio then took up to 30 s here, against 0.05 s with a core left free
+            # (`bench/cpu_threads.py`). oneDNN off is a little faster still on these small shapes.
+            torch.set_num_threads(max(1, (os.cpu_count() or 2) - 1))
             torch.backends.mkldnn.enabled = False
         return cls(model, name)
 
