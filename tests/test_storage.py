@@ -223,7 +223,7 @@ def test_guild_settings_round_trip(database: Database) -> None:
             upsert_guild_settings(session, guild, colour="red")  # type: ignore[call-arg]
 
 
-def test_retention_deletes_old_audio_and_keeps_metadata(database: Database, tmp_path: Path) -> None:
+def test_retention_deletes_old_audio_and_its_waveform_and_keeps_metadata(database: Database, tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     (data_dir / "loops").mkdir(parents=True)
     outside = tmp_path / "elsewhere.wav"
@@ -239,6 +239,7 @@ def test_retention_deletes_old_audio_and_keeps_metadata(database: Database, tmp_
             ids[name] = job
     for name in ("old", "new"):
         (data_dir / paths[name]).write_bytes(b"RIFF")
+        (data_dir / paths[name]).with_suffix(".png").write_bytes(b"\x89PNG")
     for name in ("old", "gone", "outside"):
         set_times(database, ids[name], finished_at=now - timedelta(days=8))
     set_times(database, ids["new"], finished_at=now - timedelta(days=6))
@@ -246,8 +247,8 @@ def test_retention_deletes_old_audio_and_keeps_metadata(database: Database, tmp_
     with database.session() as session:
         result = sweep_audio(session, data_dir, retention_days=7, now=now)
     assert (result.cleared, result.skipped) == (2, 1)
-    assert not (data_dir / paths["old"]).exists()
-    assert (data_dir / paths["new"]).exists() and outside.exists()
+    assert not (data_dir / paths["old"]).exists() and not (data_dir / "loops/old.png").exists()
+    assert (data_dir / paths["new"]).exists() and (data_dir / "loops/new.png").exists() and outside.exists()
     with database.session() as session:
         stored = {name: get_generation(session, job) for name, job in ids.items()}
     assert stored["old"] is not None and stored["old"].audio_path is None

@@ -1,8 +1,11 @@
-"""Deciding whether a request joins the queue, and writing it there: one unit of work.
+"""Deciding whether a request joins the queue, and writing it there.
 
-The checks read the database (the jobs a user made in the window, the jobs waiting) and the
-insert follows in the same transaction; the service runs this under one lock, so two requests
-arriving together cannot both take the last place.
+The checks read the database (the jobs waiting, the jobs a user made in the window). Embedded,
+the insert follows in the same transaction (`admit`). Distributed, the per-user rate limit is
+shared by every bot process through Redis, and taken last, once every other check passed, so a
+refused request is never counted: checks (`check_admission`), then `take_shared_rate_limit`,
+then the insert. The service runs either under one lock, so two requests arriving together
+cannot both take the last place.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import secrets
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sqlalchemy import ColumnElement, distinct, func, select
 from sqlalchemy.orm import Session
@@ -31,6 +35,9 @@ from ..storage import (
     utcnow,
 )
 from .api import AUDIO_FORMATS, MAX_VARIATIONS, JobRequest, Refused, RefusalKind
+
+if TYPE_CHECKING:
+    from .distributed.ratelimit import RedisRateLimiter
 
 MAX_SOURCE_SECONDS = 600.0
 """The longest file `/loopify` takes."""
@@ -131,9 +138,9 @@ def check_request(
 ) -> list[NewGeneration] | Refused:
     """The request as rows to insert (one per variation), or an INVALID refusal saying what to change.
 
-    A variation takes its parent's BPM, bars and meter: it is cut on the parent's grid. A loopify
-    sends no prompt to a model; its rows keep the source file in `prompt_sent` instead, so the job
-    can be rebuilt from the history after a restart.
+    A variation takes its parent's BPM, bars and meter: it is cut on the parent's grid. The rows
+    keep every option of the job (format, exact seed, a loopify's source file), so a restart
+    rebuilds it as it was asked for.
     """
     if resolved_kind(request) is GenerationKind.VARIATION and parent is not None:
         request = replace(request, bpm=parent.bpm, bars=parent.bars, beats_per_bar=parent.beats_per_bar)
@@ -155,7 +162,7 @@ def check_request(
         NewGeneration(
             user_id=request.user_id, guild_id=request.guild_id, channel_id=request.channel_id,
             prompt=prompt,
-            prompt_sent=request.source_audio or build_prompt(prompt, request.bpm, request.beats_per_bar).text,
+            prompt_sent=build_prompt(prompt, request.bpm, request.beats_per_bar).text,
             bpm=request.bpm, bars=request.bars, beats_per_bar=request.beats_per_bar,
             temperature=_or(request.temperature, generation.temperature),
             top_k=int(_or(request.top_k, generation.top_k)),
@@ -165,6 +172,9 @@ def check_request(
             model=model,
             kind=resolved_kind(request),
             parent_id=None if parent is None else parent.id,
+            audio_format=request.audio_format,
+            exact_seed=request.exact_seed,
+            source_path=request.source_audio,
         )
         for seed in variation_seeds(request)
     ]
@@ -188,8 +198,8 @@ def recent_requests(session: Session, user_id: int, since: datetime, limit: int)
     return list(session.scalars(query))
 
 
-def check_limits(session: Session, settings: Settings, request: JobRequest, limits: Limits) -> Refused | None:
-    """A refusal when the user or the queue is at a limit; None when the request may join."""
+def check_capacity(session: Session, settings: Settings, request: JobRequest, limits: Limits) -> Refused | None:
+    """A refusal when the queue is full or the user has too many jobs waiting; None when there is room."""
     waiting = count_requests(session, Generation.status == GenerationStatus.QUEUED)
     if waiting >= settings.queue.max_queue:
         return Refused(RefusalKind.QUEUE_FULL, "The queue is full right now. Please try again in a few minutes.",
@@ -203,26 +213,70 @@ def check_limits(session: Session, settings: Settings, request: JobRequest, limi
             f"You already have {queued} loop{'s' if queued > 1 else ''} waiting; "
             "please wait for one to finish before asking for another.",
         )
-    now = utcnow()
-    window = timedelta(seconds=limits.rate_limit_window_s)
-    recent = recent_requests(session, request.user_id, now - window, limits.rate_limit_jobs)
-    if len(recent) >= limits.rate_limit_jobs:
-        # The oldest of the last N leaves the window first; then one more is allowed.
-        retry_after = max(0.0, (recent[-1] + window - now).total_seconds())
-        return Refused(
-            RefusalKind.RATE_LIMITED,
-            f"You've made {limits.rate_limit_jobs} loops recently; you can ask for another in {wait_text(retry_after)}.",
-            retry_after=retry_after,
-        )
     return None
 
 
-def admit(session: Session, settings: Settings, request: JobRequest) -> list[Generation] | Refused:
-    """Validate, check the limits and queue the request's rows (one per variation), in the caller's unit of work."""
+def rate_limited(limits: Limits, retry_after: float) -> Refused:
+    """The refusal of a user who made `limits.rate_limit_jobs` requests in the window."""
+    return Refused(
+        RefusalKind.RATE_LIMITED,
+        f"You've made {limits.rate_limit_jobs} loops recently; you can ask for another in {wait_text(retry_after)}.",
+        retry_after=retry_after,
+    )
+
+
+def check_rate(session: Session, request: JobRequest, limits: Limits) -> Refused | None:
+    """The per-user rate limit counted in the database (embedded mode: one process admits)."""
+    if limits.exempt:
+        return None
+    now = utcnow()
+    window = timedelta(seconds=limits.rate_limit_window_s)
+    recent = recent_requests(session, request.user_id, now - window, limits.rate_limit_jobs)
+    if len(recent) < limits.rate_limit_jobs:
+        return None
+    # The oldest of the last N leaves the window first; then one more is allowed.
+    return rate_limited(limits, max(0.0, (recent[-1] + window - now).total_seconds()))
+
+
+async def take_shared_rate_limit(limiter: RedisRateLimiter, request: JobRequest, limits: Limits) -> Refused | None:
+    """The per-user rate limit shared by every bot process (distributed mode); counts the request when it passes.
+
+    Call it after every other check, right before the insert: a refused request is not counted.
+    """
+    if limits.exempt:
+        return None
+    retry_after = await limiter.take(str(request.user_id), limits.rate_limit_jobs, limits.rate_limit_window_s)
+    return None if retry_after is None else rate_limited(limits, retry_after)
+
+
+@dataclass(frozen=True)
+class Checked:
+    """A request that passed the checks: its rows to insert, and the limits that applied."""
+
+    rows: list[NewGeneration]
+    limits: Limits
+
+
+def check_admission(
+    session: Session, settings: Settings, request: JobRequest, *, rate_in_database: bool
+) -> Checked | Refused:
+    """Validate the request and check the queue's and the user's limits; the rate limit too when `rate_in_database`.
+
+    Without `rate_in_database` the caller takes the rate limit itself (`take_shared_rate_limit`).
+    """
     guild = get_guild_settings(session, request.guild_id) if request.guild_id is not None else None
     parent = get_generation(session, request.parent_id) if request.parent_id is not None else None
-    checked = check_request(settings, request, guild, parent)
-    if isinstance(checked, Refused):
-        return checked
-    refusal = check_limits(session, settings, request, Limits.resolve(settings, guild, request.role_ids))
-    return refusal if refusal is not None else create_generations(session, checked)
+    rows = check_request(settings, request, guild, parent)
+    if isinstance(rows, Refused):
+        return rows
+    limits = Limits.resolve(settings, guild, request.role_ids)
+    refusal = check_capacity(session, settings, request, limits)
+    if refusal is None and rate_in_database:
+        refusal = check_rate(session, request, limits)
+    return Checked(rows, limits) if refusal is None else refusal
+
+
+def admit(session: Session, settings: Settings, request: JobRequest) -> list[Generation] | Refused:
+    """Validate, check every limit (the rate in the database) and queue the request's rows, in the caller's unit of work."""
+    checked = check_admission(session, settings, request, rate_in_database=True)
+    return checked if isinstance(checked, Refused) else create_generations(session, checked.rows)

@@ -22,6 +22,7 @@ from collections.abc import Callable, Collection, Sequence
 from contextlib import suppress
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sqlalchemy import ColumnElement, select
 from sqlalchemy.orm import Session
@@ -33,6 +34,8 @@ from ..storage import (
     GenerationKind,
     GenerationStatus,
     LoopReportFields,
+    NewGeneration,
+    create_generations,
     get_generation,
     list_request_group,
     mark_cancelled,
@@ -41,7 +44,7 @@ from ..storage import (
     mark_running,
     recover_interrupted,
 )
-from .admission import admit
+from .admission import Checked, admit, check_admission, take_shared_rate_limit
 from .api import (
     FINAL_EVENT_TYPES,
     Accepted,
@@ -74,6 +77,9 @@ from .backend import (
 )
 from .fair import FairQueue, QueuedJob
 
+if TYPE_CHECKING:
+    from .distributed.ratelimit import RedisRateLimiter
+
 log = logging.getLogger(__name__)
 
 RECENT_BATCHES = 20
@@ -83,22 +89,17 @@ Listener = Callable[[JobEvent], object]
 """Called with every job event; may be a coroutine function."""
 
 
-def work_item(rows: Sequence[Generation], request: JobRequest | None = None) -> WorkItem:
+def work_item(rows: Sequence[Generation]) -> WorkItem:
     """A request's rows (one per variation, in order) as the job a worker runs; call it in a session.
 
-    The job's options come from `request`; rebuilt from the history alone (after a restart) a
-    replay is exact-seed and the format is WAV, as the rows do not keep them. A loopify's row
-    keeps its source file in `prompt_sent` (see `admission.check_request`).
+    The rows keep every option of the job, so one rebuilt after a restart is the job as asked for.
     """
     first = rows[0]
-    loopify = first.kind is GenerationKind.LOOPIFY
     return WorkItem(
         job_id=first.short_id, model=first.model, prompt_sent=first.prompt_sent, bpm=first.bpm, bars=first.bars,
         beats_per_bar=first.beats_per_bar, temperature=first.temperature, top_k=first.top_k, top_p=first.top_p,
         cfg_coef=first.cfg_coef, loop_ids=tuple(row.short_id for row in rows), seeds=tuple(row.seed for row in rows),
-        exact_seed=request.exact_seed if request is not None else first.kind is GenerationKind.REPLAY,
-        audio_format=request.audio_format if request is not None else "wav",
-        source_audio=first.prompt_sent if loopify else None,
+        exact_seed=first.exact_seed, audio_format=first.audio_format, source_audio=first.source_path,
         parent=parent_loop(first.parent) if first.kind is GenerationKind.VARIATION and first.parent else None,
     )
 
@@ -139,8 +140,20 @@ def report_fields(report: dict[str, object]) -> LoopReportFields:
 
 
 class QueueService:
-    def __init__(self, settings: Settings, database: Database, backend: JobBackend | None = None) -> None:
-        if backend is None and settings.queue.mode == "redis":
+    def __init__(
+        self,
+        settings: Settings,
+        database: Database,
+        backend: JobBackend | None = None,
+        rate_limiter: RedisRateLimiter | None = None,
+    ) -> None:
+        """`backend` and `rate_limiter` default to those of `settings.queue.mode`.
+
+        Distributed (`redis`), the per-user rate limit is the `RedisRateLimiter` every bot process
+        shares; embedded, `rate_limiter` is None and the database counts the user's jobs.
+        """
+        distributed = settings.queue.mode == "redis"
+        if backend is None and distributed:
             from .distributed import SaqBackend
 
             backend = SaqBackend(settings)
@@ -148,9 +161,16 @@ class QueueService:
             from .pool import ProcessWorkerPool
 
             backend = ProcessWorkerPool(settings)
+        if rate_limiter is None and distributed:
+            from redis.asyncio import Redis
+
+            from .distributed import RedisRateLimiter
+
+            rate_limiter = RedisRateLimiter(Redis.from_url(settings.queue.redis_url))
         self.settings = settings
         self.database = database
         self.backend = backend
+        self.rate_limiter = rate_limiter
         self.data_dir = Path(settings.storage.data_dir).resolve()
         self._queue = FairQueue()
         self._running: dict[str, QueuedJob] = {}
@@ -186,7 +206,10 @@ class QueueService:
         log.info("queue started with %d job(s) waiting", len(self._queue))
 
     async def stop(self) -> None:
-        """Stop dispatching and the workers. Running jobs are resumed (retried) by the next `start`."""
+        """Stop dispatching and the workers. Running jobs are resumed (retried) by the next `start`.
+
+        The rate limiter's Redis connections are closed too; a later submit opens new ones.
+        """
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -194,6 +217,8 @@ class QueueService:
                 await task
         self._tasks = []
         await self.backend.stop()
+        if self.rate_limiter is not None:
+            await self.rate_limiter.redis.aclose()
 
     def _recover(self, resumed: Collection[str]) -> tuple[list[QueuedJob], list[QueuedJob], list[tuple[str, str]]]:
         """Jobs to queue, jobs still running in batches the backend resumed, and jobs failed for good."""
@@ -212,7 +237,7 @@ class QueueService:
     async def submit(self, request: JobRequest) -> SubmitResult:
         """Queue a loop, or say why not (`Refused`) in words the user can act on."""
         async with self._admission:
-            admitted = await asyncio.to_thread(self._admit, request)
+            admitted = await self._admit(request)
             if isinstance(admitted, Refused):
                 return admitted
             job = QueuedJob(admitted, request.user_id)
@@ -222,10 +247,29 @@ class QueueService:
         position = self._queue.position(job.job_id) or 1
         return Accepted(job.job_id, position, self._eta(position))
 
-    def _admit(self, request: JobRequest) -> WorkItem | Refused:
+    async def _admit(self, request: JobRequest) -> WorkItem | Refused:
+        """Check and insert the request; distributed, the shared rate limit is taken between the two."""
+        if self.rate_limiter is None:
+            return await asyncio.to_thread(self._admit_counting_in_database, request)
+        checked = await asyncio.to_thread(self._check, request)
+        if isinstance(checked, Refused):
+            return checked
+        refusal = await take_shared_rate_limit(self.rate_limiter, request, checked.limits)
+        return refusal or await asyncio.to_thread(self._insert, checked.rows)
+
+    def _admit_counting_in_database(self, request: JobRequest) -> WorkItem | Refused:
+        """Embedded: the checks, the rate limit and the insert in one unit of work."""
         with self.database.session() as session:
             admitted = admit(session, self.settings, request)
-            return admitted if isinstance(admitted, Refused) else work_item(admitted, request)
+            return admitted if isinstance(admitted, Refused) else work_item(admitted)
+
+    def _check(self, request: JobRequest) -> Checked | Refused:
+        with self.database.session() as session:
+            return check_admission(session, self.settings, request, rate_in_database=False)
+
+    def _insert(self, rows: Sequence[NewGeneration]) -> WorkItem:
+        with self.database.session() as session:
+            return work_item(create_generations(session, rows))
 
     async def cancel(self, job_id: str, user_id: int) -> CancelResult:
         """Cancel a waiting or running job; only the user who asked for it may."""

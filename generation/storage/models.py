@@ -22,6 +22,7 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -141,6 +142,12 @@ class Generation(Base):
     cfg_coef: Mapped[float] = mapped_column(Float)
     seed: Mapped[int] = mapped_column(BigInteger)
     model: Mapped[str] = mapped_column(String(200))
+    audio_format: Mapped[str] = mapped_column(String(8), default="wav", server_default="wav")
+    """The format the loop is written in (`jobs.api.AUDIO_FORMATS`)."""
+    exact_seed: Mapped[bool] = mapped_column(default=False, server_default=false())
+    """Generate only `seed` (one candidate, no retries), as `/replay` asks."""
+    source_path: Mapped[str | None] = mapped_column(Text)
+    """A loopify's uploaded file, looped as it is with no model; None for every other kind."""
 
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None]

@@ -51,6 +51,9 @@ class NewGeneration:
     model: str
     kind: GenerationKind = GenerationKind.LOOP
     parent_id: int | None = None
+    audio_format: str = "wav"
+    exact_seed: bool = False
+    source_path: str | None = None
 
 
 @dataclass(frozen=True)
