@@ -260,9 +260,11 @@ async def test_progress_edits_survive_429s(double: DiscordDouble, bot: BotProces
 
 
 async def test_a_result_discord_refused_is_posted_again_later(double: DiscordDouble, bot: BotProcess) -> None:
-    double.fail(FOLLOW_UP, status=403, code=50013, message="Missing Permissions", when=lambda r: bool(r.files))
     since = len(double.requests)
     sent = await double.slash("loop", {"prompt": "refused once", "bpm": 124, "bars": 1}, user="carol")
+    # Armed for this interaction's follow-up only: earlier tests may still be posting theirs.
+    double.fail(FOLLOW_UP, status=403, code=50013, message="Missing Permissions",
+                when=lambda r: bool(r.files) and r.path_params.get("token") == sent.token)
     queued = (await sent.wait_callback(timeout=3)).json["data"]["embeds"][0]["footer"]["text"].split()[0]
     posted = await double.wait_for_request(
         CHANNEL_MESSAGE, lambda r: bool(r.files) and job_id_of(r) == queued, timeout=RESULT_TIMEOUT_S, since=since
