@@ -42,7 +42,7 @@ class Loops(commands.Cog):
     # --- checks shared by every way of queueing -------------------------------------------------
 
     async def check_channel(self, interaction: discord.Interaction) -> None:
-        """Refuse before queueing when the loop could not be posted here."""
+        """Refuse before queueing (and before downloading an upload) when the loop could not be posted here."""
         if interaction.guild_id is None:
             raise UserFacingError("LoopJam makes loops in servers, not in direct messages.")
         missing = [name for name, needed in REQUIRED_PERMISSIONS if needed and not getattr(interaction.app_permissions, name)]
@@ -62,9 +62,6 @@ class Loops(commands.Cog):
     async def enqueue(self, interaction: discord.Interaction, request: JobRequest) -> None:
         """Submit, answer with the queue position (or the refusal), and follow the job."""
         await self.check_channel(interaction)
-        guild = await self.bot.in_db(get_guild_settings, interaction.guild_id)
-        if guild is not None and guild.max_bars is not None and request.bars > guild.max_bars:
-            raise UserFacingError(f"This server allows loops of up to {guild.max_bars} bars.")
         result = await self.bot.service.submit(request)
         if isinstance(result, Refused):
             if result.reason is RefusalKind.RATE_LIMITED and result.retry_after is not None:
