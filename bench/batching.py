@@ -1,6 +1,6 @@
 """Dynamic batching through the real queue and worker process: 8 concurrent requests, B=8 vs B=1.
 
-    .venv/bin/python bench/batching.py [--requests 8] [--bars 1] [--bpm 120]
+    .venv/bin/python -m bench.batching [--requests 8] [--bars 1] [--bpm 120]
 
 Uses the tiny random MusicGen on CPU (written to a temporary directory), short loops, one
 candidate and no retries. Each run starts its own worker, waits for one warm-up job, then times
@@ -11,16 +11,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path[0] = str(Path(__file__).resolve().parents[1])
-
-from generation.config import GenerationSettings, ModelSettings, QueueSettings, Settings, StorageSettings  # noqa: E402
-from generation.jobs import FINAL_EVENT_TYPES, JobDone, JobRequest, QueueService  # noqa: E402
-from generation.storage import Database  # noqa: E402
+from generation.config import GenerationSettings, ModelSettings, QueueSettings, Settings, StorageSettings
+from generation.jobs import FINAL_EVENT_TYPES, JobDone, JobRequest, QueueService
+from generation.storage import Database
 
 
 async def wait_done(service: QueueService, job_ids: list[str]) -> None:

@@ -1,6 +1,6 @@
 """Engine throughput on CPU with the tiny model: batch 1 versus batch 8.
 
-    uv run python bench/engine.py [--seconds 4] [--repeats 3]
+    .venv/bin/python -m bench.engine [--seconds 4] [--repeats 3]
 
 Prints wall seconds per second of generated audio at each batch size and the ratio.
 """

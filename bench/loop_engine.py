@@ -1,6 +1,6 @@
 """Loop engine benchmark: a 12 s, 32 kHz stereo groove to a 4-bar loop, per stage, warm.
 
-    .venv/bin/python bench/loop_engine.py
+    .venv/bin/python -m bench.loop_engine
 
 Renders the clip with FluidSynth (tests/corpus.py); reports numba's first-call compile apart,
 then the median of 5 warm runs of each stage and of the whole make_loop.
