@@ -7,7 +7,6 @@ import json
 import logging
 import typing as tp
 
-import discord
 import yarl
 from discord.gateway import DiscordWebSocket
 from discord.http import Route

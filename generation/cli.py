@@ -68,7 +68,7 @@ def generate(
 ) -> None:
     """Generate exact-BPM loops from a prompt with MusicGen."""
     from .audio_io import FORMATS, extension, write_audio
-    from .prompts import InvalidRequest, build_prompt, loop_seconds, validate_request
+    from .prompts import InvalidRequest, build_prompt, validate_request
 
     conf = settings()
     try:

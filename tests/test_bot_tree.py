@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import typing as tp
 from collections.abc import AsyncIterator, Sequence
-from pathlib import Path
 
 import pytest
 import pytest_asyncio

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import update
-from sqlalchemy.engine import URL
 from sqlalchemy.exc import IntegrityError
 
 from generation.config import StorageSettings

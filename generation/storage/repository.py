@@ -10,7 +10,6 @@ from __future__ import annotations
 import secrets
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from datetime import datetime
 from typing import Any, TypedDict, Unpack
 
 from sqlalchemy import ColumnElement, Select, func, select, update
