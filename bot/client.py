@@ -11,6 +11,7 @@ from pathlib import Path
 
 import discord
 from aiohttp import web
+from discord import app_commands
 from discord.ext import commands, tasks
 
 from generation.config import Settings
@@ -27,7 +28,7 @@ from generation.storage import (
 )
 
 from . import embeds
-from .errors import LoopJamTree
+from .errors import LoopJamTree, UserFacingError
 from .text import NO_PINGS, requester_only
 from .tracker import JobTracker, TrackedJob, send_result
 from .uploads import TooLargeToUpload
@@ -99,6 +100,17 @@ class LoopJamBot(commands.Bot):
         if self.metrics is not None:
             await self.metrics.cleanup()
         await super().close()
+
+    def require_allowed_model(self, name: str) -> None:
+        """Refuse a model the operator did not configure in `[model] allowed`."""
+        allowed = self.settings.model.allowed
+        if name not in allowed:
+            raise UserFacingError(f"Unknown model. Choose one of: {', '.join(allowed)}.")
+
+    def model_choices(self, current: str) -> list[app_commands.Choice[str]]:
+        """Autocomplete for a model option: the configured models containing what was typed."""
+        matching = [m for m in self.settings.model.allowed if current.lower() in m.lower()]
+        return [app_commands.Choice(name=m[:100], value=m) for m in matching][:25]
 
     async def in_db(self, work: tp.Callable[..., tp.Any], *args: tp.Any) -> tp.Any:
         """Run `work(session, *args)` in one database unit of work, off the event loop."""

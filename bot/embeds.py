@@ -6,14 +6,13 @@ import typing as tp
 
 import discord
 
-from generation.prompts import format_bpm
+from generation.prompts import METER_BY_BEATS, format_bpm
 
 from .text import quote
 
 COLOUR = discord.Colour.from_rgb(88, 101, 242)
 FAILED_COLOUR = discord.Colour.red()
 BAR_CELLS = 20
-METER_BY_BEATS = {4: "4/4", 3: "3/4", 6: "6/8", 2: "2/4", 7: "7/8"}
 STAGE_WORDS = {
     "queued": "Queued",
     "generating": "Generating",

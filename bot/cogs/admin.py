@@ -34,6 +34,13 @@ class Settings(commands.GroupCog, group_name="settings", group_description="Loop
         row = await self.bot.in_db(lambda session: upsert_guild_settings(session, interaction.guild_id, **changes))
         await interaction.response.send_message("Saved.", embed=self.describe(row), ephemeral=True)
 
+    async def _toggle_id(self, interaction: discord.Interaction, field: str, item_id: int, *, add: bool) -> None:
+        """Add an id to, or remove it from, one of the guild's id lists (channels, roles)."""
+        row = await self.bot.in_db(get_guild_settings, interaction.guild_id)
+        ids = set(getattr(row, field) if row is not None else [])
+        ids = ids | {item_id} if add else ids - {item_id}
+        await self._change(interaction, **{field: sorted(ids)})
+
     def describe(self, row: tp.Any) -> discord.Embed:
         queue = self.bot.settings.queue
         embed = discord.Embed(title="LoopJam settings for this server", colour=embeds.COLOUR)
@@ -78,28 +85,21 @@ class Settings(commands.GroupCog, group_name="settings", group_description="Loop
     @app_commands.command(name="channel", description="Allow or stop loops in a channel (none allowed = every channel).")
     @app_commands.choices(action=[app_commands.Choice(name="allow", value="allow"), app_commands.Choice(name="remove", value="remove")])
     async def channel(self, interaction: discord.Interaction, action: str, channel: discord.TextChannel) -> None:
-        row = await self.bot.in_db(get_guild_settings, interaction.guild_id)
-        channels = set(row.allowed_channel_ids if row is not None else [])
-        channels = channels | {channel.id} if action == "allow" else channels - {channel.id}
-        await self._change(interaction, allowed_channel_ids=sorted(channels))
+        await self._toggle_id(interaction, "allowed_channel_ids", channel.id, add=action == "allow")
 
     @app_commands.command(name="exempt-role", description="Let a role skip the per-user limits, or stop it.")
     @app_commands.choices(action=[app_commands.Choice(name="add", value="add"), app_commands.Choice(name="remove", value="remove")])
     async def exempt_role(self, interaction: discord.Interaction, action: str, role: discord.Role) -> None:
-        row = await self.bot.in_db(get_guild_settings, interaction.guild_id)
-        roles = set(row.exempt_role_ids if row is not None else [])
-        roles = roles | {role.id} if action == "add" else roles - {role.id}
-        await self._change(interaction, exempt_role_ids=sorted(roles))
+        await self._toggle_id(interaction, "exempt_role_ids", role.id, add=action == "add")
 
     @app_commands.command(name="model", description="The model /loop uses when none is chosen.")
     async def model(self, interaction: discord.Interaction, name: str) -> None:
-        if name not in self.bot.settings.model.allowed:
-            raise UserFacingError(f"Choose one of: {', '.join(self.bot.settings.model.allowed)}.")
+        self.bot.require_allowed_model(name)
         await self._change(interaction, default_model=name)
 
     @model.autocomplete("name")
     async def model_names(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
-        return [app_commands.Choice(name=m[:100], value=m) for m in self.bot.settings.model.allowed if current.lower() in m.lower()][:25]
+        return self.bot.model_choices(current)
 
     @app_commands.command(name="max-bars", description="The longest loop members may ask for.")
     @app_commands.choices(bars=[app_commands.Choice(name=str(n), value=n) for n in (1, 2, 4, 8)])

@@ -108,9 +108,8 @@ class Loops(commands.Cog):
         model: str | None = None,
         format: str = "wav",
     ) -> None:
-        allowed_models = self.bot.settings.model.allowed
-        if model is not None and model not in allowed_models:
-            raise UserFacingError(f"Unknown model. Choose one of: {', '.join(allowed_models)}.")
+        if model is not None:
+            self.bot.require_allowed_model(model)
         request = JobRequest(
             user_id=interaction.user.id, prompt=prompt, bpm=bpm, bars=bars, beats_per_bar=BEATS_BY_METER[meter],
             guild_id=interaction.guild_id, channel_id=interaction.channel_id, role_ids=self.role_ids(interaction),
@@ -129,7 +128,7 @@ class Loops(commands.Cog):
 
     @loop.autocomplete("model")
     async def configured_models(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
-        return [app_commands.Choice(name=m[:100], value=m) for m in self.bot.settings.model.allowed if current.lower() in m.lower()][:25]
+        return self.bot.model_choices(current)
 
     # --- /loopify -------------------------------------------------------------------------------
 
