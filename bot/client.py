@@ -114,12 +114,11 @@ class LoopJamBot(commands.Bot):
 
     async def in_db(self, work: tp.Callable[..., tp.Any], *args: tp.Any) -> tp.Any:
         """Run `work(session, *args)` in one database unit of work, off the event loop."""
+        return await asyncio.to_thread(_unit_of_work, self.database.session, work, args)
 
-        def unit() -> tp.Any:
-            with self.database.session() as session:
-                return work(session, *args)
-
-        return await asyncio.to_thread(unit)
+    async def read_db(self, work: tp.Callable[..., tp.Any], *args: tp.Any) -> tp.Any:
+        """`in_db` for work that only reads: it never waits for the queue's writes."""
+        return await asyncio.to_thread(_unit_of_work, self.database.reading, work, args)
 
     # --- command sync ---------------------------------------------------------------------
 
@@ -163,7 +162,7 @@ class LoopJamBot(commands.Bot):
         await self._post_once(job_id, self._post_result(job_id, done, tracked))
 
     async def _post_result(self, job_id: str, done: JobDone, tracked: TrackedJob | None) -> None:
-        found = await self.in_db(_row_and_credit, job_id)
+        found = await self.read_db(_row_and_credit, job_id)
         if found is None or found[0].channel_id is None:
             return
         row, credit = found
@@ -201,7 +200,7 @@ class LoopJamBot(commands.Bot):
         await self._post_once(job_id, self._post_failure(job_id, reason, tracked))
 
     async def _post_failure(self, job_id: str, reason: str, tracked: TrackedJob | None) -> None:
-        row = await self.in_db(_undelivered, job_id)
+        row = await self.read_db(_undelivered, job_id)
         if row is None or row.channel_id is None:
             return
         request = embeds.request_line(row.prompt, row.bpm, row.bars, row.beats_per_bar)
@@ -216,7 +215,7 @@ class LoopJamBot(commands.Bot):
     @tasks.loop(seconds=30.0)  # `[discord] redelivery_interval_s`, set in setup_hook
     async def deliver_pending(self) -> None:
         """Post what finished while the bot was away, or whose post Discord refused: nothing is lost."""
-        for job_id, outcome in await self.in_db(_pending_outcomes, Path(self.settings.storage.data_dir)):
+        for job_id, outcome in await self.read_db(_pending_outcomes, Path(self.settings.storage.data_dir)):
             try:
                 if isinstance(outcome, JobDone):
                     await self.post_result(job_id, outcome, None)
@@ -236,6 +235,12 @@ class LoopJamBot(commands.Bot):
     @deliver_pending.before_loop
     async def _before_delivering(self) -> None:
         await self.wait_until_ready()
+
+
+def _unit_of_work(session: tp.Callable[[], tp.ContextManager[tp.Any]], work: tp.Callable[..., tp.Any],
+                  args: tuple[tp.Any, ...]) -> tp.Any:
+    with session() as opened:
+        return work(opened, *args)
 
 
 def _pending_outcomes(session: tp.Any, data_dir: Path) -> list[tuple[str, JobDone | str]]:

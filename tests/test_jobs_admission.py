@@ -85,7 +85,7 @@ async def test_guild_overrides_the_global_limits(make_service) -> None:
     assert too_long == Refused(RefusalKind.INVALID, "This server allows loops of at most 2 bars.")
     wrong_channel = await service.submit(loop(2, channel_id=99))
     assert wrong_channel.reason is RefusalKind.INVALID
-    assert wrong_channel.message == "Loops can't be made in this channel; ask an admin which channels allow them."
+    assert wrong_channel.message == "Loops are made in <#5>, <#6> on this server."
 
 
 @pytest.mark.parametrize(

@@ -36,7 +36,7 @@ class Settings(commands.GroupCog, group_name="settings", group_description="Loop
 
     async def _toggle_id(self, interaction: discord.Interaction, field: str, item_id: int, *, add: bool) -> None:
         """Add an id to, or remove it from, one of the guild's id lists (channels, roles)."""
-        row = await self.bot.in_db(get_guild_settings, interaction.guild_id)
+        row = await self.bot.read_db(get_guild_settings, interaction.guild_id)
         ids = set(getattr(row, field) if row is not None else [])
         ids = ids | {item_id} if add else ids - {item_id}
         await self._change(interaction, **{field: sorted(ids)})
@@ -62,7 +62,7 @@ class Settings(commands.GroupCog, group_name="settings", group_description="Loop
 
     @app_commands.command(name="show", description="Show this server's settings.")
     async def show(self, interaction: discord.Interaction) -> None:
-        row = await self.bot.in_db(get_guild_settings, interaction.guild_id)
+        row = await self.bot.read_db(get_guild_settings, interaction.guild_id)
         await interaction.response.send_message(embed=self.describe(row), ephemeral=True)
 
     @app_commands.command(name="limits", description="Loops per user per time window, and queued loops per user.")

@@ -35,7 +35,7 @@ class History(commands.Cog):
         guild_id = interaction.guild_id
 
         async def page(number: int) -> tuple[discord.Embed, bool]:
-            rows = await self.bot.in_db(
+            rows = await self.bot.read_db(
                 lambda session: list_history(session, user_id=user_id, guild_id=guild_id, search=search,
                                              limit=PAGE_SIZE + 1, offset=number * PAGE_SIZE)
             )
@@ -50,7 +50,7 @@ class History(commands.Cog):
     @app_commands.describe(id="The loop's id, as shown under it and in /history", seed="Another seed (default: the same)")
     async def replay(self, interaction: discord.Interaction, id: app_commands.Range[str, 1, 32],
                      seed: app_commands.Range[int, 0, 2**53 - 1] | None = None) -> None:
-        row = await self.bot.in_db(get_generation, id.strip())
+        row = await self.bot.read_db(get_generation, id.strip())
         if row is None:
             raise UserFacingError(f"There is no loop with the id {quote(id, 40)}. /history lists them.")
         request = JobRequest(

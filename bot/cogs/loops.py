@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import typing as tp
+from pathlib import Path
 
 import aiohttp
 import discord
@@ -12,7 +13,7 @@ from discord.ext import commands
 from generation.audio_io import audio_duration
 from generation.config import BPM_MAX, BPM_MIN, PROMPT_MAX_CHARS
 from generation.jobs.api import Accepted, JobRequest, Refused, RefusalKind
-from generation.storage import GenerationKind, get_generation, get_guild_settings, list_history
+from generation.storage import GenerationKind, get_generation, list_history
 
 from .. import embeds
 from ..errors import RateLimited, UserFacingError
@@ -41,19 +42,17 @@ class Loops(commands.Cog):
 
     # --- checks shared by every way of queueing -------------------------------------------------
 
-    async def check_channel(self, interaction: discord.Interaction) -> None:
-        """Refuse before queueing (and before downloading an upload) when the loop could not be posted here."""
+    def check_channel(self, interaction: discord.Interaction) -> None:
+        """Refuse before queueing (and before downloading an upload) when the loop could not be posted here.
+
+        Whether the server allows loops in this channel is the queue's check (`/settings channel`).
+        """
         if interaction.guild_id is None:
             raise UserFacingError("LoopJam makes loops in servers, not in direct messages.")
         missing = [name for name, needed in REQUIRED_PERMISSIONS if needed and not getattr(interaction.app_permissions, name)]
         if missing:
             words = ", ".join(name.replace("_", " ") for name in missing)
             raise UserFacingError(f"I can't post loops in this channel: I need the {words} permission here.")
-        guild = await self.bot.in_db(get_guild_settings, interaction.guild_id)
-        allowed = guild.allowed_channel_ids if guild is not None else None
-        if allowed and interaction.channel_id not in allowed:
-            channels = ", ".join(f"<#{channel}>" for channel in allowed)
-            raise UserFacingError(f"Loops are made in {channels} on this server.")
 
     def role_ids(self, interaction: discord.Interaction) -> frozenset[int]:
         roles = getattr(interaction.user, "roles", None) or []
@@ -61,7 +60,7 @@ class Loops(commands.Cog):
 
     async def enqueue(self, interaction: discord.Interaction, request: JobRequest) -> None:
         """Submit, answer with the queue position (or the refusal), and follow the job."""
-        await self.check_channel(interaction)
+        self.check_channel(interaction)
         result = await self.bot.service.submit(request)
         if isinstance(result, Refused):
             if result.reason is RefusalKind.RATE_LIMITED and result.retry_after is not None:
@@ -120,7 +119,7 @@ class Loops(commands.Cog):
 
     @loop.autocomplete("prompt")
     async def recent_prompts(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
-        rows = await self.bot.in_db(
+        rows = await self.bot.read_db(
             lambda session: list_history(session, user_id=interaction.user.id, search=current or None, limit=25)
         )
         unique = list(dict.fromkeys(row.prompt for row in rows))[:25]
@@ -150,14 +149,18 @@ class Loops(commands.Cog):
             raise UserFacingError(f"{quote(file.filename, 80)} is not an audio file. Upload WAV, FLAC, OGG or MP3.")
         if file.size > MAX_UPLOAD_BYTES:
             raise UserFacingError(f"That file is {file.size // (1024 * 1024)} MB; the limit is {MAX_UPLOAD_BYTES // (1024 * 1024)} MB.")
-        await self.check_channel(interaction)
+        self.check_channel(interaction)
         source = await self.download(file)
         request = JobRequest(
             user_id=interaction.user.id, prompt=f"loopify: {file.filename}", bpm=bpm, bars=bars,
             beats_per_bar=BEATS_BY_METER[meter], guild_id=interaction.guild_id, channel_id=interaction.channel_id,
-            role_ids=self.role_ids(interaction), source_audio=str(source),
+            role_ids=self.role_ids(interaction), source_audio=source,
         )
-        await self.enqueue(interaction, request)
+        try:
+            await self.enqueue(interaction, request)
+        except UserFacingError:
+            Path(source).unlink(missing_ok=True)  # refused: the upload is not kept
+            raise
 
     async def download(self, attachment: discord.Attachment) -> str:
         """Fetch an uploaded file into the data directory with aiohttp; returns its path."""
@@ -182,7 +185,7 @@ class Loops(commands.Cog):
 
     async def on_loop_action(self, interaction: discord.Interaction, action: str, job_id: str) -> None:
         """Variation, Re-roll, Double (queue a new job, charged to whoever pressed) or Info."""
-        row = await self.bot.in_db(get_generation, job_id)
+        row = await self.bot.read_db(get_generation, job_id)
         if row is None:
             raise UserFacingError("I can't find that loop any more.")
         if action == "info":

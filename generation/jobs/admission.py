@@ -1,17 +1,20 @@
 """Deciding whether a request joins the queue, and writing it there.
 
-The checks read the database (the jobs waiting, the jobs a user made in the window). Embedded,
-the insert follows in the same transaction (`admit`). Distributed, the per-user rate limit is
-shared by every bot process through Redis, and taken last, once every other check passed, so a
-refused request is never counted: checks (`check_admission`), then `take_shared_rate_limit`,
-then the insert. The service runs either under one lock, so two requests arriving together
-cannot both take the last place.
+Requests that arrive together are decided together, in arrival order: one read of what the
+limits count (`AdmissionLedger`), then one insert for all that were let in. Embedded, that is
+one transaction (`admit_group`). Distributed, the per-user rate limit is shared by every bot
+process through Redis, and taken last, once every other check passed, so a refused request is
+never counted: checks (`check_requests`, the ledger), then `take_shared_rate_limit`, then the
+insert (`insert_admitted`). The service decides one group at a time, so two requests arriving
+together cannot both take the last place.
 """
 
 from __future__ import annotations
 
 import math
 import secrets
+from collections import Counter
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -29,9 +32,8 @@ from ..storage import (
     GenerationStatus,
     GuildSettings,
     NewGeneration,
-    create_generations,
+    create_request_groups,
     get_generation,
-    get_guild_settings,
     utcnow,
 )
 from .api import AUDIO_FORMATS, MAX_VARIATIONS, JobRequest, Refused, RefusalKind
@@ -152,7 +154,8 @@ def check_request(
         if model not in settings.model.allowed and model != settings.model.name:
             raise InvalidRequest(f"The model {model!r} is not available here.")
         if guild is not None and guild.allowed_channel_ids and request.channel_id not in guild.allowed_channel_ids:
-            raise InvalidRequest("Loops can't be made in this channel; ask an admin which channels allow them.")
+            channels = ", ".join(f"<#{channel}>" for channel in guild.allowed_channel_ids)
+            raise InvalidRequest(f"Loops are made in {channels} on this server.")
         if guild is not None and guild.max_bars is not None and request.bars > guild.max_bars:
             raise InvalidRequest(f"This server allows loops of at most {guild.max_bars} bars.")
     except InvalidRequest as error:
@@ -185,35 +188,29 @@ def count_requests(session: Session, *conditions: ColumnElement[bool]) -> int:
     return session.scalar(select(func.count(distinct(Generation.request_group))).where(*conditions)) or 0
 
 
-def recent_requests(session: Session, user_id: int, since: datetime, limit: int) -> list[datetime]:
-    """When the user's last `limit` requests since `since` were made, newest first."""
+def queued_requests_by_user(session: Session, user_ids: Collection[int]) -> Counter[int]:
+    """How many requests each of `user_ids` has waiting in the queue."""
+    query = (
+        select(Generation.user_id, func.count(distinct(Generation.request_group)))
+        .where(Generation.user_id.in_(user_ids), Generation.status == GenerationStatus.QUEUED)
+        .group_by(Generation.user_id)
+    )
+    return Counter({user_id: count for user_id, count in session.execute(query)})
+
+
+def recent_requests_by_user(session: Session, user_ids: Collection[int], since: datetime) -> dict[int, list[datetime]]:
+    """When each of `user_ids` made the requests since `since`, oldest first."""
     made_at = func.min(Generation.created_at)
     query = (
-        select(made_at)
-        .where(Generation.user_id == user_id, Generation.created_at > since)
-        .group_by(Generation.request_group)
-        .order_by(made_at.desc())
-        .limit(limit)
+        select(Generation.user_id, made_at)
+        .where(Generation.user_id.in_(user_ids), Generation.created_at > since)
+        .group_by(Generation.user_id, Generation.request_group)
+        .order_by(made_at)
     )
-    return list(session.scalars(query))
-
-
-def check_capacity(session: Session, settings: Settings, request: JobRequest, limits: Limits) -> Refused | None:
-    """A refusal when the queue is full or the user has too many jobs waiting; None when there is room."""
-    waiting = count_requests(session, Generation.status == GenerationStatus.QUEUED)
-    if waiting >= settings.queue.max_queue:
-        return Refused(RefusalKind.QUEUE_FULL, "The queue is full right now. Please try again in a few minutes.",
-                       retry_after=None)
-    if limits.exempt:
-        return None
-    queued = count_requests(session, Generation.user_id == request.user_id, Generation.status == GenerationStatus.QUEUED)
-    if queued >= limits.max_queued_per_user:
-        return Refused(
-            RefusalKind.TOO_MANY_QUEUED,
-            f"You already have {queued} loop{'s' if queued > 1 else ''} waiting; "
-            "please wait for one to finish before asking for another.",
-        )
-    return None
+    recent: dict[int, list[datetime]] = {user_id: [] for user_id in user_ids}
+    for user_id, when in session.execute(query):
+        recent[user_id].append(when)
+    return recent
 
 
 def rate_limited(limits: Limits, retry_after: float) -> Refused:
@@ -223,19 +220,6 @@ def rate_limited(limits: Limits, retry_after: float) -> Refused:
         f"You've made {limits.rate_limit_jobs} loops recently; you can ask for another in {wait_text(retry_after)}.",
         retry_after=retry_after,
     )
-
-
-def check_rate(session: Session, request: JobRequest, limits: Limits) -> Refused | None:
-    """The per-user rate limit counted in the database (embedded mode: one process admits)."""
-    if limits.exempt:
-        return None
-    now = utcnow()
-    window = timedelta(seconds=limits.rate_limit_window_s)
-    recent = recent_requests(session, request.user_id, now - window, limits.rate_limit_jobs)
-    if len(recent) < limits.rate_limit_jobs:
-        return None
-    # The oldest of the last N leaves the window first; then one more is allowed.
-    return rate_limited(limits, max(0.0, (recent[-1] + window - now).total_seconds()))
 
 
 async def take_shared_rate_limit(limiter: RedisRateLimiter, request: JobRequest, limits: Limits) -> Refused | None:
@@ -251,32 +235,106 @@ async def take_shared_rate_limit(limiter: RedisRateLimiter, request: JobRequest,
 
 @dataclass(frozen=True)
 class Checked:
-    """A request that passed the checks: its rows to insert, and the limits that applied."""
+    """A valid request: its rows to insert, and the limits that apply to it."""
 
+    request: JobRequest
     rows: list[NewGeneration]
     limits: Limits
 
 
-def check_admission(
-    session: Session, settings: Settings, request: JobRequest, *, rate_in_database: bool
-) -> Checked | Refused:
-    """Validate the request and check the queue's and the user's limits; the rate limit too when `rate_in_database`.
+@dataclass
+class AdmissionLedger:
+    """What the limits count, read once for a group of requests decided together, in arrival order.
 
-    Without `rate_in_database` the caller takes the rate limit itself (`take_shared_rate_limit`).
+    `admit` records each request it lets in, so the next one in the group counts it: every
+    request gets the answer it would have got alone, with the ones before it already queued.
     """
-    guild = get_guild_settings(session, request.guild_id) if request.guild_id is not None else None
-    parent = get_generation(session, request.parent_id) if request.parent_id is not None else None
-    rows = check_request(settings, request, guild, parent)
-    if isinstance(rows, Refused):
-        return rows
-    limits = Limits.resolve(settings, guild, request.role_ids)
-    refusal = check_capacity(session, settings, request, limits)
-    if refusal is None and rate_in_database:
-        refusal = check_rate(session, request, limits)
-    return Checked(rows, limits) if refusal is None else refusal
+
+    now: datetime
+    waiting: int
+    """Requests in the queue."""
+    queued_by_user: Counter[int]
+    recent_by_user: dict[int, list[datetime]]
+    """When each user's requests in the longest window of the group were made, oldest first."""
+
+    @classmethod
+    def read(cls, session: Session, checked: Sequence[Checked]) -> AdmissionLedger:
+        now = utcnow()
+        user_ids = {item.request.user_id for item in checked}
+        longest_window = max((item.limits.rate_limit_window_s for item in checked), default=0.0)
+        return cls(
+            now=now,
+            waiting=count_requests(session, Generation.status == GenerationStatus.QUEUED),
+            queued_by_user=queued_requests_by_user(session, user_ids) if user_ids else Counter(),
+            recent_by_user=recent_requests_by_user(session, user_ids, now - timedelta(seconds=longest_window)) if user_ids else {},
+        )
+
+    def capacity_refusal(self, settings: Settings, item: Checked) -> Refused | None:
+        """A refusal when the queue is full or the user has too many jobs waiting; None when there is room."""
+        if self.waiting >= settings.queue.max_queue:
+            return Refused(RefusalKind.QUEUE_FULL, "The queue is full right now. Please try again in a few minutes.",
+                           retry_after=None)
+        if item.limits.exempt:
+            return None
+        queued = self.queued_by_user[item.request.user_id]
+        if queued >= item.limits.max_queued_per_user:
+            return Refused(
+                RefusalKind.TOO_MANY_QUEUED,
+                f"You already have {queued} loop{'s' if queued > 1 else ''} waiting; "
+                "please wait for one to finish before asking for another.",
+            )
+        return None
+
+    def rate_refusal(self, item: Checked) -> Refused | None:
+        """The per-user rate limit counted in the database (embedded mode: one process admits)."""
+        limits = item.limits
+        if limits.exempt:
+            return None
+        window = timedelta(seconds=limits.rate_limit_window_s)
+        recent = [when for when in self.recent_by_user[item.request.user_id] if when > self.now - window]
+        if len(recent) < limits.rate_limit_jobs:
+            return None
+        # The oldest of the last N leaves the window first; then one more is allowed.
+        blocking = recent[-limits.rate_limit_jobs]
+        return rate_limited(limits, max(0.0, (blocking + window - self.now).total_seconds()))
+
+    def admit(self, item: Checked) -> None:
+        """Count a request let in: it waits in the queue and is in its user's window."""
+        self.waiting += 1
+        self.queued_by_user[item.request.user_id] += 1
+        self.recent_by_user[item.request.user_id].append(self.now)
 
 
-def admit(session: Session, settings: Settings, request: JobRequest) -> list[Generation] | Refused:
-    """Validate, check every limit (the rate in the database) and queue the request's rows, in the caller's unit of work."""
-    checked = check_admission(session, settings, request, rate_in_database=True)
-    return checked if isinstance(checked, Refused) else create_generations(session, checked.rows)
+def check_requests(session: Session, settings: Settings, requests: Sequence[JobRequest]) -> list[Checked | Refused]:
+    """Validate each request against its guild's settings and parent loop (INVALID refusals)."""
+    guild_ids = {request.guild_id for request in requests if request.guild_id is not None}
+    guilds = {guild.guild_id: guild for guild in session.scalars(select(GuildSettings).where(GuildSettings.guild_id.in_(guild_ids)))}
+    checked: list[Checked | Refused] = []
+    for request in requests:
+        guild = guilds.get(request.guild_id) if request.guild_id is not None else None
+        parent = get_generation(session, request.parent_id) if request.parent_id is not None else None
+        rows = check_request(settings, request, guild, parent)
+        checked.append(rows if isinstance(rows, Refused) else Checked(request, rows, Limits.resolve(settings, guild, request.role_ids)))
+    return checked
+
+
+def admit_group(session: Session, settings: Settings, requests: Sequence[JobRequest]) -> list[list[Generation] | Refused]:
+    """Embedded: validate, check every limit (the rate in the database) and queue each request, in arrival order.
+
+    One unit of work for the whole group: the limits see the group's own admissions.
+    """
+    checked = check_requests(session, settings, requests)
+    ledger = AdmissionLedger.read(session, [item for item in checked if isinstance(item, Checked)])
+    decided: list[Checked | Refused] = []
+    for item in checked:
+        refusal = item if isinstance(item, Refused) else ledger.capacity_refusal(settings, item) or ledger.rate_refusal(item)
+        if refusal is None:
+            ledger.admit(item)
+        decided.append(refusal or item)
+    return insert_admitted(session, decided)
+
+
+def insert_admitted(session: Session, decided: Sequence[Checked | Refused]) -> list[list[Generation] | Refused]:
+    """Queue the rows of the requests let in (one flush for all); refusals pass through."""
+    admitted = iter(create_request_groups(session, [item.rows for item in decided if isinstance(item, Checked)]))
+    return [item if isinstance(item, Refused) else next(admitted) for item in decided]

@@ -44,7 +44,7 @@ from ..storage import (
     mark_running,
     recover_interrupted,
 )
-from .admission import Checked, admit, check_admission, take_shared_rate_limit
+from .admission import AdmissionLedger, Checked, admit_group, check_requests, insert_admitted, take_shared_rate_limit
 from .api import (
     FINAL_EVENT_TYPES,
     Accepted,
@@ -84,6 +84,8 @@ log = logging.getLogger(__name__)
 
 RECENT_BATCHES = 20
 """How many recent batch timings the ETA is estimated from."""
+ADMISSION_GROUP = 100
+"""The most requests decided in one unit of work."""
 
 Listener = Callable[[JobEvent], object]
 """Called with every job event; may be a coroutine function."""
@@ -102,6 +104,11 @@ def work_item(rows: Sequence[Generation]) -> WorkItem:
         exact_seed=first.exact_seed, audio_format=first.audio_format, source_audio=first.source_path,
         parent=parent_loop(first.parent) if first.kind is GenerationKind.VARIATION and first.parent else None,
     )
+
+
+def work_items(decisions: Sequence[list[Generation] | Refused]) -> list[WorkItem | Refused]:
+    """Admission's decisions with each admitted request's rows as its job; call it in a session."""
+    return [work_item(rows) if isinstance(rows, list) else rows for rows in decisions]
 
 
 def parent_loop(parent: Generation) -> ParentLoop:
@@ -174,7 +181,8 @@ class QueueService:
         self.data_dir = Path(settings.storage.data_dir).resolve()
         self._queue = FairQueue()
         self._running: dict[str, QueuedJob] = {}
-        self._admission = asyncio.Lock()
+        self._arriving: list[tuple[JobRequest, asyncio.Future[WorkItem | Refused]]] = []
+        self._admitting: asyncio.Task[None] | None = None
         self._subscribers: dict[str, list[asyncio.Queue[JobEvent]]] = {}
         self._listeners: list[Listener] = []
         self._batch_listeners: list[Callable[[int, float], object]] = []
@@ -210,6 +218,8 @@ class QueueService:
 
         The rate limiter's Redis connections are closed too; a later submit opens new ones.
         """
+        if self._admitting is not None:
+            await self._admitting  # the requests being decided get their answer
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -235,41 +245,68 @@ class QueueService:
     # --- the public API -----------------------------------------------------------------------
 
     async def submit(self, request: JobRequest) -> SubmitResult:
-        """Queue a loop, or say why not (`Refused`) in words the user can act on."""
-        async with self._admission:
-            admitted = await self._admit(request)
-            if isinstance(admitted, Refused):
-                return admitted
-            job = QueuedJob(admitted, request.user_id)
-            self._queue.push(job)
-        self._arrived.set()
-        self._worker_free.set()
-        position = self._queue.position(job.job_id) or 1
-        return Accepted(job.job_id, position, self._eta(position))
+        """Queue a loop, or say why not (`Refused`) in words the user can act on.
 
-    async def _admit(self, request: JobRequest) -> WorkItem | Refused:
-        """Check and insert the request; distributed, the shared rate limit is taken between the two."""
+        Requests that arrive while a group is being decided wait for the next group: a burst of
+        requests costs a few database round trips, not a few per request.
+        """
+        decided: asyncio.Future[WorkItem | Refused] = asyncio.get_running_loop().create_future()
+        self._arriving.append((request, decided))
+        if self._admitting is None or self._admitting.done():
+            self._admitting = asyncio.create_task(self._admit_arrivals(), name="queue-admission")
+        admitted = await decided
+        if isinstance(admitted, Refused):
+            return admitted
+        position = self._queue.position(admitted.job_id) or 1
+        return Accepted(admitted.job_id, position, self._eta(position))
+
+    async def _admit_arrivals(self) -> None:
+        """Decide the waiting requests, a group at a time, until none waits."""
+        while self._arriving:
+            group, self._arriving = self._arriving[:ADMISSION_GROUP], self._arriving[ADMISSION_GROUP:]
+            try:
+                decisions = await self._admit([request for request, _ in group])
+            except Exception as error:  # the database is down, say: each caller gets the error
+                for _, decided in group:
+                    if not decided.done():
+                        decided.set_exception(error)
+                continue
+            for (request, decided), decision in zip(group, decisions):
+                if not isinstance(decision, Refused):
+                    self._queue.push(QueuedJob(decision, request.user_id))
+                if not decided.done():  # a caller that gave up still has its job queued, as it was accepted
+                    decided.set_result(decision)
+            self._arrived.set()
+            self._worker_free.set()
+
+    async def _admit(self, requests: Sequence[JobRequest]) -> list[WorkItem | Refused]:
+        """Check and insert a group; distributed, the shared rate limit is taken between the two."""
         if self.rate_limiter is None:
-            return await asyncio.to_thread(self._admit_counting_in_database, request)
-        checked = await asyncio.to_thread(self._check, request)
-        if isinstance(checked, Refused):
-            return checked
-        refusal = await take_shared_rate_limit(self.rate_limiter, request, checked.limits)
-        return refusal or await asyncio.to_thread(self._insert, checked.rows)
+            return await asyncio.to_thread(self._admit_counting_in_database, requests)
+        checked, ledger = await asyncio.to_thread(self._check, requests)
+        decided: list[Checked | Refused] = []
+        for item in checked:
+            refusal = item if isinstance(item, Refused) else ledger.capacity_refusal(self.settings, item)
+            if refusal is None:
+                refusal = await take_shared_rate_limit(self.rate_limiter, item.request, item.limits)
+            if refusal is None:
+                ledger.admit(item)
+            decided.append(refusal or item)
+        return await asyncio.to_thread(self._insert, decided)
 
-    def _admit_counting_in_database(self, request: JobRequest) -> WorkItem | Refused:
+    def _admit_counting_in_database(self, requests: Sequence[JobRequest]) -> list[WorkItem | Refused]:
         """Embedded: the checks, the rate limit and the insert in one unit of work."""
         with self.database.session() as session:
-            admitted = admit(session, self.settings, request)
-            return admitted if isinstance(admitted, Refused) else work_item(admitted)
+            return work_items(admit_group(session, self.settings, requests))
 
-    def _check(self, request: JobRequest) -> Checked | Refused:
+    def _check(self, requests: Sequence[JobRequest]) -> tuple[list[Checked | Refused], AdmissionLedger]:
         with self.database.session() as session:
-            return check_admission(session, self.settings, request, rate_in_database=False)
+            checked = check_requests(session, self.settings, requests)
+            return checked, AdmissionLedger.read(session, [item for item in checked if isinstance(item, Checked)])
 
-    def _insert(self, rows: Sequence[NewGeneration]) -> WorkItem:
+    def _insert(self, decided: Sequence[Checked | Refused]) -> list[WorkItem | Refused]:
         with self.database.session() as session:
-            return work_item(create_generations(session, rows))
+            return work_items(insert_admitted(session, decided))
 
     async def cancel(self, job_id: str, user_id: int) -> CancelResult:
         """Cancel a waiting or running job; only the user who asked for it may."""

@@ -13,6 +13,7 @@ from .repository import (
     count_queued,
     create_generation,
     create_generations,
+    create_request_groups,
     get_generation,
     get_guild_settings,
     has_pending_delivery,
@@ -33,7 +34,7 @@ from .repository import (
 __all__ = [
     "Base", "Database", "Delivery", "Generation", "GenerationKind", "GenerationStatus", "GuildSettings",
     "GuildSettingsChanges", "LoopReportFields", "NewGeneration", "RecoveryResult", "SweepResult",
-    "count_queued", "create_generation", "create_generations", "database_url", "get_generation",
+    "count_queued", "create_generation", "create_generations", "create_request_groups", "database_url", "get_generation",
     "get_guild_settings", "has_pending_delivery", "list_history", "list_request_group", "mark_cancelled", "mark_delivered",
     "mark_done", "mark_failed", "mark_request_delivered", "mark_running", "new_short_id", "pending_deliveries",
     "record_delivery_failure", "recover_interrupted", "redact", "sweep_audio", "upsert_guild_settings",

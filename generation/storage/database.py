@@ -16,6 +16,8 @@ from . import migrate
 
 SQLITE_FILE_NAME = "loopjam.db"
 SQLITE_BUSY_TIMEOUT_MS = 10_000
+READ_ONLY = "loopjam_read_only"
+"""Execution option of `Database.reading()` connections: SQLite begins them without the write lock."""
 
 
 def database_url(storage: StorageSettings) -> URL:
@@ -52,6 +54,10 @@ def _configure_sqlite(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def on_begin(connection: Any) -> None:
+        if connection.get_execution_options().get(READ_ONLY):
+            # Under WAL a reader sees a snapshot and never waits for the writer, nor it for him.
+            connection.exec_driver_sql("BEGIN")
+            return
         # Take the write lock up front: a deferred transaction that later writes fails with
         # SQLITE_BUSY at once instead of waiting, which would break the queue's exact limits.
         connection.exec_driver_sql("BEGIN IMMEDIATE")
@@ -71,6 +77,7 @@ class Database:
             _configure_sqlite(self.engine)
         # Objects stay readable after commit: callers get rows out of a unit of work.
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._read_sessions = sessionmaker(self.engine.execution_options(**{READ_ONLY: True}), expire_on_commit=False)
 
     @classmethod
     def from_settings(cls, storage: StorageSettings) -> Database:
@@ -85,6 +92,13 @@ class Database:
     def session(self) -> Iterator[Session]:
         """A session that commits when the block ends and rolls back when it raises."""
         with self._sessions() as session, session.begin():
+            yield session
+
+    @contextmanager
+    def reading(self) -> Iterator[Session]:
+        """A unit of work that only reads. On SQLite it does not take the write lock, so the
+        bot's lookups never queue behind (or sleep in the busy handler for) the queue's writes."""
+        with self._read_sessions() as session, session.begin():
             yield session
 
     def upgrade(self, revision: str = "head") -> None:

@@ -101,24 +101,31 @@ def _unused_short_ids(session: Session, count: int) -> list[str]:
     return chosen
 
 
-def create_generations(session: Session, requests: Sequence[NewGeneration]) -> list[Generation]:
-    """Queue the rows of one request (variations=N: N rows).
+def create_request_groups(session: Session, requests: Sequence[Sequence[NewGeneration]]) -> list[list[Generation]]:
+    """Queue the rows of several requests (variations=N: N rows each) with one flush.
 
-    They share a `request_group`: the first row's short id, unique because short ids are.
+    A request's rows share a `request_group`: its first row's short id, unique because short ids are.
     """
-    if not requests:
+    if any(not rows for rows in requests):
         raise ValueError("no generation to create")
-    short_ids = _unused_short_ids(session, len(requests))
-    request_group = short_ids[0]
+    short_ids = iter(_unused_short_ids(session, sum(len(rows) for rows in requests)))
     now = utcnow()
-    rows = [
-        Generation(**asdict(request), short_id=short_id, request_group=request_group, created_at=now,
-                   status=GenerationStatus.QUEUED, attempts=0)
-        for request, short_id in zip(requests, short_ids)
-    ]
-    session.add_all(rows)
+    groups: list[list[Generation]] = []
+    for rows in requests:
+        ids = [next(short_ids) for _ in rows]
+        groups.append([
+            Generation(**asdict(row), short_id=short_id, request_group=ids[0], created_at=now,
+                       status=GenerationStatus.QUEUED, attempts=0)
+            for row, short_id in zip(rows, ids)
+        ])
+    session.add_all([row for group in groups for row in group])
     session.flush()
-    return rows
+    return groups
+
+
+def create_generations(session: Session, requests: Sequence[NewGeneration]) -> list[Generation]:
+    """Queue the rows of one request (variations=N: N rows)."""
+    return create_request_groups(session, [requests])[0]
 
 
 def create_generation(session: Session, request: NewGeneration) -> Generation:
