@@ -28,11 +28,16 @@ def _warp(length: int) -> np.ndarray:
     return x * x * (3 - 2 * x)
 
 
-def _warped(follow: np.ndarray, lag: float, warp: np.ndarray) -> np.ndarray:
-    """[C, L] read of `follow` ([C, L + 2 lag]) at positions i + lag * warp(i)."""
-    positions = np.arange(len(warp)) + lag * warp
-    index = np.arange(follow.shape[1])
-    return np.stack([np.interp(positions, index, channel) for channel in follow])
+def _warped(follow: np.ndarray, lags: np.ndarray, warp: np.ndarray) -> np.ndarray:
+    """[lags, C, L] reads of `follow` [C, >= L] at positions i + lag * warp(i), linearly interpolated.
+
+    Positions outside `follow` read its first or last sample (as `np.interp` does).
+    """
+    positions = np.clip(np.arange(len(warp)) + np.asarray(lags, dtype=float)[:, None] * warp, 0, follow.shape[1] - 1)
+    left = np.minimum(np.floor(positions).astype(int), follow.shape[1] - 2) if follow.shape[1] > 1 else np.zeros_like(positions, dtype=int)
+    right = np.minimum(left + 1, follow.shape[1] - 1)
+    fraction = positions - left
+    return follow[:, left].transpose(1, 0, 2) * (1 - fraction[:, None]) + follow[:, right].transpose(1, 0, 2) * fraction[:, None]
 
 
 def crossfade_head(body: np.ndarray, follow: np.ndarray, length: int, max_lag: int) -> np.ndarray:
@@ -50,10 +55,10 @@ def crossfade_head(body: np.ndarray, follow: np.ndarray, length: int, max_lag: i
     weight = fade_in * fade_out  # where both sides are heard, alignment matters most
     lags = np.arange(-max_lag, max_lag + 1)
     # Negative lags read before follow[0]: clip to 0 there (the warp is 0 at the start anyway).
-    correlation = [float(np.sum(weight * head_mono * _warped(follow_mono, lag, warp)[0])) for lag in lags]
-    lag = int(lags[int(np.argmax(correlation))]) if len(lags) else 0
+    correlation = (_warped(follow_mono, lags, warp)[:, 0] * (weight * head_mono)).sum(axis=1)
+    lag = int(lags[int(np.argmax(correlation))])
     out = body.copy()
-    out[:, :length] = fade_in * head + fade_out * _warped(follow, lag, warp)
+    out[:, :length] = fade_in * head + fade_out * _warped(follow, np.array([lag]), warp)[0]
     return out
 
 
