@@ -22,6 +22,8 @@ class UserFacingError(app_commands.AppCommandError):
 
 
 class RateLimited(UserFacingError):
+    """A limit that lifts by itself: the message says why, and the user sees when as a live Discord timestamp."""
+
     def __init__(self, message: str, retry_after: float) -> None:
         super().__init__(message)
         self.retry_after = retry_after
@@ -32,7 +34,7 @@ def describe(error: Exception) -> tuple[str, str | None]:
     original = getattr(error, "original", None) or getattr(error, "__cause__", None) or error
     if isinstance(error, RateLimited):
         when = discord.utils.format_dt(discord.utils.utcnow() + timedelta(seconds=error.retry_after), "R")
-        return f"{error} You can try again {when}.", None
+        return f"{error}; you can ask for another {when}.", None
     if isinstance(error, UserFacingError):
         return str(error), None
     if isinstance(error, app_commands.MissingPermissions):

@@ -328,3 +328,20 @@ def test_concurrent_workers_claim_each_job_once(database: Database) -> None:
     with ThreadPoolExecutor(max_workers=4) as pool:
         claims = list(pool.map(claim_all, [f"gpu-{n}" for n in range(4)]))
     assert sorted(job for claimed in claims for job in claimed) == sorted(jobs)
+
+
+def test_a_reader_does_not_wait_for_a_writer(database: Database) -> None:
+    """The bot's lookups (`Database.reading`) answer while the queue holds a write transaction open."""
+    with database.session() as session:
+        queued = create_generation(session, LOOP_REQUEST).short_id
+    with database.session() as writer, ThreadPoolExecutor(max_workers=1) as pool:
+        mark_running(writer, queued, "gpu-0")  # written, not committed: the writer holds its lock
+
+        def read() -> str:
+            with database.reading() as session:
+                row = get_generation(session, queued)
+                assert row is not None
+                return row.status.value
+
+        # A reader that waited for the lock would time out here (SQLite waits up to 10 s).
+        assert pool.submit(read).result(timeout=2) == "queued"  # it sees the last committed state

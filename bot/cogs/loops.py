@@ -12,7 +12,7 @@ from discord.ext import commands
 
 from generation.audio_io import audio_duration
 from generation.config import BPM_MAX, BPM_MIN, PROMPT_MAX_CHARS
-from generation.jobs.api import Accepted, JobRequest, Refused, RefusalKind
+from generation.jobs.api import Accepted, JobRequest, Refused
 from generation.storage import GenerationKind, get_generation, list_history
 
 from .. import embeds
@@ -63,8 +63,8 @@ class Loops(commands.Cog):
         self.check_channel(interaction)
         result = await self.bot.service.submit(request)
         if isinstance(result, Refused):
-            if result.reason is RefusalKind.RATE_LIMITED and result.retry_after is not None:
-                raise RateLimited(result.message, result.retry_after)
+            if result.retry_after is not None and result.without_wait is not None:
+                raise RateLimited(result.without_wait, result.retry_after)
             raise UserFacingError(result.message)
         assert isinstance(result, Accepted)
         line = embeds.request_line(request.prompt, request.bpm, request.bars, request.beats_per_bar)

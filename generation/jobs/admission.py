@@ -215,10 +215,11 @@ def recent_requests_by_user(session: Session, user_ids: Collection[int], since: 
 
 def rate_limited(limits: Limits, retry_after: float) -> Refused:
     """The refusal of a user who made `limits.rate_limit_jobs` requests in the window."""
+    count = limits.rate_limit_jobs
+    made = f"You've made {count} loop{'s' if count != 1 else ''} recently"
     return Refused(
-        RefusalKind.RATE_LIMITED,
-        f"You've made {limits.rate_limit_jobs} loops recently; you can ask for another in {wait_text(retry_after)}.",
-        retry_after=retry_after,
+        RefusalKind.RATE_LIMITED, f"{made}; you can ask for another in {wait_text(retry_after)}.",
+        retry_after=retry_after, without_wait=made,
     )
 
 

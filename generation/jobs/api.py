@@ -80,6 +80,8 @@ class Refused:
     """A sentence to show the user as it is."""
     retry_after: float | None = None
     """Seconds until a new request would be taken, when that is known."""
+    without_wait: str | None = None
+    """With `retry_after`: the message up to the wait, for a front end that shows the wait its own way."""
 
 
 SubmitResult = Accepted | Refused
