@@ -79,6 +79,8 @@ class JobTracker:
 
     def _schedule_progress(self, job: TrackedJob, event: JobProgress) -> None:
         """Keep the newest progress and edit at most once every EDIT_INTERVAL_S seconds."""
+        if event == job.latest:  # e.g. the same queue position again: nothing to show
+            return
         job.latest = event
         if job.edit_task is None or job.edit_task.done():
             job.edit_task = asyncio.create_task(self._flush_progress(job))

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 
 import pytest
 from jobs_fixtures import BROKEN_MODEL, migrated_database, tiny_settings
 
 from generation.config import PROMPT_MAX_CHARS
-from generation.jobs import Accepted, CancelOutcome, JobCancelled, JobRequest, QueueService, RefusalKind, Refused
+from generation.jobs import Accepted, CancelOutcome, JobCancelled, JobEvent, JobProgress, JobRequest, QueueService, RefusalKind, Refused, Stage
+from generation.jobs.backend import EventSink, WorkerReady, WorkItem
 from generation.storage import GenerationStatus, get_generation, upsert_guild_settings
 
 GUILD = 900
@@ -130,3 +132,44 @@ async def test_fair_positions_interleave_users(make_service) -> None:
     # Served in turns: A1 B1 C1 A2 B2 A3.
     assert [service.position(r.job_id) for r in (a[0], b[0], c, a[1], b[1], a[2])] == [1, 2, 3, 4, 5, 6]
     assert (await service.status()).depth == 6
+
+
+class OneBusyWorker:
+    """A backend whose one worker takes the first batch and never finishes it."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[str]] = []
+
+    async def start(self, sink: EventSink) -> None:
+        sink(WorkerReady("busy", 1, "tiny"))
+
+    async def stop(self) -> None: ...
+    def free_worker(self) -> str | None: return None if self.batches else "busy"
+    def run(self, worker: str, batch: Sequence[WorkItem]) -> None: self.batches.append([item.job_id for item in batch])
+    def cancel(self, job_id: str) -> None: ...
+    def workers_alive(self) -> int: return 1
+    def running(self) -> int: return len(self.batches)
+    def models(self) -> list[str]: return ["tiny"]
+    def resumed(self) -> dict[str, tuple[str, ...]]: return {}
+
+
+async def test_waiting_jobs_hear_their_new_place_when_a_batch_starts(tmp_path) -> None:
+    database = migrated_database(tmp_path)
+    backend = OneBusyWorker()
+    service = QueueService(tiny_settings(tmp_path / "model", tmp_path, batch_size=1, batch_wait_ms=0), database, backend=backend)
+    heard: list[JobEvent] = []
+    service.add_listener(heard.append)
+    try:
+        jobs = [await service.submit(loop(user)) for user in (1, 2, 3)]
+        assert [job.position for job in jobs] == [1, 2, 3]
+        await service.start()
+        for _ in range(100):
+            if backend.batches:
+                break
+            await asyncio.sleep(0.01)
+        assert backend.batches == [[jobs[0].job_id]]
+        places = {e.job_id: e.position for e in heard if isinstance(e, JobProgress) and e.stage is Stage.QUEUED}
+        assert places == {jobs[1].job_id: 1, jobs[2].job_id: 2}  # each moved up one place
+    finally:
+        await service.stop()
+        database.dispose()

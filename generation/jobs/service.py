@@ -489,12 +489,11 @@ class QueueService:
         self._announce_positions()
 
     def _announce_positions(self) -> None:
-        """Tell the waiting jobs that have subscribers where they now stand."""
-        if not self._subscribers:
+        """Tell the waiting jobs where they now stand (the bot shows it on each "Queued" message)."""
+        if not self._subscribers and not self._listeners:
             return
         for position, job in enumerate(self._queue.in_order(), 1):
-            if job.job_id in self._subscribers:
-                self._publish(JobProgress(job.job_id, Stage.QUEUED, 0.0, position))
+            self._publish(JobProgress(job.job_id, Stage.QUEUED, 0.0, position))
 
     # --- estimates ----------------------------------------------------------------------------
 
