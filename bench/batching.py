@@ -5,6 +5,10 @@
 Uses the tiny random MusicGen on CPU (written to a temporary directory), short loops, one
 candidate and no retries. Each run starts its own worker, waits for one warm-up job, then times
 the requests from submission until the last loop is done.
+
+Then it splits a loop's cost, in this process: the model (one `generate` call of 8 rows against 8
+calls of 1; on CPU the codec's decoding is compute-bound and does not batch) and what is done per
+loop (the loop engine, the file and its waveform), and prints the ratio those costs alone allow.
 """
 
 from __future__ import annotations
@@ -56,17 +60,50 @@ async def run(model_dir: Path, data_dir: Path, batch_size: int, args: argparse.N
         database.dispose()
 
 
+def split_costs(model_dir: Path, out_dir: Path, args: argparse.Namespace) -> tuple[float, float, float]:
+    """Seconds per loop: the model at B=1, the model at B=requests, and the unbatched rest (loop engine, files)."""
+    from generation.audio_io import write_audio
+    from generation.engine import GenerationRequest, MusicGenEngine, SamplingParams
+    from generation.loop import make_loop
+    from generation.loop.waveform import waveform_png
+    from generation.prompts import build_prompt, loop_seconds
+
+    engine = MusicGenEngine.load(str(model_dir), "cpu")
+    seconds = loop_seconds(args.bpm, args.bars, 4) + GenerationSettings(extra_seconds=0.5).extra_seconds
+    requests = [GenerationRequest(build_prompt("funky drums", args.bpm).text, seconds, seed) for seed in range(args.requests)]
+    engine.generate(requests[:1], SamplingParams())  # warm-up
+    started = time.perf_counter()
+    for request in requests:
+        engine.generate([request], SamplingParams())
+    one = (time.perf_counter() - started) / len(requests)
+    started = time.perf_counter()
+    clips = engine.generate(requests, SamplingParams())
+    batched = (time.perf_counter() - started) / len(requests)
+    make_loop(clips[0], engine.sample_rate, args.bpm, args.bars)  # numba's first call compiles
+    started = time.perf_counter()
+    for index, clip in enumerate(clips):
+        loop = make_loop(clip, engine.sample_rate, args.bpm, args.bars)
+        write_audio(out_dir / f"{index}.wav", loop.audio, loop.sample_rate, "wav")
+        waveform_png(loop.audio, args.bars, 4)
+    return one, batched, (time.perf_counter() - started) / len(clips)
+
+
 async def main(args: argparse.Namespace) -> None:
     from generation.model import TINY, write_random_checkpoint  # the bench, not the service, needs torch
 
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = write_random_checkpoint(Path(tmp) / "tiny", TINY, seed=0)
         seconds = {b: await run(model_dir, Path(tmp) / f"data-b{b}", b, args) for b in (args.requests, 1)}
+        one, batched, rest = split_costs(model_dir, Path(tmp), args)
     loop_s = args.bars * 4 * 60 / args.bpm
     print(f"{args.requests} concurrent requests, {args.bars} bar(s) at {args.bpm:g} BPM ({loop_s:g} s loops), tiny model, CPU")
     for b, s in seconds.items():
         print(f"B={b}: {s:.2f} s, {args.requests / s:.2f} loops/s")
     print(f"batched / one at a time throughput: {seconds[1] / seconds[args.requests]:.2f}x")
+    print(f"per loop: model {one * 1000:.0f} ms alone, {batched * 1000:.0f} ms in a batch of {args.requests} "
+          f"({one / batched:.2f}x); loop engine, file and waveform {rest * 1000:.0f} ms (not batched)")
+    print(f"ratio from these costs alone: {(one + rest) / (batched + rest):.2f}x "
+          "(end to end, batching also shares each batch's dispatch, worker round trip and database work)")
 
 
 if __name__ == "__main__":
