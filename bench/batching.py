@@ -21,7 +21,11 @@ from pathlib import Path
 
 from generation.config import GenerationSettings, ModelSettings, QueueSettings, Settings, StorageSettings
 from generation.jobs import FINAL_EVENT_TYPES, JobDone, JobRequest, QueueService
+from generation.prompts import loop_seconds
 from generation.storage import Database
+
+EXTRA_SECONDS = 0.5
+"""Generated past each loop's end: the same in the queue runs and in the cost split."""
 
 
 async def wait_done(service: QueueService, job_ids: list[str]) -> None:
@@ -37,7 +41,7 @@ async def run(model_dir: Path, data_dir: Path, batch_size: int, args: argparse.N
     """Seconds for `args.requests` concurrent requests with batches of up to `batch_size`."""
     settings = Settings(
         model=ModelSettings(name=str(model_dir), allowed=[str(model_dir)], device="cpu"),
-        generation=GenerationSettings(extra_seconds=0.5, candidates=1, retry_budget=0),
+        generation=GenerationSettings(extra_seconds=EXTRA_SECONDS, candidates=1, retry_budget=0),
         queue=QueueSettings(batch_size=batch_size, batch_wait_ms=300, max_queue=100),
         storage=StorageSettings(data_dir=data_dir),
     )
@@ -66,10 +70,10 @@ def split_costs(model_dir: Path, out_dir: Path, args: argparse.Namespace) -> tup
     from generation.engine import GenerationRequest, MusicGenEngine, SamplingParams
     from generation.loop import make_loop
     from generation.loop.waveform import waveform_png
-    from generation.prompts import build_prompt, loop_seconds
+    from generation.prompts import build_prompt
 
     engine = MusicGenEngine.load(str(model_dir), "cpu")
-    seconds = loop_seconds(args.bpm, args.bars, 4) + GenerationSettings(extra_seconds=0.5).extra_seconds
+    seconds = loop_seconds(args.bpm, args.bars, 4) + EXTRA_SECONDS
     requests = [GenerationRequest(build_prompt("funky drums", args.bpm).text, seconds, seed) for seed in range(args.requests)]
     engine.generate(requests[:1], SamplingParams())  # warm-up
     started = time.perf_counter()
@@ -95,7 +99,7 @@ async def main(args: argparse.Namespace) -> None:
         model_dir = write_random_checkpoint(Path(tmp) / "tiny", TINY, seed=0)
         seconds = {b: await run(model_dir, Path(tmp) / f"data-b{b}", b, args) for b in (args.requests, 1)}
         one, batched, rest = split_costs(model_dir, Path(tmp), args)
-    loop_s = args.bars * 4 * 60 / args.bpm
+    loop_s = loop_seconds(args.bpm, args.bars, 4)
     print(f"{args.requests} concurrent requests, {args.bars} bar(s) at {args.bpm:g} BPM ({loop_s:g} s loops), tiny model, CPU")
     for b, s in seconds.items():
         print(f"B={b}: {s:.2f} s, {args.requests / s:.2f} loops/s")

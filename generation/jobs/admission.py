@@ -259,8 +259,10 @@ class AdmissionLedger:
     """When each user's requests in the longest window of the group were made, oldest first."""
 
     @classmethod
-    def read(cls, session: Session, checked: Sequence[Checked]) -> AdmissionLedger:
+    def read(cls, session: Session, decided: Sequence[Checked | Refused]) -> AdmissionLedger:
+        """The counts for the valid requests among `decided` (`check_requests`'s answer)."""
         now = utcnow()
+        checked = [item for item in decided if isinstance(item, Checked)]
         user_ids = {item.request.user_id for item in checked}
         longest_window = max((item.limits.rate_limit_window_s for item in checked), default=0.0)
         return cls(
@@ -325,7 +327,7 @@ def admit_group(session: Session, settings: Settings, requests: Sequence[JobRequ
     One unit of work for the whole group: the limits see the group's own admissions.
     """
     checked = check_requests(session, settings, requests)
-    ledger = AdmissionLedger.read(session, [item for item in checked if isinstance(item, Checked)])
+    ledger = AdmissionLedger.read(session, checked)
     decided: list[Checked | Refused] = []
     for item in checked:
         refusal = item if isinstance(item, Refused) else ledger.capacity_refusal(settings, item) or ledger.rate_refusal(item)

@@ -302,7 +302,7 @@ class QueueService:
     def _check(self, requests: Sequence[JobRequest]) -> tuple[list[Checked | Refused], AdmissionLedger]:
         with self.database.session() as session:
             checked = check_requests(session, self.settings, requests)
-            return checked, AdmissionLedger.read(session, [item for item in checked if isinstance(item, Checked)])
+            return checked, AdmissionLedger.read(session, checked)
 
     def _insert(self, decided: Sequence[Checked | Refused]) -> list[WorkItem | Refused]:
         with self.database.session() as session:

@@ -34,10 +34,10 @@ def _warped(follow: np.ndarray, lags: np.ndarray, warp: np.ndarray) -> np.ndarra
     Positions outside `follow` read its first or last sample (as `np.interp` does).
     """
     positions = np.clip(np.arange(len(warp)) + np.asarray(lags, dtype=float)[:, None] * warp, 0, follow.shape[1] - 1)
-    left = np.minimum(np.floor(positions).astype(int), follow.shape[1] - 2) if follow.shape[1] > 1 else np.zeros_like(positions, dtype=int)
+    left = np.floor(positions).astype(int)
     right = np.minimum(left + 1, follow.shape[1] - 1)
-    fraction = positions - left
-    return follow[:, left].transpose(1, 0, 2) * (1 - fraction[:, None]) + follow[:, right].transpose(1, 0, 2) * fraction[:, None]
+    fraction = positions - left  # [lags, L], broadcast over the channels of follow[:, left] [C, lags, L]
+    return (follow[:, left] * (1 - fraction) + follow[:, right] * fraction).transpose(1, 0, 2)
 
 
 def crossfade_head(body: np.ndarray, follow: np.ndarray, length: int, max_lag: int) -> np.ndarray:
