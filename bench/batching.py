@@ -7,20 +7,23 @@ candidate and no retries. Each run starts its own worker, waits for one warm-up 
 the requests from submission until the last loop is done.
 
 Then it splits a loop's cost, in this process: the model (one `generate` call of 8 rows against 8
-calls of 1; on CPU the codec's decoding is compute-bound and does not batch) and what is done per
-loop (the loop engine, the file and its waveform), and prints the ratio those costs alone allow.
+calls of 1; on CPU the codec's decoding is compute-bound and hardly batches) and what is done per
+loop: the loop engine with the file and its waveform one loop at a time, and the loop engine for a
+whole batch in the worker's loop-engine processes (`[loop] processes`, one per core by default).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import tempfile
 import time
 from pathlib import Path
 
 from generation.config import GenerationSettings, ModelSettings, QueueSettings, Settings, StorageSettings
 from generation.jobs import FINAL_EVENT_TYPES, JobDone, JobRequest, QueueService
+from generation.loop.parallel import auto_processes
 from generation.prompts import loop_seconds
 from generation.storage import Database
 
@@ -64,32 +67,42 @@ async def run(model_dir: Path, data_dir: Path, batch_size: int, args: argparse.N
         database.dispose()
 
 
-def split_costs(model_dir: Path, out_dir: Path, args: argparse.Namespace) -> tuple[float, float, float]:
-    """Seconds per loop: the model at B=1, the model at B=requests, and the unbatched rest (loop engine, files)."""
+def split_costs(model_dir: Path, out_dir: Path, args: argparse.Namespace) -> dict[str, float]:
+    """Seconds per loop: the model at B=1 and at B=requests, the rest (loop engine, files) one at a
+    time, and the loop engine of a batch in loop-engine processes."""
     from generation.audio_io import write_audio
     from generation.engine import GenerationRequest, MusicGenEngine, SamplingParams
     from generation.loop import make_loop
+    from generation.loop.parallel import LoopProcesses, auto_processes
     from generation.loop.waveform import waveform_png
     from generation.prompts import build_prompt
 
+    processes = LoopProcesses(auto_processes())
     engine = MusicGenEngine.load(str(model_dir), "cpu")
+    processes.wait_ready()
     seconds = loop_seconds(args.bpm, args.bars, 4) + EXTRA_SECONDS
     requests = [GenerationRequest(build_prompt("funky drums", args.bpm).text, seconds, seed) for seed in range(args.requests)]
     engine.generate(requests[:1], SamplingParams())  # warm-up
+    costs = {}
     started = time.perf_counter()
     for request in requests:
         engine.generate([request], SamplingParams())
-    one = (time.perf_counter() - started) / len(requests)
+    costs["model alone"] = (time.perf_counter() - started) / len(requests)
     started = time.perf_counter()
     clips = engine.generate(requests, SamplingParams())
-    batched = (time.perf_counter() - started) / len(requests)
+    costs["model batched"] = (time.perf_counter() - started) / len(requests)
     make_loop(clips[0], engine.sample_rate, args.bpm, args.bars)  # numba's first call compiles
     started = time.perf_counter()
     for index, clip in enumerate(clips):
         loop = make_loop(clip, engine.sample_rate, args.bpm, args.bars)
         write_audio(out_dir / f"{index}.wav", loop.audio, loop.sample_rate, "wav")
         waveform_png(loop.audio, args.bars, 4)
-    return one, batched, (time.perf_counter() - started) / len(clips)
+    costs["rest alone"] = (time.perf_counter() - started) / len(clips)
+    started = time.perf_counter()
+    processes.run_all(functools.partial(make_loop, clip, engine.sample_rate, args.bpm, args.bars) for clip in clips)
+    costs["loop engine batched"] = (time.perf_counter() - started) / len(clips)
+    processes.close()
+    return costs
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -98,17 +111,16 @@ async def main(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = write_random_checkpoint(Path(tmp) / "tiny", TINY, seed=0)
         seconds = {b: await run(model_dir, Path(tmp) / f"data-b{b}", b, args) for b in (args.requests, 1)}
-        one, batched, rest = split_costs(model_dir, Path(tmp), args)
+        costs = split_costs(model_dir, Path(tmp), args)
     loop_s = loop_seconds(args.bpm, args.bars, 4)
     print(f"{args.requests} concurrent requests, {args.bars} bar(s) at {args.bpm:g} BPM ({loop_s:g} s loops), tiny model, CPU")
     for b, s in seconds.items():
         print(f"B={b}: {s:.2f} s, {args.requests / s:.2f} loops/s")
     print(f"batched / one at a time throughput: {seconds[1] / seconds[args.requests]:.2f}x")
-    print(f"per loop: model {one * 1000:.0f} ms alone, {batched * 1000:.0f} ms in a batch of {args.requests} "
-          f"({one / batched:.2f}x); loop engine, file and waveform {rest * 1000:.0f} ms (not batched)")
-    print(f"ratio from these costs alone: {(one + rest) / (batched + rest):.2f}x "
-          "(end to end, batching also shares each batch's dispatch, worker round trip and database work)")
-
+    alone, batched = costs["model alone"], costs["model batched"]
+    print(f"per loop: model {alone * 1000:.0f} ms alone, {batched * 1000:.0f} ms in a batch of {args.requests} "
+          f"({alone / batched:.2f}x); loop engine, file and waveform {costs['rest alone'] * 1000:.0f} ms one at a time; "
+          f"loop engine {costs['loop engine batched'] * 1000:.0f} ms a loop for a batch in {auto_processes()} processes")
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

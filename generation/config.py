@@ -66,6 +66,9 @@ class LoopSettings(Section):
     crossfade_ms: float = Field(default=40.0, ge=5.0, le=200.0)
     target_lufs: float = Field(default=-14.0, ge=-40.0, le=-5.0)
     true_peak_dbtp: float = Field(default=-1.0, ge=-12.0, le=0.0)
+    processes: int | None = Field(
+        default=None, ge=1, le=64, description="Processes that cut a batch's candidates; None: one per core, up to 8"
+    )
 
 
 class QueueSettings(Section):

@@ -119,8 +119,22 @@ class MusicGenEngine:
         Raises `GenerationCancelled` when `should_cancel()` turns true between two steps.
         With prompts (continuation), each result is the new audio after its prompt.
         """
+        return list(self.generate_each(requests, params, progress, should_cancel))
+
+    def generate_each(
+        self,
+        requests: tp.Sequence[GenerationRequest],
+        params: SamplingParams,
+        progress: ProgressCallback | None = None,
+        should_cancel: tp.Callable[[], bool] | None = None,
+    ) -> tp.Iterator[np.ndarray]:
+        """`generate`, yielding each request's audio as soon as it is decoded.
+
+        The first `next` generates the whole batch's tokens; each later one decodes one more
+        request, so the caller can work on a result while the next is being decoded.
+        """
         if not requests:
-            return []
+            return
         frames = [max(1, math.ceil(r.duration * self.frame_rate)) for r in requests]
         prompts = [r.prompt_audio for r in requests]
         if any(p is not None for p in prompts) and len({None if p is None else p.shape[-1] for p in prompts}) != 1:
@@ -156,15 +170,13 @@ class MusicGenEngine:
         finally:
             lm.row_generators = None
             self.model.set_custom_progress_callback(None)
-        # Each row is decoded alone at its own length, so it does not depend on its batch-mates.
+        # Each row is decoded alone at its own length, so it does not depend on its batch-mates
+        # (decoded together, rows differ from their solo decoding in the last bits).
         hop = round(self.sample_rate / self.frame_rate)
-        audio = [
-            self._decode(tokens[i : i + 1, :, : prompt_frames + frames[i]])[:, prompt_frames * hop :]
-            for i in range(len(requests))
-        ]
+        for i in range(len(requests)):
+            yield self._decode(tokens[i : i + 1, :, : prompt_frames + frames[i]])[:, prompt_frames * hop :]
         if progress is not None:
             progress(100.0)
-        return audio
 
     def _decode(self, tokens: torch.Tensor) -> np.ndarray:
         """[1, K, T] tokens -> [C, T * hop] float32 audio."""

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from jobs_fixtures import final_event, tiny_settings
+from jobs_fixtures import HAS_PROC, final_event, live_children, still_running, tiny_settings
 from redis.asyncio import Redis
 from saq.job import Status
 from saq.queue.redis import RedisQueue
@@ -166,9 +166,12 @@ class Workers:
         log = (self.cwd / f"{name}.log").open("wb")
         self.processes[name] = subprocess.Popen(command, cwd=self.cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
 
-    def kill(self, name: str) -> None:
+    def kill(self, name: str) -> list[int]:
+        """SIGKILL the worker; returns the processes it had started (its loop-engine processes)."""
+        children = live_children(self.processes[name].pid)
         os.kill(self.processes[name].pid, signal.SIGKILL)
         self.processes[name].wait()
+        return children
 
     def stop(self) -> None:
         for process in self.processes.values():
@@ -323,8 +326,10 @@ async def test_a_worker_killed_mid_batch_loses_nothing(workers, database, tiny_m
         await both_workers_ready(service, workers)
         long, *short = await submit_all(service, [loop(1, **LONG)] + [loop(user) for user in (2, 3, 4)])
         finals = {job_id: asyncio.ensure_future(final_event(service, job_id)) for job_id in (long, *short)}
-        workers.kill(await running_on(service, long))
+        orphans = workers.kill(await running_on(service, long))
         assert all(isinstance(final, JobDone) for final in await asyncio.gather(*finals.values()))
+        if HAS_PROC:
+            assert orphans and not await still_running(orphans), "the killed worker's processes are still running"
         assert_each_done_once(database, tmp_path, [long, *short], attempts=[2, 1, 1, 1])
         assert await deliveries(service.backend, [long, *short]) == Counter([long, *short])
 

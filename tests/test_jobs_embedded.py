@@ -7,8 +7,9 @@ import os
 import signal
 
 import pytest
-from jobs_fixtures import BROKEN_MODEL, final_event, migrated_database, tiny_settings
+from jobs_fixtures import BROKEN_MODEL, HAS_PROC, final_event, live_children, migrated_database, still_running, tiny_settings
 
+from generation.config import LoopSettings
 from generation.jobs import (
     Accepted,
     CancelOutcome,
@@ -94,19 +95,36 @@ async def test_a_model_that_fails_to_load_fails_its_jobs_with_a_reason(service) 
     assert isinstance(done, JobDone)  # the worker stays up for the others
 
 
-async def test_worker_killed_mid_job_is_restarted_and_the_job_finishes(service) -> None:
+@pytest.mark.skipif(not HAS_PROC, reason="finding the worker's children needs Linux's /proc")
+async def test_worker_killed_mid_job_is_restarted_and_the_job_finishes(tiny_model_dir, tmp_path) -> None:
+    # As deployed: the worker cuts loops in loop-engine processes, which must not outlive it.
+    database = migrated_database(tmp_path)
+    settings = tiny_settings(tiny_model_dir, tmp_path).model_copy(update={"loop": LoopSettings(processes=2)})
+    service = QueueService(settings, database)
+    await service.start()
+    try:
+        await worker_killed_mid_job(service)
+    finally:
+        await service.stop()
+        database.dispose()
+
+
+async def worker_killed_mid_job(service: QueueService) -> None:
     job = await service.submit(loop(1, bars=4))  # 8 s of audio: long enough to be killed in
     events = service.subscribe(job.job_id)
-    victim = None
+    victim, orphans = None, []
     while victim is None:
         event: JobEvent = await asyncio.wait_for(events.get(), 60)
         if isinstance(event, JobProgress) and event.stage is Stage.GENERATING and event.percent > 0:
             victim = service.backend.worker_pids()[0]
+            orphans = live_children(victim)
             os.kill(victim, signal.SIGKILL)
     final = await final_event(service, job.job_id, events)
     assert isinstance(final, JobDone), final
     assert row(service, job.job_id).attempts == 2
     assert service.backend.worker_pids() and victim not in service.backend.worker_pids()
+    assert len(orphans) >= 2  # the two loop-engine processes (and multiprocessing's resource tracker)
+    assert not await still_running(orphans), "the killed worker's processes are still running"
 
     # The owner cancels a running job: it stops between decoding steps, and the worker goes on.
     long = await service.submit(loop(1, bpm=60.0, bars=4))

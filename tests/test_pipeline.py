@@ -42,7 +42,9 @@ def test_exact_seed_makes_one_candidate_and_reproduces_the_loop(tiny_engine: Mus
 
 def test_silent_candidates_are_never_delivered(tiny_engine: MusicGenEngine) -> None:
     outcome = LoopOutcome(spec=LoopSpec("silence", 120.0, 1, 4, seed=1), seed=1)
-    maker(tiny_engine, 1, 0)._consider(outcome, 1, np.zeros((1, 32000 * 4), dtype=np.float32))
+    silent_maker = maker(tiny_engine, 1, 0)
+    silence = np.zeros((1, 32000 * 4), dtype=np.float32)
+    silent_maker._consider(outcome, 1, silent_maker._cut(outcome.spec, silence)())
     assert outcome.loop is None and outcome.candidates_tried == 1
 
 

@@ -9,6 +9,7 @@ come in (`RunBatch`, `CancelJobs`, `Stop`), `backend` events go out.
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import queue
 import threading
 import time
@@ -109,6 +110,10 @@ class _Worker:
         self.tasks = tasks
         self.makers: dict[str, Any] = {}
         self.unavailable: dict[str, str] = {}
+        from ..loop.parallel import LoopProcesses, auto_processes
+
+        # Started before the model loads, so they warm up meanwhile.
+        self.loop_processes = LoopProcesses(config.loop.processes or auto_processes())
 
     def send(self, event: BackendEvent) -> None:
         self.events.send(event)
@@ -127,11 +132,15 @@ class _Worker:
             self.unavailable[model] = model_error_message(model, error)
             self.send(ModelUnavailable(self.config.name, model, self.unavailable[model]))
             return None
-        self.makers[model] = LoopMaker(engine, self.config.generation, self.config.loop)
+        self.makers[model] = LoopMaker(engine, self.config.generation, self.config.loop, self.loop_processes)
         return self.makers[model]
+
+    def close(self) -> None:
+        self.loop_processes.close()
 
     def serve(self) -> None:
         maker = self.maker(self.config.model)
+        self.loop_processes.wait_ready()
         if maker is not None:
             on_gpu = not maker.engine.device.startswith("cpu")
             self.send(WorkerReady(self.config.name, GPU_BATCH_SIZE if on_gpu else CPU_BATCH_SIZE, self.config.model))
@@ -292,4 +301,12 @@ class _Worker:
 def worker_main(config: WorkerConfig, tasks: Connection, events: Connection) -> None:
     """Entry point of the worker process."""
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {config.name} %(levelname)s %(message)s")
-    _Worker(config, events, _Tasks(tasks)).serve()
+    # The pool starts this process as a daemon, so that it never outlives the bot; multiprocessing
+    # then forbids children, lest they be orphaned. The loop-engine processes leave by themselves
+    # when this one dies (`loop.parallel`), so they are allowed here.
+    multiprocessing.current_process().daemon = False
+    worker = _Worker(config, events, _Tasks(tasks))
+    try:
+        worker.serve()
+    finally:
+        worker.close()

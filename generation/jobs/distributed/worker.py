@@ -84,9 +84,13 @@ class RemoteWorker:
         idle = _BatchState()  # replaced by each batch's own
         self._runner = _Worker(config, idle, idle)  # type: ignore[arg-type]  # it only calls send() and reads cancelled
 
+    def close(self) -> None:
+        self._runner.close()
+
     def load(self) -> dict[str, Any]:
         """Load the model; the saq worker metadata that tells the bot this worker is ready."""
         maker = self._runner.maker(self.model)
+        self._runner.loop_processes.wait_ready()
         on_gpu = maker is not None and not maker.engine.device.startswith("cpu")
         if maker is None:  # still serve, like the embedded worker: these jobs fail with the reason
             log.error("%s", self._runner.unavailable.get(self.model))
@@ -160,6 +164,9 @@ def serve(settings: Settings, redis_url: str, *, name: str, queue_name: str) -> 
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {name} %(levelname)s %(message)s", force=True)
     with tempfile.TemporaryDirectory(prefix="loopjam-worker-") as scratch:
         worker = RemoteWorker(settings, name=name, queue_name=queue_name, scratch_dir=Path(scratch) / "data")
-        metadata = worker.load()
-        log.info("serving saq queue %s with %s", queue_name, metadata)
-        asyncio.run(worker.serve(redis_url, metadata))
+        try:
+            metadata = worker.load()
+            log.info("serving saq queue %s with %s", queue_name, metadata)
+            asyncio.run(worker.serve(redis_url, metadata))
+        finally:
+            worker.close()

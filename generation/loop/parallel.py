@@ -1,0 +1,118 @@
+"""The loop engine on several cores: a batch's candidates are cut into loops at the same time.
+
+A worker generates a whole batch in one model call, then every candidate goes through the loop
+engine (tempo, stretch, seam, loudness), tens to hundreds of milliseconds of CPU each. Done one
+after the other, that tail, not the model, bounds what a batch gains. `LoopProcesses` keeps a few
+spawned processes for it. They import the loop engine, never torch, and leave by themselves when
+their parent dies, even by kill -9, so a crashed worker leaves nothing running.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import threading
+import time
+import typing as tp
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+
+import numpy as np
+import threadpoolctl
+
+log = logging.getLogger(__name__)
+
+MAX_AUTO_PROCESSES = 8
+PARENT_CHECK_S = 0.5
+T = tp.TypeVar("T")
+
+
+def auto_processes() -> int:
+    """One process per core, up to `MAX_AUTO_PROCESSES`."""
+    return max(1, min(MAX_AUTO_PROCESSES, os.cpu_count() or 1))
+
+
+def _exit_with_parent(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(PARENT_CHECK_S)
+    os._exit(0)
+
+
+def _start_process(parent: int) -> None:
+    """Each process's initialiser: leave with the parent, one BLAS thread (see `_cut_here`; the
+    processes share the cores already), and one loop made so that the first real one pays no
+    import or just-in-time compilation (librosa's numba code)."""
+    threading.Thread(target=_exit_with_parent, args=(parent,), name="parent-watch", daemon=True).start()
+    threadpoolctl.threadpool_limits(1, user_api="blas")
+    from .engine import make_loop
+
+    rate, bpm = 8000, 120.0
+    clicks = np.zeros(rate * 3, dtype=np.float32)
+    clicks[:: round(rate * 60 / bpm)] = 1.0
+    make_loop(clicks, rate, bpm, bars=1)
+
+
+def _cut_here(calls: tp.Iterable[tp.Callable[[], T]]) -> list[T]:
+    # With one BLAS thread, as in the processes: how many threads split a sum changes its last
+    # bits, and a loop must come out the same wherever it is cut (a replay remakes it elsewhere).
+    with threadpoolctl.threadpool_limits(1, user_api="blas"):
+        return [call() for call in calls]
+
+
+class LoopProcesses:
+    """Runs picklable loop-engine calls (e.g. `functools.partial(make_loop, ...)`) in parallel.
+
+    With one process everything runs here, in the caller. The processes start (and warm up, a few
+    seconds) with the object; `wait_ready` waits for them.
+    """
+
+    def __init__(self, processes: int) -> None:
+        self.processes = processes
+        self._executor: ProcessPoolExecutor | None = None
+        self._started: list[Future[int]] = []
+        if processes > 1:
+            self._start()
+
+    def _start(self) -> None:
+        self._executor = ProcessPoolExecutor(
+            self.processes, mp_context=multiprocessing.get_context("spawn"),
+            initializer=_start_process, initargs=(os.getpid(),),
+        )
+        # Each submit while no process is idle starts one; each of these ends once its process is warm.
+        self._started = [self._executor.submit(int) for _ in range(self.processes)]
+
+    def wait_ready(self) -> None:
+        """Block until every process has started and warmed up; if they cannot, loops are cut here."""
+        try:
+            for started in self._started:
+                started.result()
+        except BrokenProcessPool:
+            log.exception("the loop-engine processes could not start; loops are cut in the worker process")
+            self.close()
+
+    def run_all(self, calls: tp.Iterable[tp.Callable[[], T]]) -> list[T]:
+        """Each call's result, in order. Calls are sent off as `calls` yields them, so producing
+        the next (decoding its audio) overlaps with the work on the previous ones. An exception
+        raised by a call is raised here. If a process dies, new ones are started and this batch
+        is finished here."""
+        if self._executor is None:
+            return _cut_here(calls)
+        pending = iter(calls)
+        taken: list[tp.Callable[[], T]] = []
+        futures: list[Future[T]] = []
+        try:
+            for call in pending:
+                taken.append(call)
+                futures.append(self._executor.submit(call))
+            return [future.result() for future in futures]
+        except BrokenProcessPool:
+            log.warning("a loop-engine process died; starting new ones, and finishing this batch in the worker")
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._start()
+            return _cut_here([*taken, *pending])
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+            self._executor = None
