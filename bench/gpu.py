@@ -12,7 +12,8 @@ float16 autocast.
 
 Measured, each with the peak of `torch.cuda.max_memory_allocated`:
 - the engine alone (`MusicGenEngine.generate`) at batch 1, 8 and 16, `--seconds` per request;
-- the worker's path (`LoopMaker.make`: candidates, loop engine, retries) over 8 loop requests of
+- the worker's path (`LoopMaker.make`: candidates, the loop engine in the worker's loop-engine
+  processes, retries) over 8 loop requests of
   `--bars` bars at `--bpm`, with the worker's default `[generation]` settings unless
   `--candidates` / `--retries` say otherwise.
 
@@ -33,6 +34,7 @@ import torch
 
 from generation.config import GenerationSettings, LoopSettings
 from generation.engine import GenerationRequest, MusicGenEngine, SamplingParams
+from generation.loop.parallel import LoopProcesses, auto_processes
 from generation.model import SMALL, TINY, ModelShape, build_random_musicgen_parts
 from generation.pipeline import LoopMaker, LoopOutcome, LoopSpec
 from generation.prompts import loop_seconds
@@ -220,13 +222,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     shape = TINY if args.tiny else SMALL
     engine = build_engine(shape, args.device)
     generation = GenerationSettings(candidates=args.candidates, retry_budget=args.retries)
-    maker = LoopMaker(engine, generation, LoopSettings())
+    processes = LoopProcesses(auto_processes())  # as a worker has them
+    maker = LoopMaker(engine, generation, LoopSettings(), processes)
+    processes.wait_ready()
     warm_up(engine, maker)
     print(header_line(engine, shape, args.device, args), flush=True)
     for batch in ENGINE_BATCHES:
         measurement = measure("engine", batch, args.device, args.repeats, engine_run(engine, batch, args.seconds))
         print(result_line(measurement, shape), flush=True)
     print(result_line(measure_worker(maker, args.device, args.repeats, args.bars, args.bpm), shape), flush=True)
+    processes.close()
     return 0
 
 

@@ -7,6 +7,7 @@ marked with its verdict. Only silence is an error.
 
 from __future__ import annotations
 
+import functools
 import typing as tp
 from dataclasses import dataclass, field
 
@@ -15,6 +16,7 @@ import numpy as np
 from .config import GenerationSettings, LoopSettings
 from .engine import GenerationRequest, MusicGenEngine, SamplingParams
 from .loop import LoopGrid, LoopReport, LoopResult, make_loop, make_variation_loop, variation_prompt
+from .loop.parallel import LoopProcesses
 from .prompts import loop_samples, loop_seconds
 
 StageCallback = tp.Callable[[str, float], None]
@@ -63,13 +65,28 @@ def candidate_rank(loop: LoopResult) -> tuple[int, float]:
     return VERDICT_RANK[loop.report.verdict], loop.report.quality
 
 
-class LoopMaker:
-    """Turns `LoopSpec`s into loops with one engine. Not thread-safe (the engine is not)."""
+def _looping_from_first(clips: tp.Iterator[np.ndarray], on_stage: StageCallback | None) -> tp.Iterator[np.ndarray]:
+    """The clips; the "looping" stage starts with the first (the batch's tokens are all made then)."""
+    for index, clip in enumerate(clips):
+        if index == 0 and on_stage:
+            on_stage("looping", 0.0)
+        yield clip
 
-    def __init__(self, engine: MusicGenEngine, generation: GenerationSettings, loop: LoopSettings) -> None:
+
+class LoopMaker:
+    """Turns `LoopSpec`s into loops with one engine. Not thread-safe (the engine is not).
+
+    A batch's candidates are cut into loops on `processes` (in this process when not given).
+    """
+
+    def __init__(
+        self, engine: MusicGenEngine, generation: GenerationSettings, loop: LoopSettings,
+        processes: LoopProcesses | None = None,
+    ) -> None:
         self.engine = engine
         self.generation = generation
         self.loop_settings = loop
+        self.processes = processes or LoopProcesses(1)
 
     def loop_to_continue(self, audio: np.ndarray, sample_rate: int, bpm: float, bars: int, beats_per_bar: int) -> LoopResult:
         """A finished loop [C, N] (from a file or made again) as a variation's `previous`.
@@ -122,11 +139,13 @@ class LoopMaker:
             requests = [self._request(outcome.spec, seed) for outcome, seed in batch]
             stage = "generating" if round_index == 0 else "retrying"
             progress = (lambda pct: on_stage(stage, pct)) if on_stage else None
-            audio = self.engine.generate(requests, pending[0].spec.params, progress, should_cancel)
-            if on_stage:
-                on_stage("looping", 0.0)
-            for (outcome, seed), clip in zip(batch, audio):
-                self._consider(outcome, seed, clip)
+            clips = _looping_from_first(
+                self.engine.generate_each(requests, pending[0].spec.params, progress, should_cancel), on_stage
+            )
+            # Each clip goes to the loop engine as soon as it is decoded, while the next one decodes.
+            loops = self.processes.run_all(self._cut(outcome.spec, clip) for (outcome, _), clip in zip(batch, clips))
+            for (outcome, seed), loop in zip(batch, loops):
+                self._consider(outcome, seed, loop)
         for outcome in outcomes:
             if outcome.loop is None:
                 outcome.error = SILENCE_ERROR
@@ -143,19 +162,21 @@ class LoopMaker:
         """A variation's prompt [C, T]: the last bars of the loop it continues, starting on a downbeat."""
         return variation_prompt(previous, previous.audio, self.engine.sample_rate, VARIATION_PROMPT_BARS)
 
-    def _cut(self, spec: LoopSpec, clip: np.ndarray) -> LoopResult:
-        """A loop from a candidate: the best window of a new clip, or of a continuation on its parent's grid."""
+    def _cut(self, spec: LoopSpec, clip: np.ndarray) -> tp.Callable[[], LoopResult]:
+        """The loop engine's call (picklable) that makes a candidate's loop: the best window of a
+        new clip, or of a continuation on its parent's grid."""
         rate = self.engine.sample_rate
         if spec.previous is None:
-            return make_loop(clip, rate, spec.bpm, spec.bars, spec.beats_per_bar, settings=self.loop_settings)
+            return functools.partial(make_loop, clip, rate, spec.bpm, spec.bars, spec.beats_per_bar, settings=self.loop_settings)
         # The prompt ends on a bar line of the previous loop's grid, so the new bars start there.
         prompt = self._prompt(spec.previous)
         source = np.concatenate([prompt, clip], axis=1)
-        return make_variation_loop(spec.previous, source, rate, prompt.shape[1] / rate, settings=self.loop_settings)
+        return functools.partial(
+            make_variation_loop, spec.previous, source, rate, prompt.shape[1] / rate, settings=self.loop_settings
+        )
 
-    def _consider(self, outcome: LoopOutcome, seed: int, clip: np.ndarray) -> None:
+    def _consider(self, outcome: LoopOutcome, seed: int, result: LoopResult) -> None:
         outcome.candidates_tried += 1
-        result = self._cut(outcome.spec, clip)
         if result.report.silent:
             return
         if outcome.loop is None or candidate_rank(result) > candidate_rank(outcome.loop):
