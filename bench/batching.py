@@ -1,10 +1,11 @@
 """Dynamic batching through the real queue and worker process: 8 concurrent requests, B=8 vs B=1.
 
-    .venv/bin/python -m bench.batching [--requests 8] [--bars 1] [--bpm 120]
+    .venv/bin/python -m bench.batching [--requests 8] [--bars 1] [--bpm 120] [--rounds 5]
 
 Uses the tiny random MusicGen on CPU (written to a temporary directory), short loops, one
 candidate and no retries. Each run starts its own worker, waits for one warm-up job, then times
-the requests from submission until the last loop is done.
+`--rounds` rounds of requests, each from submission until its last loop is done; the ratio is of
+the medians.
 
 Then it splits a loop's cost, in this process: the model (one `generate` call of 8 rows against 8
 calls of 1; on CPU the codec's decoding is compute-bound and hardly batches) and what is done per
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -40,8 +42,8 @@ async def wait_done(service: QueueService, job_ids: list[str]) -> None:
     await asyncio.gather(*(one(job_id, service.subscribe(job_id)) for job_id in job_ids))
 
 
-async def run(model_dir: Path, data_dir: Path, batch_size: int, args: argparse.Namespace) -> float:
-    """Seconds for `args.requests` concurrent requests with batches of up to `batch_size`."""
+async def run(model_dir: Path, data_dir: Path, batch_size: int, args: argparse.Namespace) -> list[float]:
+    """Seconds for `args.requests` concurrent requests with batches of up to `batch_size`, each round."""
     settings = Settings(
         model=ModelSettings(name=str(model_dir), allowed=[str(model_dir)], device="cpu"),
         generation=GenerationSettings(extra_seconds=EXTRA_SECONDS, candidates=1, retry_budget=0),
@@ -58,10 +60,14 @@ async def run(model_dir: Path, data_dir: Path, batch_size: int, args: argparse.N
 
         warm_up = await service.submit(request(0))
         await wait_done(service, [warm_up.job_id])
-        started = time.perf_counter()
-        accepted = await asyncio.gather(*(service.submit(request(user)) for user in range(1, args.requests + 1)))
-        await wait_done(service, [a.job_id for a in accepted])
-        return time.perf_counter() - started
+        rounds = []
+        for first_user in range(1, args.rounds * args.requests, args.requests):  # new users: no rate limit
+            started = time.perf_counter()
+            users = range(first_user, first_user + args.requests)
+            accepted = await asyncio.gather(*(service.submit(request(user)) for user in users))
+            await wait_done(service, [a.job_id for a in accepted])
+            rounds.append(time.perf_counter() - started)
+        return rounds
     finally:
         await service.stop()
         database.dispose()
@@ -114,9 +120,11 @@ async def main(args: argparse.Namespace) -> None:
         costs = split_costs(model_dir, Path(tmp), args)
     loop_s = loop_seconds(args.bpm, args.bars, 4)
     print(f"{args.requests} concurrent requests, {args.bars} bar(s) at {args.bpm:g} BPM ({loop_s:g} s loops), tiny model, CPU")
-    for b, s in seconds.items():
-        print(f"B={b}: {s:.2f} s, {args.requests / s:.2f} loops/s")
-    print(f"batched / one at a time throughput: {seconds[1] / seconds[args.requests]:.2f}x")
+    median = {b: statistics.median(rounds) for b, rounds in seconds.items()}
+    for b, rounds in seconds.items():
+        print(f"B={b}: {median[b]:.2f} s (median of {len(rounds)} rounds, {min(rounds):.2f}-{max(rounds):.2f}), "
+              f"{args.requests / median[b]:.2f} loops/s")
+    print(f"batched / one at a time throughput: {median[1] / median[args.requests]:.2f}x")
     alone, batched = costs["model alone"], costs["model batched"]
     print(f"per loop: model {alone * 1000:.0f} ms alone, {batched * 1000:.0f} ms in a batch of {args.requests} "
           f"({alone / batched:.2f}x); loop engine, file and waveform {costs['rest alone'] * 1000:.0f} ms one at a time; "
@@ -127,4 +135,5 @@ if __name__ == "__main__":
     parser.add_argument("--requests", type=int, default=8)
     parser.add_argument("--bars", type=int, default=1)
     parser.add_argument("--bpm", type=float, default=120.0)
+    parser.add_argument("--rounds", type=int, default=5)
     asyncio.run(main(parser.parse_args()))
