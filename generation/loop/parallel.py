@@ -39,18 +39,27 @@ def _exit_with_parent(parent: int) -> None:
     os._exit(0)
 
 
-def _start_process(parent: int) -> None:
-    """Each process's initialiser: leave with the parent, one BLAS thread (see `_cut_here`; the
-    processes share the cores already), and one loop made so that the first real one pays no
-    import or just-in-time compilation (librosa's numba code)."""
-    threading.Thread(target=_exit_with_parent, args=(parent,), name="parent-watch", daemon=True).start()
-    threadpoolctl.threadpool_limits(1, user_api="blas")
+def warm_up() -> None:
+    """Make one loop, so that the next pays no import or just-in-time compilation.
+
+    The first call after an install compiles librosa's numba code into numba's on-disk cache.
+    `./setup` calls it once, alone: processes that compile at the same moment can leave a cache
+    behind whose index does not match its code, and loading that crashes every later process.
+    """
     from .engine import make_loop
 
     rate, bpm = 8000, 120.0
     clicks = np.zeros(rate * 3, dtype=np.float32)
     clicks[:: round(rate * 60 / bpm)] = 1.0
     make_loop(clicks, rate, bpm, bars=1)
+
+
+def _start_process(parent: int) -> None:
+    """Each process's initialiser: leave with the parent, one BLAS thread (see `_cut_here`; the
+    processes share the cores already), and `warm_up`."""
+    threading.Thread(target=_exit_with_parent, args=(parent,), name="parent-watch", daemon=True).start()
+    threadpoolctl.threadpool_limits(1, user_api="blas")
+    warm_up()
 
 
 def _cut_here(calls: tp.Iterable[tp.Callable[[], T]]) -> list[T]:
