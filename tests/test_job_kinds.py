@@ -113,9 +113,11 @@ async def test_three_variations_are_one_request_in_flac_with_waveforms(service: 
     second = await service.submit(loop(4, variations=3))
     assert isinstance(first, Accepted) and isinstance(second, Accepted)
     # 6 loops so far, but 2 requests: the limit of 2 per window is reached only now.
+    # Both subscribed now: the two finish in one batch, so the second may be done while the first's event is read.
+    first_events, second_events = service.subscribe(first.job_id), service.subscribe(second.job_id)
     assert (await service.submit(loop(4))).reason is RefusalKind.RATE_LIMITED
-    done = await final_event(service, first.job_id)
-    assert isinstance(done, JobDone) and isinstance(await final_event(service, second.job_id), JobDone)
+    done = await final_event(service, first.job_id, first_events)
+    assert isinstance(done, JobDone) and isinstance(await final_event(service, second.job_id, second_events), JobDone)
 
     assert len(done.files) == len(done.seeds) == len(done.reports) == 3
     assert (done.seed, done.report) == (done.seeds[0], done.reports[0])
