@@ -32,7 +32,7 @@ from .errors import LoopJamTree, UserFacingError
 from .text import NO_PINGS, requester_only
 from .tracker import JobTracker, TrackedJob, send_result
 from .uploads import TooLargeToUpload
-from .views import LoopActionButton, CancelButton, result_view
+from .views import CancelButton, LoopActionButton, result_view
 
 if tp.TYPE_CHECKING:
     from generation.jobs.service import QueueService
@@ -61,7 +61,7 @@ def intents() -> discord.Intents:
 
 
 class LoopJamBot(commands.Bot):
-    def __init__(self, settings: Settings, service: "QueueService", database: Database, *, sync_guild: int | None = None) -> None:
+    def __init__(self, settings: Settings, service: QueueService, database: Database, *, sync_guild: int | None = None) -> None:
         super().__init__(
             command_prefix=commands.when_mentioned,
             intents=intents(),
@@ -261,7 +261,7 @@ def _pending_outcomes(session: tp.Any, data_dir: Path) -> list[tuple[str, JobDon
     return outcomes
 
 
-def report_of(row: "Generation") -> dict[str, tp.Any]:
+def report_of(row: Generation) -> dict[str, tp.Any]:
     """The loop report as stored with a finished row, in the worker's field names."""
     names = ("source_bpm", "stretch_ratio", "source_start_seconds", "downbeat_confidence", "seam_score",
              "tempo_stability", "loudness_lufs", "verdict")

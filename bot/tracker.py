@@ -49,7 +49,7 @@ class TrackedJob:
 
 
 class JobTracker:
-    def __init__(self, bot: "LoopJamBot") -> None:
+    def __init__(self, bot: LoopJamBot) -> None:
         self.bot = bot
         self.jobs: dict[str, TrackedJob] = {}
 
@@ -126,7 +126,7 @@ async def send_result(
         embed.set_image(url="attachment://waveform.png")
     content = f"<@{mention.id}>" if mention is not None else None
     allowed = requester_only(mention) if mention is not None else NO_PINGS
-    kwargs: dict[str, tp.Any] = dict(content=content, embed=embed, files=attachments, view=view, allowed_mentions=allowed)
+    kwargs: dict[str, tp.Any] = {"content": content, "embed": embed, "files": attachments, "view": view, "allowed_mentions": allowed}
     if isinstance(destination, discord.Webhook):
         return await destination.send(wait=True, **kwargs)
     return await destination.send(**kwargs)

@@ -35,7 +35,7 @@ class LoopActionButton(discord.ui.DynamicItem[discord.ui.Button], template=rf"lj
         self.job_id = job_id
 
     @classmethod
-    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Button, match: re.Match[str]) -> "LoopActionButton":
+    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Button, match: re.Match[str]) -> LoopActionButton:
         return cls(match["action"], match["job_id"])
 
     async def callback(self, interaction: discord.Interaction) -> None:
@@ -54,7 +54,7 @@ class CancelButton(discord.ui.DynamicItem[discord.ui.Button], template=rf"lj:can
         self.job_id = job_id
 
     @classmethod
-    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Button, match: re.Match[str]) -> "CancelButton":
+    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Button, match: re.Match[str]) -> CancelButton:
         return cls(match["job_id"])
 
     async def callback(self, interaction: discord.Interaction) -> None:

@@ -6,7 +6,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -41,7 +41,7 @@ def settings() -> Settings:
 
 @app.callback()
 def main(
-    config: Annotated[Optional[Path], typer.Option("--config", help="TOML settings file (default ./config.toml).")] = None,
+    config: Annotated[Path | None, typer.Option("--config", help="TOML settings file (default ./config.toml).")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log debug messages.")] = False,
 ) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -55,12 +55,12 @@ def generate(
     bars: Annotated[int, typer.Option(help="Loop length in bars: 1, 2, 4 or 8.")] = 4,
     beats_per_bar: Annotated[int, typer.Option(help="Beats per bar: 2, 3, 4, 6 or 7.")] = 4,
     variations: Annotated[int, typer.Option(min=1, max=4, help="How many loops to make (1-4).")] = 1,
-    seed: Annotated[Optional[int], typer.Option(help="Seed of the first loop (the delivered seed is in the output).")] = None,
-    model: Annotated[Optional[str], typer.Option(help="Hub name or checkpoint directory.")] = None,
-    temperature: Annotated[Optional[float], typer.Option(help="Sampling temperature.")] = None,
-    top_k: Annotated[Optional[int], typer.Option(help="Top-k sampling (0: off).")] = None,
-    top_p: Annotated[Optional[float], typer.Option(help="Top-p sampling (0: off).")] = None,
-    cfg: Annotated[Optional[float], typer.Option(help="Classifier-free guidance coefficient.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of the first loop (the delivered seed is in the output).")] = None,
+    model: Annotated[str | None, typer.Option(help="Hub name or checkpoint directory.")] = None,
+    temperature: Annotated[float | None, typer.Option(help="Sampling temperature.")] = None,
+    top_k: Annotated[int | None, typer.Option(help="Top-k sampling (0: off).")] = None,
+    top_p: Annotated[float | None, typer.Option(help="Top-p sampling (0: off).")] = None,
+    cfg: Annotated[float | None, typer.Option(help="Classifier-free guidance coefficient.")] = None,
     out: Annotated[Path, typer.Option(help="Directory to write the loops to.")] = Path("out"),
     fmt: Annotated[str, typer.Option("--format", help="wav, wav24, flac or ogg.")] = "wav",
     exact: Annotated[bool, typer.Option("--exact", help="Generate only --seed, no best-of-N (as /replay does).")] = False,
@@ -182,9 +182,9 @@ def loopify(
     bpm: Annotated[float, typer.Option(help="Tempo of the loop, 40 to 240 (decimals allowed).")],
     bars: Annotated[int, typer.Option(help="Loop length in bars: 1, 2, 4 or 8.")] = 4,
     beats_per_bar: Annotated[int, typer.Option(help="Beats per bar: 2, 3, 4, 6 or 7.")] = 4,
-    out: Annotated[Optional[Path], typer.Option(help="Output file (default: AUDIO's name + '.loop').")] = None,
+    out: Annotated[Path | None, typer.Option(help="Output file (default: AUDIO's name + '.loop').")] = None,
     fmt: Annotated[str, typer.Option("--format", help="wav, wav24, flac or ogg; mp3 only if you must.")] = "wav",
-    waveform: Annotated[Optional[Path], typer.Option(help="Also write a waveform PNG with bar lines here.")] = None,
+    waveform: Annotated[Path | None, typer.Option(help="Also write a waveform PNG with bar lines here.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object as the last line.")] = False,
 ) -> None:
     """Make an exact-BPM, seamless loop from an audio file you have."""
@@ -236,7 +236,7 @@ def loopify(
 
 @app.command()
 def run(
-    sync_guild: Annotated[Optional[int], typer.Option(help="Sync commands to this guild only (instant; for development).")] = None,
+    sync_guild: Annotated[int | None, typer.Option(help="Sync commands to this guild only (instant; for development).")] = None,
 ) -> None:
     """Start the Discord bot (and, in embedded mode, its GPU worker)."""
     conf = settings()

@@ -62,7 +62,7 @@ class MusicGenEngine:
         self.name = name
 
     @classmethod
-    def load(cls, name: str, device: str = "auto") -> "MusicGenEngine":
+    def load(cls, name: str, device: str = "auto") -> MusicGenEngine:
         """Load the model once per process; on CPU, leave one core to the rest of the process."""
         model = load_musicgen(name, device)
         if model.device.type == "cpu":

@@ -79,9 +79,10 @@ def _omegaconf_globals() -> list[tp.Any]:
     about. Rather than turning that off (which would run arbitrary code from any file), we allow
     exactly OmegaConf's container and node types, which hold data only.
     """
+    import collections
+
     from omegaconf.base import ContainerMetadata, Metadata
     from omegaconf.nodes import AnyNode, BooleanNode, FloatNode, IntegerNode, StringNode
-    import collections
 
     return [
         DictConfig, ListConfig, ContainerMetadata, Metadata,
@@ -105,7 +106,7 @@ def _quiet_weight_norm() -> tp.Iterator[None]:
         yield
 
 
-def load_musicgen(name: str, device: str = "auto") -> "MusicGen":
+def load_musicgen(name: str, device: str = "auto") -> MusicGen:
     """Load MusicGen by hub name or checkpoint directory through audiocraft's own loader.
 
     The LM's sampler is switched to `RowSeededLMModel`, which draws each batch row from its own

@@ -138,7 +138,7 @@ class LoopMaker:
                 break
             requests = [self._request(outcome.spec, seed) for outcome, seed in batch]
             stage = "generating" if round_index == 0 else "retrying"
-            progress = (lambda pct: on_stage(stage, pct)) if on_stage else None
+            progress = functools.partial(on_stage, stage) if on_stage else None
             clips = _looping_from_first(
                 self.engine.generate_each(requests, pending[0].spec.params, progress, should_cancel), on_stage
             )

@@ -33,7 +33,7 @@ class RowSeededLMModel(LMModel):
     Set `row_generators` (one per row) before `generate`; with `None` it samples as audiocraft does.
     """
 
-    row_generators: tp.Optional[list[torch.Generator]] = None
+    row_generators: list[torch.Generator] | None = None
 
     @classmethod
     def adopt(cls, lm: LMModel) -> LMModel:
@@ -42,7 +42,7 @@ class RowSeededLMModel(LMModel):
         lm.row_generators = None
         return lm
 
-    def _guided_logits(self, sequence: torch.Tensor, condition_tensors: dict, cfg_coef: tp.Optional[float]) -> torch.Tensor:
+    def _guided_logits(self, sequence: torch.Tensor, condition_tensors: dict, cfg_coef: float | None) -> torch.Tensor:
         """Logits of the next step with classifier-free guidance. `sequence`: [B, K, S] -> [B, K, card]."""
         batch = sequence.shape[0]
         if not condition_tensors:

@@ -20,7 +20,7 @@ if tp.TYPE_CHECKING:
 @app_commands.guild_only()
 @app_commands.default_permissions(manage_guild=True)
 class Settings(commands.GroupCog, group_name="settings", group_description="LoopJam's settings for this server"):
-    def __init__(self, bot: "LoopJamBot") -> None:
+    def __init__(self, bot: LoopJamBot) -> None:
         self.bot = bot
         super().__init__()
 
@@ -48,7 +48,8 @@ class Settings(commands.GroupCog, group_name="settings", group_description="Loop
         def value(override: tp.Any, default: tp.Any) -> str:
             return f"{override:g} (server)" if override is not None else f"{default:g} (default)"
 
-        get = (lambda name: getattr(row, name) if row is not None else None)
+        def get(name: str) -> tp.Any:
+            return getattr(row, name) if row is not None else None
         embed.add_field(name="Loops per user", value=f"{value(get('rate_limit_jobs'), queue.rate_limit_jobs)} "
                                                       f"every {value(get('rate_limit_window_s'), queue.rate_limit_window_s)} s")
         embed.add_field(name="Queued per user", value=value(get("max_queued_per_user"), queue.max_queued_per_user))
@@ -107,5 +108,5 @@ class Settings(commands.GroupCog, group_name="settings", group_description="Loop
         await self._change(interaction, max_bars=bars)
 
 
-async def setup(bot: "LoopJamBot") -> None:
+async def setup(bot: LoopJamBot) -> None:
     await bot.add_cog(Settings(bot))

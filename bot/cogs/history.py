@@ -23,14 +23,16 @@ PAGE_SIZE = 8
 
 
 class History(commands.Cog):
-    def __init__(self, bot: "LoopJamBot") -> None:
+    def __init__(self, bot: LoopJamBot) -> None:
         self.bot = bot
 
     @app_commands.command(name="history", description="Browse the loops made here.")
     @app_commands.guild_only()
     @app_commands.describe(scope="Your loops or the whole server's (default: yours)", search="Only prompts containing this")
     @app_commands.choices(scope=[app_commands.Choice(name="mine", value="mine"), app_commands.Choice(name="server", value="server")])
-    async def history(self, interaction: discord.Interaction, scope: str = "mine", search: app_commands.Range[str, 1, 100] | None = None) -> None:
+    async def history(
+        self, interaction: discord.Interaction, scope: str = "mine", search: app_commands.Range[str, 1, 100] | None = None
+    ) -> None:
         user_id = interaction.user.id if scope == "mine" else None
         guild_id = interaction.guild_id
 
@@ -83,5 +85,5 @@ def history_embed(rows: list[tp.Any], page: int, scope: str, search: str | None,
     return embed
 
 
-async def setup(bot: "LoopJamBot") -> None:
+async def setup(bot: LoopJamBot) -> None:
     await bot.add_cog(History(bot))

@@ -37,7 +37,7 @@ FORMAT_CHOICES = [app_commands.Choice(name=name, value=value) for name, value in
 
 
 class Loops(commands.Cog):
-    def __init__(self, bot: "LoopJamBot") -> None:
+    def __init__(self, bot: LoopJamBot) -> None:
         self.bot = bot
 
     # --- checks shared by every way of queueing -------------------------------------------------
@@ -226,5 +226,5 @@ def info_embed(row: tp.Any) -> discord.Embed:
     return embed
 
 
-async def setup(bot: "LoopJamBot") -> None:
+async def setup(bot: LoopJamBot) -> None:
     await bot.add_cog(Loops(bot))

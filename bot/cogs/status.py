@@ -15,7 +15,7 @@ if tp.TYPE_CHECKING:
 
 
 class Status(commands.Cog):
-    def __init__(self, bot: "LoopJamBot") -> None:
+    def __init__(self, bot: LoopJamBot) -> None:
         self.bot = bot
 
     @app_commands.command(name="status", description="How busy LoopJam is, and how long a new loop would take.")
@@ -31,5 +31,5 @@ class Status(commands.Cog):
         await interaction.response.send_message(embed=embed, ephemeral=True)
 
 
-async def setup(bot: "LoopJamBot") -> None:
+async def setup(bot: LoopJamBot) -> None:
     await bot.add_cog(Status(bot))

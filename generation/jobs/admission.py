@@ -36,7 +36,7 @@ from ..storage import (
     get_generation,
     utcnow,
 )
-from .api import AUDIO_FORMATS, MAX_VARIATIONS, JobRequest, Refused, RefusalKind
+from .api import AUDIO_FORMATS, MAX_VARIATIONS, JobRequest, RefusalKind, Refused
 
 if TYPE_CHECKING:
     from .distributed.ratelimit import RedisRateLimiter
@@ -195,7 +195,7 @@ def queued_requests_by_user(session: Session, user_ids: Collection[int]) -> Coun
         .where(Generation.user_id.in_(user_ids), Generation.status == GenerationStatus.QUEUED)
         .group_by(Generation.user_id)
     )
-    return Counter({user_id: count for user_id, count in session.execute(query)})
+    return Counter(dict(session.execute(query)))
 
 
 def recent_requests_by_user(session: Session, user_ids: Collection[int], since: datetime) -> dict[int, list[datetime]]:

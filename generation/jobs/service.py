@@ -34,8 +34,6 @@ from ..storage import (
     GenerationKind,
     GenerationStatus,
     LoopReportFields,
-    NewGeneration,
-    create_generations,
     get_generation,
     list_request_group,
     mark_cancelled,
@@ -126,12 +124,12 @@ def request_groups(rows: Sequence[Generation]) -> list[list[Generation]]:
 
 def claim_rows(session: Session, item: WorkItem, worker: str) -> bool:
     """Mark every row of the job running on `worker`; False when they are no longer queued (cancelled)."""
-    return all([mark_running(session, loop_id, worker) for loop_id in item.loop_ids])
+    return all(mark_running(session, loop_id, worker) for loop_id in item.loop_ids)
 
 
 def fail_request(session: Session, job_id: str, reason: str) -> bool:
     """Fail every row of the request `job_id` that is still queued or running."""
-    return any([mark_failed(session, row.short_id, reason) for row in list_request_group(session, job_id)])
+    return any(mark_failed(session, row.short_id, reason) for row in list_request_group(session, job_id))
 
 
 def job_failures(session: Session, row_ids: Sequence[str]) -> list[tuple[str, str]]:

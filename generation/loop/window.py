@@ -7,6 +7,7 @@ and when its last bar is not quieter than the rest (models often fade out).
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -83,7 +84,7 @@ def seam_similarity(analysis: Analysis, start: float, end: float, bar_seconds: f
 
 def _bar_levels(signal: np.ndarray, sample_rate: int, start: float, bar_seconds: float, bars: int) -> np.ndarray:
     edges = np.rint((start + bar_seconds * np.arange(bars + 1)) * sample_rate).astype(int)
-    return np.array([level_dbfs(signal[a:b]) for a, b in zip(edges[:-1], edges[1:])])
+    return np.array([level_dbfs(signal[a:b]) for a, b in itertools.pairwise(edges)])
 
 
 def score_window(

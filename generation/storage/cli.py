@@ -10,7 +10,7 @@ import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 from alembic.util import CommandError
@@ -80,9 +80,9 @@ def db_downgrade(
 
 
 def history(
-    user: Annotated[Optional[int], typer.Option("--user", help="Only this Discord user id.")] = None,
-    guild: Annotated[Optional[int], typer.Option("--guild", help="Only this guild id.")] = None,
-    search: Annotated[Optional[str], typer.Option("--search", help="Text in the prompt (any case).")] = None,
+    user: Annotated[int | None, typer.Option("--user", help="Only this Discord user id.")] = None,
+    guild: Annotated[int | None, typer.Option("--guild", help="Only this guild id.")] = None,
+    search: Annotated[str | None, typer.Option("--search", help="Text in the prompt (any case).")] = None,
     limit: Annotated[int, typer.Option("--limit", min=1, max=1000, help="How many, newest first.")] = DEFAULT_HISTORY_LIMIT,
     offset: Annotated[int, typer.Option("--offset", min=0, help="Skip this many first.")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON array as the last line.")] = False,

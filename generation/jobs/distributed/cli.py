@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -10,8 +10,8 @@ from .wire import DEFAULT_QUEUE
 
 
 def worker(
-    redis: Annotated[Optional[str], typer.Option("--redis", help="Redis URL (default: the queue.redis_url setting).")] = None,
-    name: Annotated[Optional[str], typer.Option(help="This worker's name (default: host-pid); unique per queue.")] = None,
+    redis: Annotated[str | None, typer.Option("--redis", help="Redis URL (default: the queue.redis_url setting).")] = None,
+    name: Annotated[str | None, typer.Option(help="This worker's name (default: host-pid); unique per queue.")] = None,
     queue: Annotated[str, typer.Option(help="The saq queue to serve; the bot's must be the same.")] = DEFAULT_QUEUE,
 ) -> None:
     """Serve the bot's jobs from Redis on this machine (distributed mode): one per GPU."""
