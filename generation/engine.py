@@ -71,7 +71,7 @@ class MusicGenEngine:
             # audio then took up to 30 s here, against 0.05 s with a core left free
             # (`bench/cpu_threads.py`). oneDNN off is a little faster still on these small shapes.
             torch.set_num_threads(max(1, (os.cpu_count() or 2) - 1))
-            torch.backends.mkldnn.enabled = False
+            torch.backends.mkldnn.enabled = False  # type: ignore[assignment]  # a settable flag; torch types it as a descriptor
         return cls(model, name)
 
     @property
@@ -141,7 +141,7 @@ class MusicGenEngine:
             raise ValueError("every request of a continuation batch needs a prompt of the same length")
 
         descriptions = [r.description for r in requests]
-        prompt = None if prompts[0] is None else torch.from_numpy(np.stack(prompts)).float()
+        prompt = None if prompts[0] is None else torch.from_numpy(np.stack([p for p in prompts if p is not None])).float()
         attributes, prompt_tokens = self.model._prepare_tokens_and_attributes(descriptions, prompt)
         prompt_frames = 0 if prompt_tokens is None else prompt_tokens.shape[-1]
         # With the delay pattern, the last frames of a run see the end-of-sequence padding of the

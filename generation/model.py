@@ -226,8 +226,9 @@ def build_random_musicgen_parts(shape: ModelShape, seed: int = 0, device: str = 
     with _quiet_weight_norm():
         lm = builders.get_lm_model(lm_cfg).eval()
         codec = builders.get_compression_model(codec_cfg)
-    codec.quantizer.train()
-    codec.quantizer(torch.randn(8, shape.codec_dimension, 256, device=device), SAMPLE_RATE // 640)
+    quantizer = tp.cast(torch.nn.Module, codec.quantizer)
+    quantizer.train()
+    quantizer(torch.randn(8, shape.codec_dimension, 256, device=device), SAMPLE_RATE // 640)
     return lm, codec.eval()
 
 

@@ -39,8 +39,9 @@ class RowSeededLMModel(LMModel):
     def adopt(cls, lm: LMModel) -> LMModel:
         """Give an already built and loaded `LMModel` this sampling behaviour (weights untouched)."""
         lm.__class__ = cls
-        lm.row_generators = None
-        return lm
+        adopted = tp.cast(RowSeededLMModel, lm)
+        adopted.row_generators = None
+        return adopted
 
     def _guided_logits(self, sequence: torch.Tensor, condition_tensors: dict, cfg_coef: float | None) -> torch.Tensor:
         """Logits of the next step with classifier-free guidance. `sequence`: [B, K, S] -> [B, K, card]."""

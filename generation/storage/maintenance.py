@@ -39,7 +39,7 @@ def sweep_audio(
     """
     cutoff = (now or utcnow()) - timedelta(days=retention_days)
     root = data_dir.resolve()
-    expired = session.execute(
+    expired: list[tuple[int, str]] = session.execute(  # type: ignore[assignment]  # audio_path is not NULL here
         select(Generation.id, Generation.audio_path).where(
             Generation.audio_path.is_not(None), Generation.finished_at < cutoff
         )

@@ -273,9 +273,9 @@ def upsert_guild_settings(session: Session, guild_id: int, **changes: Unpack[Gui
     if unknown:
         raise ValueError(f"unknown guild settings: {', '.join(sorted(unknown))}")
     dialect = session.get_bind().dialect.name
-    insert = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}[dialect]
     values: dict[str, Any] = {**changes, "updated_at": utcnow()}
-    statement = insert(GuildSettings).values(guild_id=guild_id, **values)
+    insert = postgresql.insert(GuildSettings) if dialect == "postgresql" else sqlite.insert(GuildSettings)
+    statement = insert.values(guild_id=guild_id, **values)
     session.execute(statement.on_conflict_do_update(index_elements=[GuildSettings.guild_id], set_=values))
     return session.get_one(GuildSettings, guild_id, populate_existing=True)
 
@@ -306,7 +306,7 @@ def mark_delivered(
         delivery.generation.posted_channel_id = channel_id
 
 
-def _undelivered_of(request_group: str) -> Select[tuple[int]]:
+def _undelivered_of(request_group: str) -> Select[int]:
     """The ids of the deliveries of one request that were not posted yet."""
     return (
         select(Delivery.id)
