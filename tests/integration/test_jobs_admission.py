@@ -6,10 +6,21 @@ import asyncio
 from collections.abc import Sequence
 
 import pytest
-from jobs_fixtures import BROKEN_MODEL, migrated_database, tiny_settings
+from queue_helpers import BROKEN_MODEL, migrated_database, tiny_settings
 
 from generation.config import PROMPT_MAX_CHARS
-from generation.jobs import Accepted, CancelOutcome, JobCancelled, JobEvent, JobProgress, JobRequest, QueueService, RefusalKind, Refused, Stage
+from generation.jobs import (
+    Accepted,
+    CancelOutcome,
+    JobCancelled,
+    JobEvent,
+    JobProgress,
+    JobRequest,
+    QueueService,
+    RefusalKind,
+    Refused,
+    Stage,
+)
 from generation.jobs.backend import EventSink, WorkerReady, WorkItem
 from generation.storage import GenerationStatus, get_generation, upsert_guild_settings
 

@@ -13,9 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import sqlalchemy as sa
-from jobs_fixtures import migrated_database, tiny_settings
+from queue_helpers import migrated_database, tiny_settings
 from sqlalchemy.engine import URL
-from storage_fixtures import db_url, postgres_url  # noqa: F401  (fixtures)
 
 from generation.audio_io import write_audio
 from generation.jobs import Accepted, JobRequest, QueueService

@@ -1,4 +1,4 @@
-"""The history and job state, on SQLite and on PostgreSQL (see storage_fixtures)."""
+"""The history and job state, on SQLite and on PostgreSQL (the database fixtures are in tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
+from storage_helpers import LOOP_REQUEST, loop_request
 
 from generation.config import StorageSettings
 from generation.storage import (
@@ -34,12 +35,11 @@ from generation.storage import (
     pending_deliveries,
     record_delivery_failure,
     recover_interrupted,
+    repository,
     sweep_audio,
     upsert_guild_settings,
 )
-from generation.storage import repository
 from generation.storage.repository import MAX_DELIVERY_ATTEMPTS
-from storage_fixtures import LOOP_REQUEST, database, db_url, loop_request, postgres_url  # noqa: F401
 
 REPORT = LoopReportFields(
     source_bpm=95.5,

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import pytest_asyncio
 import soundfile as sf
-from jobs_fixtures import BROKEN_MODEL, final_event, migrated_database, tiny_settings
+from queue_helpers import BROKEN_MODEL, final_event, migrated_database, tiny_settings
 from sqlalchemy import update
 
 from generation.audio_io import read_audio, write_audio

@@ -7,7 +7,7 @@ import os
 import signal
 
 import pytest
-from jobs_fixtures import BROKEN_MODEL, HAS_PROC, final_event, live_children, migrated_database, still_running, tiny_settings
+from queue_helpers import BROKEN_MODEL, HAS_PROC, final_event, live_children, migrated_database, still_running, tiny_settings
 
 from generation.config import LoopSettings
 from generation.jobs import (

@@ -7,18 +7,20 @@ from __future__ import annotations
 import io
 import re
 import typing as tp
-from pathlib import Path
 from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
 
 import numpy as np
 import pytest
 import pytest_asyncio
 import soundfile as sf
-from hypothesis import HealthCheck, given, settings as hypothesis_settings, strategies as st
-
-from bot.client import LoopJamBot
 from discord_double import DiscordDouble, Overwrite, Permission, Upload
 from discord_double.inprocess import running_client
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
+
+from bot.client import LoopJamBot
 from generation.config import Settings
 from generation.jobs import QueueService
 from generation.jobs.backend import EventSink, WorkItem

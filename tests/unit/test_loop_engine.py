@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from corpus import CORPUS, Groove, Rendered, fluidsynth_available, measure_loop, render
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -20,8 +21,6 @@ from generation.loop.report import GOOD_DOWNBEAT_CONFIDENCE
 from generation.loop.tempo import downbeat_phase, estimate_tempo, track_beats
 from generation.loop.waveform import waveform_png
 from generation.prompts import loop_samples
-
-from corpus import CORPUS, Groove, Rendered, fluidsynth_available, measure_loop, render
 
 pytestmark = pytest.mark.skipif(not fluidsynth_available(), reason="needs the fluidsynth CLI and FluidR3_GM")
 

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy.engine import URL
+from storage_helpers import loop_request
 from typer.testing import CliRunner
 
 from generation.cli import app
 from generation.storage import Database, GenerationStatus, LoopReportFields, create_generations, mark_done, mark_running
-from storage_fixtures import db_url, loop_request, postgres_url  # noqa: F401
 
 PASSWORD = "s3cret-Pw-9f2"
 

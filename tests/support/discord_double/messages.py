@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import mimetypes
 import re
-from urllib.parse import quote
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 from .errors import UNKNOWN_MESSAGE, DiscordAPIError, invalid_form_body, unknown
 from .model import JSON, FakeUser, World, iso_timestamp

@@ -20,11 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from jobs_fixtures import HAS_PROC, final_event, live_children, still_running, tiny_settings
+from queue_helpers import HAS_PROC, final_event, live_children, still_running, tiny_settings
 from redis.asyncio import Redis
 from saq.job import Status
 from saq.queue.redis import RedisQueue
-from storage_fixtures import in_ci, postgres_url  # noqa: F401  (a fixture)
 
 from generation.config import Settings
 from generation.jobs import Accepted, JobCancelled, JobDone, JobEvent, JobProgress, JobRequest, QueueService, Stage
@@ -43,8 +42,6 @@ from generation.jobs.distributed.wire import (
 )
 from generation.storage import Base, Database, GenerationStatus, get_generation
 
-REDIS_URL_ENV = "LOOPJAM_TEST_REDIS_URL"
-DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 WORKER_START_TIMEOUT_S = 90.0
 FAST = Timing(heartbeat_s=3, sweep_s=1, poll_s=0.2, workers_poll_s=0.5)
 """A killed worker's batch is swept a few seconds after its last heartbeat."""
@@ -111,23 +108,6 @@ def test_uploads_and_parent_loops_travel_to_the_worker(tmp_path: Path) -> None:
 
 
 # --- services ---------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def redis_url() -> str:
-    """The test Redis; skips (fails in CI) when it does not answer."""
-    from redis import Redis
-    from redis.exceptions import RedisError
-
-    url = os.environ.get(REDIS_URL_ENV, DEFAULT_REDIS_URL)
-    try:
-        Redis.from_url(url, socket_connect_timeout=3).ping()
-    except RedisError as error:
-        reason = f"Redis unreachable at {url} ({error})"
-        if in_ci():
-            pytest.fail(f"{reason}; CI must run the distributed tests", pytrace=False)
-        pytest.skip(f"{reason}; set {REDIS_URL_ENV} to run them")
-    return url
 
 
 @pytest.fixture(scope="module")
@@ -198,7 +178,7 @@ def workers(redis_url: str, queue_name: str, tiny_model_dir: Path, tmp_path_fact
 
 
 @pytest.fixture
-def database(postgres_url) -> Iterator[Database]:  # noqa: F811  (the fixture above)
+def database(postgres_url) -> Iterator[Database]:
     """The module's PostgreSQL database, migrated, emptied after each test."""
     database = Database(postgres_url)
     database.upgrade()

@@ -12,6 +12,7 @@ from aiohttp import web
 from .errors import json_response
 from .recording import RecordedRequest
 
+
 @dataclass
 class Fault:
     """Answer the next `times` requests on `route` (matching `when`, if given) with an error."""

@@ -11,7 +11,6 @@ import aiohttp
 import discord
 import pytest
 from discord import app_commands
-
 from discord_double import DiscordDouble, Overwrite, Permission, Upload
 from discord_double.inprocess import running_client
 

@@ -9,7 +9,6 @@ from sqlalchemy.engine import URL
 
 from generation.storage import Base, Database
 from generation.storage.migrate import head_revision
-from storage_fixtures import db_url, postgres_url  # noqa: F401
 
 TABLES = {"generations", "guild_settings", "deliveries"}
 

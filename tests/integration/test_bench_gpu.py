@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SMOKE_COMMAND = [
     sys.executable, "-m", "bench.gpu", "--device", "cpu", "--tiny", "--seconds", "1",
     "--repeats", "1", "--bars", "1", "--candidates", "1", "--retries", "0",

@@ -38,7 +38,7 @@ def test_file_then_environment_override(tmp_path: Path, monkeypatch: pytest.Monk
 
 
 def test_example_config_is_complete_and_valid() -> None:
-    example = Path(__file__).resolve().parents[1] / "config.example.toml"
+    example = Path(__file__).resolve().parents[2] / "config.example.toml"
     settings = load_settings(example)
     assert settings.model_dump(exclude={"discord_token"}) == load_settings().model_dump(exclude={"discord_token"})
 

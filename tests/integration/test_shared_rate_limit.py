@@ -13,12 +13,10 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from jobs_fixtures import tiny_settings
+from queue_helpers import tiny_settings
 from redis.asyncio import Redis
 from sqlalchemy import func, select
 from sqlalchemy.engine import URL
-from storage_fixtures import db_url, postgres_url  # noqa: F401  (fixtures)
-from test_jobs_distributed import redis_url  # noqa: F401  (a fixture: skips, or fails in CI, without Redis)
 
 from generation.config import Settings
 from generation.jobs import Accepted, JobRequest, QueueService, RefusalKind, Refused
@@ -29,7 +27,7 @@ WINDOW_S = 60.0
 
 
 @pytest.fixture
-def databases(db_url: URL) -> Iterator[tuple[Database, Database]]:  # noqa: F811  (the fixture above)
+def databases(db_url: URL) -> Iterator[tuple[Database, Database]]:
     """One migrated database seen by two engines, as two bot processes see it; emptied after the test."""
     first, second = Database(db_url), Database(db_url)
     first.upgrade()
@@ -42,7 +40,7 @@ def databases(db_url: URL) -> Iterator[tuple[Database, Database]]:  # noqa: F811
 
 
 @pytest.fixture
-async def prefix(redis_url: str) -> AsyncIterator[str]:  # noqa: F811  (the fixture above)
+async def prefix(redis_url: str) -> AsyncIterator[str]:
     """A rate-limit key prefix of this test's own; its keys are deleted at the end."""
     name = f"loopjam-test-{uuid.uuid4().hex[:8]}:ratelimit"
     yield name
@@ -52,7 +50,7 @@ async def prefix(redis_url: str) -> AsyncIterator[str]:  # noqa: F811  (the fixt
     await redis.aclose()
 
 
-def distributed_settings(tmp_path: Path, redis_url: str, **queue: object) -> Settings:  # noqa: F811
+def distributed_settings(tmp_path: Path, redis_url: str, **queue: object) -> Settings:
     return tiny_settings(tmp_path / "model", tmp_path, mode="redis", redis_url=redis_url,
                          rate_limit_window_s=WINDOW_S, max_queue=1000, **queue)
 
@@ -70,7 +68,7 @@ def loop(user_id: int, **changes: object) -> JobRequest:
     return JobRequest(user_id=user_id, **fields)  # type: ignore[arg-type]
 
 
-async def window_count(redis_url: str, prefix: str, user_id: int) -> int:  # noqa: F811
+async def window_count(redis_url: str, prefix: str, user_id: int) -> int:
     """The requests Redis counts in the user's window."""
     redis = Redis.from_url(redis_url)
     try:
@@ -86,7 +84,7 @@ def rows_of(database: Database, user_id: int) -> int:
 
 @pytest.mark.redis
 async def test_two_bot_processes_share_a_users_rate_limit_exactly(
-    databases: tuple[Database, Database], prefix: str, redis_url: str, tmp_path: Path  # noqa: F811
+    databases: tuple[Database, Database], prefix: str, redis_url: str, tmp_path: Path
 ) -> None:
     settings = distributed_settings(tmp_path, redis_url, rate_limit_jobs=3, max_queued_per_user=100)
     services = bot_processes(settings, databases, prefix)
@@ -106,7 +104,7 @@ async def test_two_bot_processes_share_a_users_rate_limit_exactly(
 
 @pytest.mark.redis
 async def test_refused_requests_are_not_counted_and_the_other_checks_come_first(
-    databases: tuple[Database, Database], prefix: str, redis_url: str, tmp_path: Path  # noqa: F811
+    databases: tuple[Database, Database], prefix: str, redis_url: str, tmp_path: Path
 ) -> None:
     settings = distributed_settings(tmp_path, redis_url, rate_limit_jobs=2, max_queued_per_user=1)
     first, second = bot_processes(settings, databases, prefix)

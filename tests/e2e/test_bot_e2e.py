@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 import soundfile as sf
-
 from discord_double import DiscordDouble, RecordedRequest, Upload
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")

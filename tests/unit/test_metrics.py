@@ -16,7 +16,7 @@ from generation.config import MetricsSettings
 from generation.jobs.api import JobCancelled, JobDone, JobEvent, JobFailed, JobProgress, QueueStatus, Stage
 from generation.metrics import MetricsRecorder, metrics_app, start_metrics_server
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class FakeService:
