@@ -169,7 +169,8 @@ def downbeat_phase(analysis: Analysis, beat_times: np.ndarray, beats_per_bar: in
         return 0, 0.0
     frames = analysis.frame(beat_times)
     radius = max(1, round(PEAK_RADIUS_S * analysis.frame_rate))
-    per_beat = librosa.util.sync(analysis.chroma, frames, aggregate=np.mean)  # type: ignore[arg-type]  # takes arrays[:, 1 : len(frames) + 1]
+    synced = librosa.util.sync(analysis.chroma, frames, aggregate=np.mean)  # type: ignore[arg-type]  # takes arrays
+    per_beat = synced[:, 1 : len(frames) + 1]
     evidence = _zscore(
         _zscore(_low_hits(analysis, frames, radius))
         + _zscore(_beat_change(per_beat))
