@@ -124,12 +124,14 @@ def request_groups(rows: Sequence[Generation]) -> list[list[Generation]]:
 
 def claim_rows(session: Session, item: WorkItem, worker: str) -> bool:
     """Mark every row of the job running on `worker`; False when they are no longer queued (cancelled)."""
-    return all(mark_running(session, loop_id, worker) for loop_id in item.loop_ids)
+    claimed = [mark_running(session, loop_id, worker) for loop_id in item.loop_ids]  # every row, not up to the first refusal
+    return all(claimed)
 
 
 def fail_request(session: Session, job_id: str, reason: str) -> bool:
     """Fail every row of the request `job_id` that is still queued or running."""
-    return any(mark_failed(session, row.short_id, reason) for row in list_request_group(session, job_id))
+    failed = [mark_failed(session, row.short_id, reason) for row in list_request_group(session, job_id)]  # every row, not up to the first
+    return any(failed)
 
 
 def job_failures(session: Session, row_ids: Sequence[str]) -> list[tuple[str, str]]:
