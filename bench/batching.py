@@ -26,7 +26,7 @@ from pathlib import Path
 from generation.config import GenerationSettings, ModelSettings, QueueSettings, Settings, StorageSettings
 from generation.jobs import FINAL_EVENT_TYPES, JobDone, JobRequest, QueueService
 from generation.loop.parallel import auto_processes
-from generation.prompts import loop_seconds
+from generation.shape import LoopShape
 from generation.storage import Database
 
 EXTRA_SECONDS = 0.5
@@ -86,8 +86,8 @@ def split_costs(model_dir: Path, out_dir: Path, args: argparse.Namespace) -> dic
     processes = LoopProcesses(auto_processes())
     engine = MusicGenEngine.load(str(model_dir), "cpu")
     processes.wait_ready()
-    seconds = loop_seconds(args.bpm, args.bars, 4) + EXTRA_SECONDS
-    requests = [GenerationRequest(build_prompt("funky drums", args.bpm).text, seconds, seed) for seed in range(args.requests)]
+    seconds = LoopShape(args.bpm, args.bars).seconds + EXTRA_SECONDS
+    requests = [GenerationRequest(build_prompt("funky drums", LoopShape(args.bpm, args.bars)).text, seconds, seed) for seed in range(args.requests)]
     engine.generate(requests[:1], SamplingParams())  # warm-up
     costs = {}
     started = time.perf_counter()
@@ -97,15 +97,15 @@ def split_costs(model_dir: Path, out_dir: Path, args: argparse.Namespace) -> dic
     started = time.perf_counter()
     clips = engine.generate(requests, SamplingParams())
     costs["model batched"] = (time.perf_counter() - started) / len(requests)
-    make_loop(clips[0], engine.sample_rate, args.bpm, args.bars)  # numba's first call compiles
+    make_loop(clips[0], engine.sample_rate, LoopShape(args.bpm, args.bars))  # numba's first call compiles
     started = time.perf_counter()
     for index, clip in enumerate(clips):
-        loop = make_loop(clip, engine.sample_rate, args.bpm, args.bars)
+        loop = make_loop(clip, engine.sample_rate, LoopShape(args.bpm, args.bars))
         write_audio(out_dir / f"{index}.wav", loop.audio, loop.sample_rate, "wav")
-        waveform_png(loop.audio, args.bars, 4)
+        waveform_png(loop.audio, LoopShape(args.bpm, args.bars))
     costs["rest alone"] = (time.perf_counter() - started) / len(clips)
     started = time.perf_counter()
-    processes.run_all(functools.partial(make_loop, clip, engine.sample_rate, args.bpm, args.bars) for clip in clips)
+    processes.run_all(functools.partial(make_loop, clip, engine.sample_rate, LoopShape(args.bpm, args.bars)) for clip in clips)
     costs["loop engine batched"] = (time.perf_counter() - started) / len(clips)
     processes.close()
     return costs
@@ -118,7 +118,7 @@ async def main(args: argparse.Namespace) -> None:
         model_dir = write_random_checkpoint(Path(tmp) / "tiny", TINY, seed=0)
         seconds = {b: await run(model_dir, Path(tmp) / f"data-b{b}", b, args) for b in (args.requests, 1)}
         costs = split_costs(model_dir, Path(tmp), args)
-    loop_s = loop_seconds(args.bpm, args.bars, 4)
+    loop_s = LoopShape(args.bpm, args.bars).seconds
     print(f"{args.requests} concurrent requests, {args.bars} bar(s) at {args.bpm:g} BPM ({loop_s:g} s loops), tiny model, CPU")
     median = {b: statistics.median(rounds) for b, rounds in seconds.items()}
     for b, rounds in seconds.items():

@@ -37,7 +37,7 @@ from generation.engine import GenerationRequest, MusicGenEngine, SamplingParams
 from generation.loop.parallel import LoopProcesses, auto_processes
 from generation.model import SMALL, TINY, ModelShape, build_random_musicgen_parts
 from generation.pipeline import LoopMaker, LoopOutcome, LoopSpec
-from generation.prompts import loop_seconds
+from generation.shape import LoopShape
 from generation.sampling import RowSeededLMModel
 
 ENGINE_BATCHES = (1, 8, 16)
@@ -142,13 +142,13 @@ def engine_run(engine: MusicGenEngine, batch: int, seconds: float) -> Callable[[
 
 
 def worker_specs(bars: int, bpm: float) -> list[LoopSpec]:
-    return [LoopSpec(f"funky drum loop, take {i}", bpm, bars, 4, seed=1000 * i) for i in range(WORKER_BATCH)]
+    return [LoopSpec(f"funky drum loop, take {i}", LoopShape(bpm, bars), seed=1000 * i) for i in range(WORKER_BATCH)]
 
 
 def warm_up(engine: MusicGenEngine, maker: LoopMaker) -> None:
     """One short generation and one loop, so no timing includes kernel set-up or librosa's JIT compiling."""
     engine.generate([GenerationRequest("warm up", WARM_UP_SECONDS, seed=0)], SamplingParams())
-    maker.make([LoopSpec("warm up", 120.0, 1, 4, seed=0, exact_seed=True)])
+    maker.make([LoopSpec("warm up", LoopShape(120.0, 1), seed=0, exact_seed=True)])
 
 
 def measure_worker(maker: LoopMaker, device: str, repeats: int, bars: int, bpm: float) -> Measurement:
@@ -157,7 +157,7 @@ def measure_worker(maker: LoopMaker, device: str, repeats: int, bars: int, bpm: 
     `audio_s` counts every candidate generated; `loop_s_per_s` counts only the loops delivered.
     """
     specs = worker_specs(bars, bpm)
-    request_seconds = loop_seconds(bpm, bars, 4) + maker.generation.extra_seconds
+    request_seconds = LoopShape(bpm, bars).seconds + maker.generation.extra_seconds
     outcomes: list[LoopOutcome] = []
 
     def run() -> float:
@@ -167,7 +167,7 @@ def measure_worker(maker: LoopMaker, device: str, repeats: int, bars: int, bpm: 
     measured = measure("worker", WORKER_BATCH, device, repeats, run)
     candidates = sum(outcome.candidates_tried for outcome in outcomes)
     rounds = max(outcome.candidates_tried for outcome in outcomes) // maker.generation.candidates
-    delivered = sum(loop_seconds(spec.bpm, spec.bars, spec.beats_per_bar) for spec, o in zip(specs, outcomes) if o.ok)
+    delivered = sum(spec.shape.seconds for spec, o in zip(specs, outcomes) if o.ok)
     extra = (
         ("candidates", str(candidates)), ("rounds", str(rounds)), ("loops_ok", str(sum(o.ok for o in outcomes))),
         ("loop_s_per_s", f"{delivered / measured.wall_seconds:.2f}"),

@@ -26,9 +26,11 @@ from generation.loop.analysis import analyse, mono  # noqa: E402
 from generation.loop.loudness import normalise  # noqa: E402
 from generation.loop.tempo import downbeat_phase, estimate_tempo, track_beats  # noqa: E402
 from generation.loop.window import best_window  # noqa: E402
+from generation.shape import LoopShape  # noqa: E402
 
 RUNS = 5
 BPM, BARS = 92.0, 4
+SHAPE = LoopShape(BPM, BARS)
 
 
 def timed(fn, *args):
@@ -43,7 +45,7 @@ def main() -> None:
     sr = rendered.sample_rate
     audio = np.ascontiguousarray(rendered.audio[:, : 12 * sr])
     settings = LoopSettings()
-    _, cold = timed(engine.make_loop, audio, sr, BPM, BARS)
+    _, cold = timed(engine.make_loop, audio, sr, SHAPE)
     print(f"first call (numba compile + caches): {cold * 1000:.0f} ms")
 
     stages: dict[str, list[float]] = {}
@@ -57,13 +59,13 @@ def main() -> None:
         window, t = timed(best_window, analysis, signal, beats, downbeats, tempo.beat_period, 4, BARS)
         stages.setdefault("window scoring", []).append(t)
         speed = BPM * window.beat_period / 60
-        samples = round(BARS * 4 * 60 / BPM * sr)
+        samples = SHAPE.samples(sr)
         cut, t = timed(engine._cut, audio, sr, window, speed, samples, engine._seam_samples(sr, settings))
         stages.setdefault("stretch + cut (Rubber Band)", []).append(t)
         seamed, t = timed(engine._seamed, cut, sr, settings); stages.setdefault("seam crossfade", []).append(t)
         _, t = timed(normalise, seamed, sr, settings.target_lufs, settings.true_peak_dbtp)
         stages.setdefault("loudness + true-peak limit", []).append(t)
-        _, t = timed(engine.make_loop, audio, sr, BPM, BARS); stages.setdefault("whole make_loop", []).append(t)
+        _, t = timed(engine.make_loop, audio, sr, SHAPE); stages.setdefault("whole make_loop", []).append(t)
     for name, times in stages.items():
         print(f"{name:36s} {statistics.median(times) * 1000:7.1f} ms")
 

@@ -169,8 +169,8 @@ class LoopJamBot(commands.Bot):
         channel = await self.channel_for(row.channel_id)
         guild = getattr(channel, "guild", None)
         limit = guild.filesize_limit if guild is not None else discord.utils.DEFAULT_FILE_SIZE_LIMIT_BYTES
-        request = embeds.request_line(row.prompt, row.bpm, row.bars, row.beats_per_bar)
-        seconds = row.bars * row.beats_per_bar * 60.0 / row.bpm
+        request = embeds.request_line(row.prompt, row.shape)
+        seconds = row.shape.seconds
         embed = embeds.result_embed(job_id, request, done.report, done.seed, row.model, seconds, credit)
         try:
             message = await self._send_loops(job_id, done, tracked, request, embed, limit, channel, row.user_id)
@@ -203,7 +203,7 @@ class LoopJamBot(commands.Bot):
         row = await self.read_db(_undelivered, job_id)
         if row is None or row.channel_id is None:
             return
-        request = embeds.request_line(row.prompt, row.bpm, row.bars, row.beats_per_bar)
+        request = embeds.request_line(row.prompt, row.shape)
         embed = embeds.failed_embed(job_id, request, reason)
         if tracked is not None and tracked.token_alive():
             await tracked.interaction.edit_original_response(embed=embed, view=None)

@@ -6,7 +6,8 @@ import typing as tp
 
 import discord
 
-from generation.prompts import METER_BY_BEATS, format_bpm
+from generation.prompts import METER_BY_BEATS
+from generation.shape import LoopShape, format_bpm
 
 from .text import quote
 
@@ -34,9 +35,10 @@ def describe_eta(seconds: float | None) -> str:
     return f", about {seconds / 60:.0f} min"
 
 
-def request_line(prompt: str, bpm: float, bars: int, beats_per_bar: int) -> str:
-    meter = METER_BY_BEATS.get(beats_per_bar, f"{beats_per_bar}/4")
-    return f"“{quote(prompt)}” · {format_bpm(bpm)} BPM · {bars} bar{'s' if bars != 1 else ''} · {meter}"
+def request_line(prompt: str, shape: LoopShape) -> str:
+    meter = METER_BY_BEATS.get(shape.beats_per_bar, f"{shape.beats_per_bar}/4")
+    bars = shape.bars
+    return f"“{quote(prompt)}” · {format_bpm(shape.bpm)} BPM · {bars} bar{'s' if bars != 1 else ''} · {meter}"
 
 
 def queued_embed(job_id: str, request: str, position: int, eta: float | None, requester: discord.abc.User) -> discord.Embed:

@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 
 from .config import Settings, SettingsError, load_settings
+from .shape import LoopShape
 
 app = typer.Typer(
     help="LoopJam: exact-BPM, seamless loops from MusicGen, for Discord jam channels.",
@@ -71,8 +72,9 @@ def generate(
     from .prompts import InvalidRequest, build_prompt, validate_request
 
     conf = settings()
+    shape = LoopShape(bpm, bars, beats_per_bar)
     try:
-        text = validate_request(prompt, bpm, bars, beats_per_bar)
+        text = validate_request(prompt, shape)
     except InvalidRequest as error:
         raise fail(str(error)) from None
     if fmt not in FORMATS:
@@ -88,7 +90,7 @@ def generate(
     from .engine import MusicGenEngine, SamplingParams, new_seed
     from .pipeline import LoopMaker, LoopSpec
 
-    built = build_prompt(text, bpm, beats_per_bar)
+    built = build_prompt(text, shape)
     params = SamplingParams(
         temperature=conf.generation.temperature if temperature is None else temperature,
         top_k=conf.generation.top_k if top_k is None else top_k,
@@ -99,7 +101,7 @@ def generate(
     # Variations are spaced so their candidate and retry seeds never overlap.
     seed_stride = conf.generation.candidates * (1 + conf.generation.retry_budget)
     specs = [
-        LoopSpec(built.text, bpm, bars, beats_per_bar, first_seed + i * seed_stride, params, exact_seed=exact)
+        LoopSpec(built.text, shape, first_seed + i * seed_stride, params, exact_seed=exact)
         for i in range(variations)
     ]
     engine = MusicGenEngine.load(model_name, conf.model.device)
@@ -189,14 +191,12 @@ def loopify(
 ) -> None:
     """Make an exact-BPM, seamless loop from an audio file you have."""
     from .audio_io import EXPLICIT_FORMATS, FORMATS, MP3_WARNING, audio_duration, extension, format_available, read_audio, write_audio
-    from .prompts import InvalidRequest, validate_request
 
     max_seconds = 600.0
     conf = settings()
-    try:
-        validate_request("loopify", bpm, bars, beats_per_bar)  # the grid checks; the prompt is a placeholder
-    except InvalidRequest as error:
-        raise fail(str(error)) from None
+    shape = LoopShape(bpm, bars, beats_per_bar)
+    if (problem := shape.problem()) is not None:
+        raise fail(problem)
     if fmt not in FORMATS and fmt not in EXPLICIT_FORMATS:
         raise fail(f"Unknown format {fmt!r}: use one of {', '.join([*FORMATS, *EXPLICIT_FORMATS])}.")
     if not format_available(fmt):
@@ -214,14 +214,14 @@ def loopify(
     from .loop import make_loop
     from .loop.waveform import waveform_png
 
-    result = make_loop(samples, rate, bpm, bars, beats_per_bar, settings=conf.loop)
+    result = make_loop(samples, rate, shape, settings=conf.loop)
     path = out or audio.with_name(f"{audio.stem}.loop.{extension(fmt)}")
     if fmt in EXPLICIT_FORMATS:
         typer.echo(f"Warning: {MP3_WARNING}", err=True)
     write_audio(path, result.audio, result.sample_rate, fmt)
     if waveform is not None:
         waveform.parent.mkdir(parents=True, exist_ok=True)
-        waveform.write_bytes(waveform_png(result.audio, bars, beats_per_bar))
+        waveform.write_bytes(waveform_png(result.audio, shape))
     report = result.report
     if as_json:
         typer.echo(json.dumps({

@@ -17,7 +17,7 @@ from .config import GenerationSettings, LoopSettings
 from .engine import GenerationRequest, MusicGenEngine, SamplingParams
 from .loop import LoopGrid, LoopReport, LoopResult, make_loop, make_variation_loop, variation_prompt
 from .loop.parallel import LoopProcesses
-from .prompts import loop_samples, loop_seconds
+from .shape import LoopShape
 
 StageCallback = tp.Callable[[str, float], None]
 """Called with a stage ("generating", "looping") and its progress in percent."""
@@ -33,9 +33,7 @@ class LoopSpec:
     """One loop to make. `prompt` is the text sent to the model (see `prompts.build_prompt`)."""
 
     prompt: str
-    bpm: float
-    bars: int
-    beats_per_bar: int
+    shape: LoopShape
     seed: int
     params: SamplingParams = field(default_factory=SamplingParams)
     exact_seed: bool = False
@@ -88,7 +86,7 @@ class LoopMaker:
         self.loop_settings = loop
         self.processes = processes or LoopProcesses(1)
 
-    def loop_to_continue(self, audio: np.ndarray, sample_rate: int, bpm: float, bars: int, beats_per_bar: int) -> LoopResult:
+    def loop_to_continue(self, audio: np.ndarray, sample_rate: int, shape: LoopShape) -> LoopResult:
         """A finished loop [C, N] (from a file or made again) as a variation's `previous`.
 
         Converted to the model's rate and channels and fitted to the exact loop length there. A
@@ -98,14 +96,14 @@ class LoopMaker:
         import torch
         from audiocraft.data.audio_utils import convert_audio
 
-        rate, samples = self.engine.sample_rate, loop_samples(bpm, bars, beats_per_bar, self.engine.sample_rate)
+        rate, samples = self.engine.sample_rate, shape.samples(self.engine.sample_rate)
         converted = convert_audio(torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32)), sample_rate, rate,
                                   self.engine.channels).numpy()
         fitted = np.zeros((converted.shape[0], samples), dtype=np.float32)
         fitted[:, : min(samples, converted.shape[1])] = converted[:, :samples]
-        grid = LoopGrid(bpm, bars, beats_per_bar, 60.0 / bpm, 1.0, 0.0)
+        grid = LoopGrid(shape, shape.beat_seconds, 1.0, 0.0)
         report = LoopReport(
-            source_bpm=bpm, metric_relation=1.0, stretch_ratio=1.0, source_start_seconds=0.0, downbeat_confidence=1.0,
+            source_bpm=shape.bpm, metric_relation=1.0, stretch_ratio=1.0, source_start_seconds=0.0, downbeat_confidence=1.0,
             seam_score=1.0, tempo_stability=1.0, loudness_lufs=None, verdict="good", reason=None, reason_code=None,
         )
         return LoopResult(audio=fitted, sample_rate=rate, report=report, grid=grid)
@@ -154,7 +152,7 @@ class LoopMaker:
         return outcomes
 
     def _request(self, spec: LoopSpec, seed: int) -> GenerationRequest:
-        seconds = loop_seconds(spec.bpm, spec.bars, spec.beats_per_bar) + self.generation.extra_seconds
+        seconds = spec.shape.seconds + self.generation.extra_seconds
         prompt = None if spec.previous is None else self._prompt(spec.previous)
         return GenerationRequest(spec.prompt, seconds, seed, prompt_audio=prompt)
 
@@ -167,7 +165,7 @@ class LoopMaker:
         new clip, or of a continuation on its parent's grid."""
         rate = self.engine.sample_rate
         if spec.previous is None:
-            return functools.partial(make_loop, clip, rate, spec.bpm, spec.bars, spec.beats_per_bar, settings=self.loop_settings)
+            return functools.partial(make_loop, clip, rate, spec.shape, settings=self.loop_settings)
         # The prompt ends on a bar line of the previous loop's grid, so the new bars start there.
         prompt = self._prompt(spec.previous)
         source = np.concatenate([prompt, clip], axis=1)

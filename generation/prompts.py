@@ -5,7 +5,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from .config import ALLOWED_BARS, ALLOWED_BEATS_PER_BAR, BPM_MAX, BPM_MIN, PROMPT_MAX_CHARS
+from .config import PROMPT_MAX_CHARS
+from .shape import LoopShape, format_bpm
 
 # MusicGen's training captions name tempo as "<number> bpm"; meters as "3/4" and the like.
 METER_BY_BEATS = {2: "2/4", 3: "3/4", 4: "4/4", 6: "6/8", 7: "7/8"}
@@ -24,34 +25,25 @@ class BuiltPrompt:
     """Set when the prompt named another tempo than the `bpm` option, which won."""
 
 
-def format_bpm(bpm: float) -> str:
-    """92.0 -> '92', 60.23 -> '60.23'."""
-    return f"{bpm:.2f}".rstrip("0").rstrip(".")
-
-
-def validate_request(prompt: str, bpm: float, bars: int, beats_per_bar: int) -> str:
+def validate_request(prompt: str, shape: LoopShape) -> str:
     """Check a loop request; returns the prompt stripped, or raises `InvalidRequest`."""
     text = prompt.strip()
     if not text:
         raise InvalidRequest("The prompt is empty: describe the loop, e.g. \"dusty boom bap, vinyl crackle\".")
     if len(text) > PROMPT_MAX_CHARS:
         raise InvalidRequest(f"The prompt is {len(text)} characters long; the limit is {PROMPT_MAX_CHARS}.")
-    if not (BPM_MIN <= bpm <= BPM_MAX):
-        raise InvalidRequest(f"BPM must be between {BPM_MIN:g} and {BPM_MAX:g}, not {format_bpm(bpm)}.")
-    if bars not in ALLOWED_BARS:
-        raise InvalidRequest(f"Bars must be one of {', '.join(map(str, ALLOWED_BARS))}, not {bars}.")
-    if beats_per_bar not in ALLOWED_BEATS_PER_BAR:
-        allowed = ", ".join(map(str, ALLOWED_BEATS_PER_BAR))
-        raise InvalidRequest(f"Beats per bar must be one of {allowed}, not {beats_per_bar}.")
+    problem = shape.problem()
+    if problem is not None:
+        raise InvalidRequest(problem)
     return text
 
 
-def build_prompt(prompt: str, bpm: float, beats_per_bar: int = 4) -> BuiltPrompt:
+def build_prompt(prompt: str, shape: LoopShape) -> BuiltPrompt:
     """Append the tempo (and the meter when not 4/4) in the words the model learnt them in.
 
-    A tempo already in the prompt is kept when it matches `bpm` and replaced when it does not.
+    A tempo already in the prompt is kept when it matches the shape's and replaced when it does not.
     """
-    text = prompt.strip()
+    text, bpm, beats_per_bar = prompt.strip(), shape.bpm, shape.beats_per_bar
     tempo = f"{format_bpm(bpm)} bpm"
     note = None
     named = _TEMPO.search(text)
@@ -63,12 +55,3 @@ def build_prompt(prompt: str, bpm: float, beats_per_bar: int = 4) -> BuiltPrompt
     if beats_per_bar != 4 and METER_BY_BEATS[beats_per_bar] not in text:
         text = f"{text}, {METER_BY_BEATS[beats_per_bar]} time"
     return BuiltPrompt(text=text, tempo_note=note)
-
-
-def loop_seconds(bpm: float, bars: int, beats_per_bar: int) -> float:
-    return bars * beats_per_bar * 60.0 / bpm
-
-
-def loop_samples(bpm: float, bars: int, beats_per_bar: int, sample_rate: int) -> int:
-    """The exact length of a loop: round(bars x beats x 60 / BPM x rate)."""
-    return round(bars * beats_per_bar * 60.0 / bpm * sample_rate)

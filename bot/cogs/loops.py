@@ -67,7 +67,7 @@ class Loops(commands.Cog):
                 raise RateLimited(result.without_wait, result.retry_after)
             raise UserFacingError(result.message)
         assert isinstance(result, Accepted)
-        line = embeds.request_line(request.prompt, request.bpm, request.bars, request.beats_per_bar)
+        line = embeds.request_line(request.prompt, request.shape)
         embed = embeds.queued_embed(result.job_id, line, result.position, result.eta_seconds, interaction.user)
         self.bot.tracker.track(TrackedJob(result.job_id, line, interaction))
         await interaction.response.send_message(embed=embed, view=cancel_view(result.job_id), allowed_mentions=NO_PINGS)

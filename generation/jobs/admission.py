@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session
 from ..audio_io import audio_duration
 from ..config import Settings
 from ..prompts import InvalidRequest, build_prompt, validate_request
+from ..shape import LoopShape
 from ..storage import (
     Generation,
     GenerationKind,
@@ -148,7 +149,8 @@ def check_request(
         request = replace(request, bpm=parent.bpm, bars=parent.bars, beats_per_bar=parent.beats_per_bar)
     model = request.model or (guild.default_model if guild and guild.default_model else settings.model.name)
     try:
-        prompt = validate_request(request.prompt, request.bpm, request.bars, request.beats_per_bar)
+        shape = LoopShape(request.bpm, request.bars, request.beats_per_bar)
+        prompt = validate_request(request.prompt, shape)
         check_options(request)
         check_parent(request, parent)
         if model not in settings.model.allowed and model != settings.model.name:
@@ -165,7 +167,7 @@ def check_request(
         NewGeneration(
             user_id=request.user_id, guild_id=request.guild_id, channel_id=request.channel_id,
             prompt=prompt,
-            prompt_sent=build_prompt(prompt, request.bpm, request.beats_per_bar).text,
+            prompt_sent=build_prompt(prompt, shape).text,
             bpm=request.bpm, bars=request.bars, beats_per_bar=request.beats_per_bar,
             temperature=_or(request.temperature, generation.temperature),
             top_k=int(_or(request.top_k, generation.top_k)),

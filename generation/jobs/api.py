@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..shape import LoopShape
 from ..storage.models import GenerationKind
 
 AUDIO_FORMATS = ("wav", "flac", "ogg")
@@ -55,6 +56,10 @@ class JobRequest:
     source_audio: str | None = None
     """A readable audio file of at most 10 minutes to loop as it is (`/loopify`): no model, no seed.
     The worker reads it from this path, so it must be on the worker's machine (embedded mode)."""
+
+    @property
+    def shape(self) -> LoopShape:
+        return LoopShape(self.bpm, self.bars, self.beats_per_bar)
 
 
 @dataclass(frozen=True)

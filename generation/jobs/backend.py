@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from ..prompts import loop_seconds
+from ..shape import LoopShape
 
 DURATION_BUCKET_S = 4.0
 """Jobs whose loops fall in the same 4-second bucket share a batch (a batch runs for its longest)."""
@@ -55,6 +55,10 @@ class WorkItem:
     """Variation: the loop to continue."""
 
     @property
+    def shape(self) -> LoopShape:
+        return LoopShape(self.bpm, self.bars, self.beats_per_bar)
+
+    @property
     def seed(self) -> int:
         """The first loop's seed."""
         return self.seeds[0]
@@ -67,7 +71,7 @@ class WorkItem:
         """
         if self.source_audio is not None or self.parent is not None:
             return ("alone", self.job_id)
-        seconds = loop_seconds(self.bpm, self.bars, self.beats_per_bar)
+        seconds = self.shape.seconds
         bucket = math.ceil(seconds / DURATION_BUCKET_S)
         return (self.model, self.temperature, self.top_k, self.top_p, self.cfg_coef, bucket)
 

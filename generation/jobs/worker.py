@@ -229,10 +229,10 @@ class _Worker:
         previous = None
         if item.parent is not None:
             audio, rate = self.parent_audio(item.parent)
-            previous = maker.loop_to_continue(audio, rate, item.bpm, item.bars, item.beats_per_bar)
+            previous = maker.loop_to_continue(audio, rate, item.shape)
         params = SamplingParams(item.temperature, item.top_k, item.top_p, item.cfg_coef)
         return [
-            LoopSpec(item.prompt_sent, item.bpm, item.bars, item.beats_per_bar, seed, params, item.exact_seed, previous)
+            LoopSpec(item.prompt_sent, item.shape, seed, params, item.exact_seed, previous)
             for seed in item.seeds
         ]
 
@@ -269,8 +269,8 @@ class _Worker:
             audio, rate = read_audio(Path(item.source_audio))
         except Exception as error:  # soundfile's errors, or the file is gone
             raise LoopUnavailable(UNREADABLE_SOURCE) from error
-        loop = make_loop(audio, rate, item.bpm, item.bars, item.beats_per_bar, settings=self.config.loop)
-        spec = LoopSpec(item.prompt_sent, item.bpm, item.bars, item.beats_per_bar, item.seed)
+        loop = make_loop(audio, rate, item.shape, settings=self.config.loop)
+        spec = LoopSpec(item.prompt_sent, item.shape, item.seed)
         if loop.report.silent:
             return LoopOutcome(spec, item.seed, error=SILENT_SOURCE)
         return LoopOutcome(spec, item.seed, loop=loop, candidates_tried=1)
@@ -294,7 +294,7 @@ class _Worker:
 
         relative = Path(LOOPS_DIR) / f"{loop_id}.{extension(item.audio_format)}"
         path = write_audio(self.config.data_dir / relative, outcome.loop.audio, outcome.loop.sample_rate, item.audio_format)
-        path.with_suffix(".png").write_bytes(waveform_png(outcome.loop.audio, item.bars, item.beats_per_bar))
+        path.with_suffix(".png").write_bytes(waveform_png(outcome.loop.audio, item.shape))
         return MadeLoop(loop_id, relative.as_posix(), outcome.loop.report.as_dict(), outcome.seed)
 
 

@@ -1,7 +1,7 @@
 """The loop engine: exact-BPM, seamless loops from any audio. Imports neither torch nor discord.
 
-    result = make_loop(audio, sample_rate, bpm=92, bars=4)   # audio [C, T] float32
-    result.audio     # [C, N] float32, N = round(bars * beats_per_bar * 60 / bpm * sample_rate)
+    result = make_loop(audio, sample_rate, LoopShape(bpm=92, bars=4))   # audio [C, T] float32
+    result.audio     # [C, N] float32, N = shape.samples(sample_rate), exactly
     result.report    # LoopReport: tempo, stretch, cut point, seam, loudness, verdict
 """
 

@@ -10,7 +10,7 @@ import numpy as np
 import pedalboard
 
 from ..config import LoopSettings
-from ..prompts import loop_samples
+from ..shape import LoopShape
 from .analysis import Analysis, analyse, is_silent, mono
 from .loudness import normalise
 from .report import Findings, LoopReport, judge
@@ -27,9 +27,7 @@ MAX_GLOBAL_REFIT = 0.05  # beat-fitted tempo may refine the autocorrelation esti
 class LoopGrid:
     """Where a loop sits in its source: what a variation needs to continue on the same grid."""
 
-    bpm: float
-    bars: int
-    beats_per_bar: int
+    shape: LoopShape
     source_beat_period: float
     """Source seconds per requested beat."""
     stretch_ratio: float
@@ -39,11 +37,11 @@ class LoopGrid:
 
     @property
     def source_bar_seconds(self) -> float:
-        return self.beats_per_bar * self.source_beat_period
+        return self.shape.beats_per_bar * self.source_beat_period
 
     @property
     def source_end_seconds(self) -> float:
-        return self.source_start_seconds + self.bars * self.source_bar_seconds
+        return self.source_start_seconds + self.shape.bars * self.source_bar_seconds
 
 
 @dataclass(frozen=True)
@@ -169,13 +167,11 @@ def _speed(bpm: float, beat_period: float, max_stretch: float) -> tuple[float, b
 def make_loop(
     audio: np.ndarray,
     sample_rate: int,
-    bpm: float,
-    bars: int,
-    beats_per_bar: int = 4,
+    shape: LoopShape,
     continuation: np.ndarray | None = None,
     settings: LoopSettings | None = None,
 ) -> LoopResult:
-    """A loop of exactly round(bars x beats_per_bar x 60 / bpm x sample_rate) samples.
+    """A loop of exactly `shape.samples(sample_rate)` samples: round(bars x beats per bar x 60 / bpm x rate).
 
     `audio` is [C, T] (or [T]); `continuation` [C, T2], when given, is the audio that follows it
     (the model's continuation): it is searched for windows and used for the seam too.
@@ -185,8 +181,9 @@ def make_loop(
     source = _channels(audio)
     if continuation is not None:
         source = np.concatenate([source, _channels(continuation)], axis=1)
-    samples = loop_samples(bpm, bars, beats_per_bar, sample_rate)
-    nominal = LoopGrid(bpm, bars, beats_per_bar, 60.0 / bpm, 1.0, 0.0)
+    bpm, bars, beats_per_bar = shape.bpm, shape.bars, shape.beats_per_bar
+    samples = shape.samples(sample_rate)
+    nominal = LoopGrid(shape, shape.beat_seconds, 1.0, 0.0)
     if source.shape[1] == 0 or is_silent(source):
         return _silent_result(source.shape[0], sample_rate, nominal, samples, settings.max_stretch)
 
@@ -200,7 +197,7 @@ def make_loop(
     downbeats = np.arange(phase, len(beats), beats_per_bar)
     window = _at_attack(analysis, best_window(analysis, mono(source), beats, downbeats, period, beats_per_bar, bars))
     speed, within, needed = _speed(bpm, window.beat_period, settings.max_stretch)
-    grid = LoopGrid(bpm, bars, beats_per_bar, window.beat_period, speed, window.start, tempo.relation)
+    grid = LoopGrid(shape, window.beat_period, speed, window.start, tempo.relation)
     findings = Findings(
         pulse_strength=tempo.pulse_strength, within_stretch_limit=within, stretch_needed=needed,
         downbeat_confidence=confidence, seam_score=window.seam, tempo_stability=window.stability,
@@ -215,7 +212,7 @@ def variation_prompt(previous: LoopResult, source: np.ndarray, sample_rate: int,
     has a downbeat at 0 and, at the prompt's end, the downbeat where the loop's next bar starts.
     """
     grid = previous.grid
-    first = grid.source_end_seconds - min(bars, grid.bars) * grid.source_bar_seconds
+    first = grid.source_end_seconds - min(bars, grid.shape.bars) * grid.source_bar_seconds
     return _channels(source)[:, round(first * sample_rate) : round(grid.source_end_seconds * sample_rate)]
 
 
@@ -241,7 +238,7 @@ def make_variation_loop(
         return _silent_result(source.shape[0], sample_rate, grid, samples, settings.max_stretch)
 
     analysis = analyse(mono(source), sample_rate)
-    tempo = estimate_tempo(analysis, grid.bpm, settings.max_stretch)
+    tempo = estimate_tempo(analysis, grid.shape.bpm, settings.max_stretch)
     beats = _beats(analysis, grid.source_beat_period)
     # Downbeats: the tracked beats nearest the grid's bar lines from `downbeat_seconds` on.
     bar_lines = np.arange(downbeat_seconds, analysis.duration, grid.source_bar_seconds)
@@ -251,7 +248,7 @@ def make_variation_loop(
     confidence = float(np.clip(1.0 - 4.0 * np.median(miss) / grid.source_beat_period, 0.0, 1.0)) if len(miss) else 0.0
     if not len(downbeats):
         downbeats = np.array([int(np.abs(beats - downbeat_seconds).argmin())])
-    window = best_window(analysis, mono(source), beats, downbeats, grid.source_beat_period, grid.beats_per_bar, grid.bars)
+    window = best_window(analysis, mono(source), beats, downbeats, grid.source_beat_period, grid.shape.beats_per_bar, grid.shape.bars)
     window = _at_attack(analysis, window)
     off_grid = abs(window.beat_period / grid.source_beat_period - 1.0)
     window = dataclasses.replace(window, beat_period=grid.source_beat_period)  # same grid, same stretch

@@ -46,12 +46,13 @@ def warm_up() -> None:
     `./setup` calls it once, alone: processes that compile at the same moment can leave a cache
     behind whose index does not match its code, and loading that crashes every later process.
     """
+    from ..shape import LoopShape
     from .engine import make_loop
 
-    rate, bpm = 8000, 120.0
+    rate, shape = 8000, LoopShape(bpm=120.0, bars=1)
     clicks = np.zeros(rate * 3, dtype=np.float32)
-    clicks[:: round(rate * 60 / bpm)] = 1.0
-    make_loop(clicks, rate, bpm, bars=1)
+    clicks[:: round(rate * shape.beat_seconds)] = 1.0
+    make_loop(clicks, rate, shape)
 
 
 def _start_process(parent: int) -> None:

@@ -26,7 +26,9 @@ from sqlalchemy import (
     TypeDecorator,
     false,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.orm import DeclarativeBase, Mapped, composite, mapped_column, relationship
+
+from ..shape import LoopShape
 
 SHORT_ID_LENGTH = 8
 
@@ -138,6 +140,8 @@ class Generation(Base):
     bpm: Mapped[float] = mapped_column(Float)
     bars: Mapped[int] = mapped_column(Integer)
     beats_per_bar: Mapped[int] = mapped_column(Integer)
+    shape: Mapped[LoopShape] = composite("bpm", "bars", "beats_per_bar")
+    """The three columns above as one value."""
     temperature: Mapped[float] = mapped_column(Float)
     top_k: Mapped[int] = mapped_column(Integer)
     top_p: Mapped[float] = mapped_column(Float)

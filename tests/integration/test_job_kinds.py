@@ -21,7 +21,7 @@ from generation.config import GenerationSettings
 from generation.jobs import Accepted, JobDone, JobRequest, QueueService, RefusalKind, Refused
 from generation.jobs.admission import UNREADABLE_SOURCE
 from generation.jobs.backend import BatchFinished, EventSink, MadeLoop, WorkDone, WorkerReady, WorkItem
-from generation.prompts import loop_samples
+from generation.shape import LoopShape
 from generation.storage import Generation, GenerationKind, get_generation, list_request_group
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -84,7 +84,7 @@ async def test_replay_reproduces_the_delivered_loop_sample_for_sample(service: Q
                                         parent_id=original.job_id))
     heard, rate = read_audio(original.files[0])
     again, _ = read_audio(replay.files[0])
-    assert heard.shape == (1, loop_samples(120.0, 1, 4, rate))
+    assert heard.shape == (1, LoopShape(120.0, 1, 4).samples(rate))
     np.testing.assert_array_equal(again, heard)
     replayed = stored(service, replay.job_id)
     assert (replayed.kind, replayed.parent_id, replayed.seed) == (GenerationKind.REPLAY, row.id, row.seed)
@@ -95,7 +95,7 @@ async def test_a_variation_continues_its_parent_at_the_exact_length(service: Que
     # The parent's tempo and length win over the request's: the variation is cut on its grid.
     variation = await finish(service, loop(2, kind=GenerationKind.VARIATION, parent_id=parent.job_id, bpm=90.0, bars=4))
     audio, rate = read_audio(variation.files[0])
-    assert audio.shape == (1, loop_samples(120.0, 1, 4, rate))
+    assert audio.shape == (1, LoopShape(120.0, 1, 4).samples(rate))
     assert not np.array_equal(audio, read_audio(parent.files[0])[0])
     parent_row, row = stored(service, parent.job_id), stored(service, variation.job_id)
     assert (row.kind, row.parent_id, row.bpm, row.bars) == (GenerationKind.VARIATION, parent_row.id, 120.0, 1)
@@ -105,7 +105,7 @@ async def test_a_variation_continues_its_parent_at_the_exact_length(service: Que
     with service.database.session() as session:
         session.execute(update(Generation).where(Generation.id == parent_row.id).values(audio_path=None))
     again = await finish(service, loop(3, kind=GenerationKind.VARIATION, parent_id=parent.job_id))
-    assert read_audio(again.files[0])[0].shape == (1, loop_samples(120.0, 1, 4, rate))
+    assert read_audio(again.files[0])[0].shape == (1, LoopShape(120.0, 1, 4).samples(rate))
 
 
 async def test_three_variations_are_one_request_in_flac_with_waveforms(service: QueueService) -> None:
@@ -138,7 +138,7 @@ async def test_loopify_loops_an_upload_to_the_exact_length_without_a_model(servi
     done = await finish(service, loop(5, prompt="loopify: groove.wav", bpm=100.0, bars=2, source_audio=str(source),
                                       model=BROKEN_MODEL))
     audio, rate = read_audio(done.files[0])
-    assert (rate, audio.shape) == (44100, (2, loop_samples(100.0, 2, 4, 44100)))
+    assert (rate, audio.shape) == (44100, (2, LoopShape(100.0, 2, 4).samples(44100)))
     assert done.files[0].with_suffix(".png").is_file()
     row = stored(service, done.job_id)
     assert (row.kind, row.seed, row.prompt) == (GenerationKind.LOOPIFY, 0, "loopify: groove.wav")
@@ -146,7 +146,7 @@ async def test_loopify_loops_an_upload_to_the_exact_length_without_a_model(servi
     # A variation of it continues the upload's loop with the model, at the model's rate and channels.
     variation = await finish(service, loop(5, kind=GenerationKind.VARIATION, parent_id=done.job_id))
     audio, rate = read_audio(variation.files[0])
-    assert (rate, audio.shape) == (32000, (1, loop_samples(100.0, 2, 4, 32000)))
+    assert (rate, audio.shape) == (32000, (1, LoopShape(100.0, 2, 4).samples(32000)))
 
 
 async def test_requests_the_queue_cannot_make_are_refused_with_what_to_change(service: QueueService, tmp_path: Path) -> None:

@@ -20,7 +20,7 @@ from generation.loop.loudness import integrated_lufs, true_peak_dbtp
 from generation.loop.report import GOOD_DOWNBEAT_CONFIDENCE
 from generation.loop.tempo import downbeat_phase, estimate_tempo, track_beats
 from generation.loop.waveform import waveform_png
-from generation.prompts import loop_samples
+from generation.shape import LoopShape
 
 pytestmark = pytest.mark.skipif(not fluidsynth_available(), reason="needs the fluidsynth CLI and FluidR3_GM")
 
@@ -34,7 +34,7 @@ def renders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Rendered]:
 @pytest.fixture(scope="session")
 def loops(renders: dict[str, Rendered]) -> dict[str, LoopResult]:
     return {
-        name: make_loop(r.audio, r.sample_rate, r.groove.request_bpm, r.groove.bars, r.groove.beats_per_bar)
+        name: make_loop(r.audio, r.sample_rate, LoopShape(r.groove.request_bpm, r.groove.bars, r.groove.beats_per_bar))
         for name, r in renders.items()
     }
 
@@ -42,7 +42,7 @@ def loops(renders: dict[str, Rendered]) -> dict[str, LoopResult]:
 @pytest.mark.parametrize("groove", CORPUS, ids=[g.name for g in CORPUS])
 def test_corpus_loop(groove: Groove, renders: dict[str, Rendered], loops: dict[str, LoopResult]) -> None:
     rendered, result = renders[groove.name], loops[groove.name]
-    samples = loop_samples(groove.request_bpm, groove.bars, groove.beats_per_bar, rendered.sample_rate)
+    samples = LoopShape(groove.request_bpm, groove.bars, groove.beats_per_bar).samples(rendered.sample_rate)
     assert result.audio.shape == (rendered.audio.shape[0], samples)
     assert result.audio.dtype == np.float32
     m = measure_loop(
@@ -82,15 +82,15 @@ def test_off_tempo_sources_are_stretched_to_the_request(loops: dict[str, LoopRes
 
 
 def test_silence_is_unusable_and_marked_silent() -> None:
-    result = make_loop(np.zeros((2, 32000 * 8), np.float32), 32000, 120.0, 2)
-    assert result.audio.shape == (2, loop_samples(120.0, 2, 4, 32000))
+    result = make_loop(np.zeros((2, 32000 * 8), np.float32), 32000, LoopShape(120.0, 2))
+    assert result.audio.shape == (2, LoopShape(120.0, 2, 4).samples(32000))
     assert result.report.verdict == "unusable" and result.report.silent
     assert result.report.as_dict()["silent"] is True
 
 
 def test_white_noise_has_no_pulse() -> None:
     noise = np.random.default_rng(0).normal(0, 0.2, (1, 32000 * 10)).astype(np.float32)
-    result = make_loop(noise, 32000, 120.0, 2)
+    result = make_loop(noise, 32000, LoopShape(120.0, 2))
     assert result.audio.shape == (1, 128000)
     assert result.report.verdict == "unusable" and result.report.reason_code == "no_pulse"
     assert not result.report.silent
@@ -98,15 +98,15 @@ def test_white_noise_has_no_pulse() -> None:
 
 def test_a_half_second_clip_fills_the_length_and_is_unusable(renders: dict[str, Rendered]) -> None:
     clip = renders["bpm120"].audio[:, :16000]
-    result = make_loop(clip, 32000, 120.0, 1)
+    result = make_loop(clip, 32000, LoopShape(120.0, 1))
     assert result.audio.shape == (2, 64000)
     assert result.report.verdict == "unusable"
 
 
 def test_tempo_beyond_the_stretch_limit_is_unusable(renders: dict[str, Rendered]) -> None:
     rendered = renders["bpm120"]  # asked for 100: 20 % off, past the 12 % limit
-    result = make_loop(rendered.audio, rendered.sample_rate, 100.0, 2)
-    assert result.audio.shape[1] == loop_samples(100.0, 2, 4, 32000)
+    result = make_loop(rendered.audio, rendered.sample_rate, LoopShape(100.0, 2))
+    assert result.audio.shape[1] == LoopShape(100.0, 2, 4).samples(32000)
     assert result.report.reason_code == "tempo_out_of_range"
 
 
@@ -114,7 +114,7 @@ def test_a_three_minute_file(renders: dict[str, Rendered]) -> None:
     rendered = renders["bpm120"]
     bars = rendered.audio[:, : 8 * 2 * 32000]  # 8 whole bars at 120, tiled to 3 minutes
     long = np.tile(bars, (1, 12))[:, : 180 * 32000]
-    result = make_loop(long, 32000, 120.0, 4)
+    result = make_loop(long, 32000, LoopShape(120.0, 4))
     assert result.audio.shape == (2, 256000)
     assert result.report.verdict == "good"
     start = result.report.source_start_seconds
@@ -125,7 +125,7 @@ def test_mono_stays_mono_and_stereo_stays_stereo(renders: dict[str, Rendered], l
     stereo = loops["bpm120"].audio
     assert stereo.shape[0] == 2 and not np.allclose(stereo[0], stereo[1])
     rendered = renders["bpm120"]
-    mono = make_loop(rendered.audio.mean(axis=0), 32000, 120.0, 2)
+    mono = make_loop(rendered.audio.mean(axis=0), 32000, LoopShape(120.0, 2))
     assert mono.audio.shape == (1, 128000)
 
 
@@ -150,7 +150,7 @@ def test_variation_continues_on_the_same_grid(renders: dict[str, Rendered], loop
 
 
 def test_waveform_png_has_the_requested_size(loops: dict[str, LoopResult]) -> None:
-    image = Image.open(io.BytesIO(waveform_png(loops["bpm120"].audio, 4, 4, width=320, height=80)))
+    image = Image.open(io.BytesIO(waveform_png(loops["bpm120"].audio, LoopShape(120.0, 4, 4), width=320, height=80)))
     assert image.size == (320, 80)
     assert len(image.getcolors(maxcolors=4096)) > 2  # background, wave and bar lines
 
@@ -171,7 +171,7 @@ def test_loopify_writes_a_loop_and_prints_json(renders: dict[str, Rendered], tmp
     result = _loopify(str(source), "--bpm", "87.5", "--bars", "2", "--out", str(out), "--format", "flac", "--json")
     assert result.exit_code == 0, result.output
     data = json.loads(result.output.strip().splitlines()[-1])
-    expected = loop_samples(87.5, 2, 4, 32000)
+    expected = LoopShape(87.5, 2, 4).samples(32000)
     assert data["samples"] == expected and data["path"] == str(out)
     for key in ("sample_rate", "bpm", "bars", "beats_per_bar", "source_bpm", "stretch_ratio", "source_start_seconds",
                 "downbeat_confidence", "seam_score", "tempo_stability", "loudness_lufs", "verdict", "reason", "silent"):

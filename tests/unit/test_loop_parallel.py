@@ -14,7 +14,7 @@ from generation.config import GenerationSettings, LoopSettings
 from generation.engine import MusicGenEngine
 from generation.loop.parallel import LoopProcesses
 from generation.pipeline import LoopMaker, LoopSpec
-from generation.prompts import loop_samples
+from generation.shape import LoopShape
 
 FINISHED_HERE = "finished in the caller"
 
@@ -35,7 +35,7 @@ def processes() -> Iterator[LoopProcesses]:
 
 
 def test_loops_cut_in_processes_are_the_loops_cut_here(tiny_engine: MusicGenEngine, processes: LoopProcesses) -> None:
-    specs = [LoopSpec("dub techno, 120 bpm", 120.0, 1, 4, seed=100), LoopSpec("waltz, 90 bpm", 90.0, 2, 3, seed=200)]
+    specs = [LoopSpec("dub techno, 120 bpm", LoopShape(120.0, 1, 4), seed=100), LoopSpec("waltz, 90 bpm", LoopShape(90.0, 2, 3), seed=200)]
     generation = GenerationSettings(candidates=3, retry_budget=0, extra_seconds=2.0)
     here = LoopMaker(tiny_engine, generation, LoopSettings()).make(specs)
     stages: list[tuple[str, float]] = []
@@ -43,7 +43,7 @@ def test_loops_cut_in_processes_are_the_loops_cut_here(tiny_engine: MusicGenEngi
 
     for spec, alone, parallel in zip(specs, here, there):
         assert parallel.ok and parallel.candidates_tried == 3
-        assert parallel.loop.audio.shape == (1, loop_samples(spec.bpm, spec.bars, spec.beats_per_bar, 32000))
+        assert parallel.loop.audio.shape == (1, spec.shape.samples(32000))
         # The same candidate wins, with the same report and, bit for bit, the same audio.
         assert parallel.seed == alone.seed and parallel.loop.report == alone.loop.report
         np.testing.assert_array_equal(parallel.loop.audio, alone.loop.audio)

@@ -8,7 +8,7 @@ import pytest
 from generation.config import GenerationSettings, LoopSettings
 from generation.engine import MusicGenEngine, SamplingParams
 from generation.pipeline import LoopMaker, LoopOutcome, LoopSpec
-from generation.prompts import loop_samples
+from generation.shape import LoopShape
 
 
 def maker(engine: MusicGenEngine, candidates: int, retries: int) -> LoopMaker:
@@ -17,13 +17,13 @@ def maker(engine: MusicGenEngine, candidates: int, retries: int) -> LoopMaker:
 
 
 def test_every_spec_gets_an_exact_loop_from_its_own_candidates(tiny_engine: MusicGenEngine) -> None:
-    specs = [LoopSpec("dub techno, 120 bpm", 120.0, 1, 4, seed=100), LoopSpec("waltz, 90 bpm", 90.0, 1, 3, seed=200)]
+    specs = [LoopSpec("dub techno, 120 bpm", LoopShape(120.0, 1, 4), seed=100), LoopSpec("waltz, 90 bpm", LoopShape(90.0, 1, 3), seed=200)]
     stages: list[tuple[str, float]] = []
     outcomes = maker(tiny_engine, candidates=2, retries=1).make(specs, on_stage=lambda s, p: stages.append((s, p)))
 
     for spec, outcome in zip(specs, outcomes):
         assert outcome.ok and outcome.error is None
-        assert outcome.loop.audio.shape[-1] == loop_samples(spec.bpm, spec.bars, spec.beats_per_bar, 32000)
+        assert outcome.loop.audio.shape[-1] == spec.shape.samples(32000)
         assert spec.seed <= outcome.seed < spec.seed + 4
         # A random model's noise is never "good", so every candidate of both rounds was tried,
         # and the best is delivered, marked, rather than an error.
@@ -34,14 +34,14 @@ def test_every_spec_gets_an_exact_loop_from_its_own_candidates(tiny_engine: Musi
 
 
 def test_exact_seed_makes_one_candidate_and_reproduces_the_loop(tiny_engine: MusicGenEngine) -> None:
-    first = maker(tiny_engine, 2, 0).make([LoopSpec("house, 124 bpm", 124.0, 1, 4, seed=7)])[0]
-    replay = maker(tiny_engine, 2, 2).make([LoopSpec("house, 124 bpm", 124.0, 1, 4, seed=first.seed, exact_seed=True)])[0]
+    first = maker(tiny_engine, 2, 0).make([LoopSpec("house, 124 bpm", LoopShape(124.0, 1, 4), seed=7)])[0]
+    replay = maker(tiny_engine, 2, 2).make([LoopSpec("house, 124 bpm", LoopShape(124.0, 1, 4), seed=first.seed, exact_seed=True)])[0]
     assert replay.candidates_tried == 1 and replay.seed == first.seed
     np.testing.assert_array_equal(replay.loop.audio, first.loop.audio)
 
 
 def test_silent_candidates_are_never_delivered(tiny_engine: MusicGenEngine) -> None:
-    outcome = LoopOutcome(spec=LoopSpec("silence", 120.0, 1, 4, seed=1), seed=1)
+    outcome = LoopOutcome(spec=LoopSpec("silence", LoopShape(120.0, 1, 4), seed=1), seed=1)
     silent_maker = maker(tiny_engine, 1, 0)
     silence = np.zeros((1, 32000 * 4), dtype=np.float32)
     silent_maker._consider(outcome, 1, silent_maker._cut(outcome.spec, silence)())
@@ -49,6 +49,6 @@ def test_silent_candidates_are_never_delivered(tiny_engine: MusicGenEngine) -> N
 
 
 def test_a_batch_must_share_sampling_parameters(tiny_engine: MusicGenEngine) -> None:
-    specs = [LoopSpec("a", 120.0, 1, 4, 1), LoopSpec("b", 120.0, 1, 4, 2, params=SamplingParams(temperature=0.5))]
+    specs = [LoopSpec("a", LoopShape(120.0, 1, 4), 1), LoopSpec("b", LoopShape(120.0, 1, 4), 2, params=SamplingParams(temperature=0.5))]
     with pytest.raises(ValueError, match="sampling parameters"):
         maker(tiny_engine, 1, 0).make(specs)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from generation.prompts import InvalidRequest, build_prompt, loop_samples, validate_request
+from generation.prompts import InvalidRequest, build_prompt, validate_request
+from generation.shape import LoopShape
 
 
 @pytest.mark.parametrize(
@@ -19,7 +20,7 @@ from generation.prompts import InvalidRequest, build_prompt, loop_samples, valid
     ],
 )
 def test_build_prompt(prompt: str, bpm: float, beats: int, sent: str, noted: bool) -> None:
-    built = build_prompt(prompt, bpm, beats)
+    built = build_prompt(prompt, LoopShape(bpm, 4, beats))
     assert built.text == sent
     assert (built.tempo_note is not None) == noted
     if noted:
@@ -31,7 +32,8 @@ def test_build_prompt(prompt: str, bpm: float, beats: int, sent: str, noted: boo
     [(60.23, 2, 4, 32000, 255022), (92, 4, 4, 32000, 333913), (174, 8, 4, 44100, 486621), (87.5, 1, 3, 32000, 65829)],
 )
 def test_loop_samples_are_exact(bpm: float, bars: int, beats: int, rate: int, samples: int) -> None:
-    assert loop_samples(bpm, bars, beats, rate) == samples
+    assert LoopShape(bpm, bars, beats).samples(rate) == samples
+    assert LoopShape(bpm, bars, beats).seconds == pytest.approx(samples / rate, abs=1 / rate)
 
 
 @pytest.mark.parametrize(
@@ -46,4 +48,4 @@ def test_loop_samples_are_exact(bpm: float, bars: int, beats: int, rate: int, sa
 )
 def test_invalid_requests_say_what_to_fix(prompt: str, bpm: float, bars: int, beats: int, message: str) -> None:
     with pytest.raises(InvalidRequest, match=message):
-        validate_request(prompt, bpm, bars, beats)
+        validate_request(prompt, LoopShape(bpm, bars, beats))
