@@ -125,7 +125,7 @@ def test_history_lists_what_a_fresh_embedded_database_holds(fresh_data_dir: Path
     assert run("history", "--json") == (0, "[]\n")
     database = Database(URL.create("sqlite+pysqlite", database=str(fresh_data_dir / "loopjam.db")))
     with database.session() as session:
-        (row,) = create_generations(session, [loop_request(prompt="dub techno chords")])
+        create_generations(session, [loop_request(prompt="dub techno chords")])
     database.dispose()
 
     code, output = run("history", "--json")

@@ -2,7 +2,9 @@
 
 Embedded (SQLite), a command that reads the history brings the schema up to date itself, as
 `loopjam run` does, so a fresh data directory just works. PostgreSQL is shared and its operators
-migrate it: there the command says to run `loopjam db upgrade` instead. The database URL may hold a password: only `Database.display_url` is ever printed, and driver
+migrate it: there the command says to run `loopjam db upgrade` instead.
+
+The database URL may hold a password: only `Database.display_url` is ever printed, and driver
 errors are passed through `redact` before they are.
 """
 
