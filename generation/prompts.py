@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from .config import ALLOWED_BARS, ALLOWED_BEATS_PER_BAR, BPM_MAX, BPM_MIN, PROMPT_MAX_CHARS
+from .config import ALLOWED_BARS, ALLOWED_BEATS_PER_BAR, BPM_MAX, BPM_MIN, MAX_SOURCE_SECONDS, PROMPT_MAX_CHARS
 
 # MusicGen's training captions name tempo as "<number> bpm"; meters as "3/4" and the like.
 METER_BY_BEATS = {2: "2/4", 3: "3/4", 4: "4/4", 6: "6/8", 7: "7/8"}
@@ -44,6 +44,12 @@ def validate_request(prompt: str, bpm: float, bars: int, beats_per_bar: int) -> 
         allowed = ", ".join(map(str, ALLOWED_BEATS_PER_BAR))
         raise InvalidRequest(f"Beats per bar must be one of {allowed}, not {beats_per_bar}.")
     return text
+
+
+def validate_source_seconds(seconds: float, name: str = "That file") -> None:
+    """Raise `InvalidRequest` when an audio file to loop is longer than `MAX_SOURCE_SECONDS`."""
+    if seconds > MAX_SOURCE_SECONDS:
+        raise InvalidRequest(f"{name} is {seconds / 60:.1f} minutes long; the limit is {MAX_SOURCE_SECONDS / 60:g} minutes.")
 
 
 def build_prompt(prompt: str, bpm: float, beats_per_bar: int = 4) -> BuiltPrompt:

@@ -9,6 +9,8 @@ from typing import Annotated
 
 import typer
 
+from ..jobs.api import MAX_VARIATIONS
+from ..seeds import new_seed, variation_seeds
 from .common import fail, settings
 
 
@@ -17,7 +19,7 @@ def generate(
     bpm: Annotated[float, typer.Option(help="Tempo, 40 to 240 (decimals allowed).")],
     bars: Annotated[int, typer.Option(help="Loop length in bars: 1, 2, 4 or 8.")] = 4,
     beats_per_bar: Annotated[int, typer.Option(help="Beats per bar: 2, 3, 4, 6 or 7.")] = 4,
-    variations: Annotated[int, typer.Option(min=1, max=4, help="How many loops to make (1-4).")] = 1,
+    variations: Annotated[int, typer.Option(min=1, max=MAX_VARIATIONS, help=f"How many loops to make (1-{MAX_VARIATIONS}).")] = 1,
     seed: Annotated[int | None, typer.Option(help="Seed of the first loop (the delivered seed is in the output).")] = None,
     model: Annotated[str | None, typer.Option(help="Hub name or checkpoint directory.")] = None,
     temperature: Annotated[float | None, typer.Option(help="Sampling temperature.")] = None,
@@ -48,7 +50,7 @@ def generate(
     except ModelNotFoundError as error:
         raise fail(str(error)) from None
 
-    from ..engine import MusicGenEngine, SamplingParams, new_seed
+    from ..engine import MusicGenEngine, SamplingParams
     from ..pipeline import LoopMaker, LoopSpec
 
     built = build_prompt(text, bpm, beats_per_bar)
@@ -58,13 +60,8 @@ def generate(
         top_p=conf.generation.top_p if top_p is None else top_p,
         cfg_coef=conf.generation.cfg_coef if cfg is None else cfg,
     )
-    first_seed = new_seed() if seed is None else seed
-    # Variations are spaced so their candidate and retry seeds never overlap.
-    seed_stride = conf.generation.candidates * (1 + conf.generation.retry_budget)
-    specs = [
-        LoopSpec(built.text, bpm, bars, beats_per_bar, first_seed + i * seed_stride, params, exact_seed=exact)
-        for i in range(variations)
-    ]
+    seeds = variation_seeds(new_seed() if seed is None else seed, variations)
+    specs = [LoopSpec(built.text, bpm, bars, beats_per_bar, each, params, exact_seed=exact) for each in seeds]
     engine = MusicGenEngine.load(model_name, conf.model.device)
     maker = LoopMaker(engine, conf.generation, conf.loop)
     outcomes = _make_with_progress(maker, specs, show=not as_json and sys.stdout.isatty())
@@ -115,9 +112,8 @@ def loopify(
 ) -> None:
     """Make an exact-BPM, seamless loop from an audio file you have."""
     from ..audio_io import EXPLICIT_FORMATS, FORMATS, MP3_WARNING, audio_duration, extension, format_available, read_audio, write_audio
-    from ..prompts import InvalidRequest, validate_request
+    from ..prompts import InvalidRequest, validate_request, validate_source_seconds
 
-    max_seconds = 600.0
     conf = settings()
     try:
         validate_request("loopify", bpm, bars, beats_per_bar)  # the grid checks; the prompt is a placeholder
@@ -128,12 +124,12 @@ def loopify(
     if not format_available(fmt):
         raise fail(f"This libsndfile cannot write {fmt}; use one of {', '.join(FORMATS)}.")
     try:
-        seconds = audio_duration(audio)
-        samples, rate = read_audio(audio) if seconds <= max_seconds else (None, 0)
+        validate_source_seconds(audio_duration(audio), str(audio))
+        samples, rate = read_audio(audio)
+    except InvalidRequest as error:
+        raise fail(str(error)) from None
     except (OSError, RuntimeError) as error:  # soundfile raises LibsndfileError (a RuntimeError)
         raise fail(f"Cannot read {audio}: {str(error).splitlines()[0]}") from None
-    if samples is None:
-        raise fail(f"{audio} is {seconds / 60:.1f} minutes long; the limit is {max_seconds / 60:g} minutes.")
     if samples.shape[1] == 0:
         raise fail(f"{audio} contains no audio.")
 
