@@ -9,16 +9,27 @@ from typing import Annotated
 
 import typer
 
+from ..config import ALLOWED_BARS, ALLOWED_BEATS_PER_BAR, BPM_MAX, BPM_MIN
 from ..jobs.api import MAX_VARIATIONS
 from ..seeds import new_seed, variation_seeds
 from .common import fail, settings
 
 
+def _one_of(values: tuple[int, ...]) -> str:
+    """(1, 2, 4) -> '1, 2 or 4'."""
+    return f"{', '.join(map(str, values[:-1]))} or {values[-1]}"
+
+
+BPM_RANGE = f"{BPM_MIN:g} to {BPM_MAX:g} (decimals allowed)."
+BARS_HELP = f"Loop length in bars: {_one_of(ALLOWED_BARS)}."
+BEATS_HELP = f"Beats per bar: {_one_of(ALLOWED_BEATS_PER_BAR)}."
+
+
 def generate(
     prompt: Annotated[str, typer.Argument(help="What the loop should sound like.")],
-    bpm: Annotated[float, typer.Option(help="Tempo, 40 to 240 (decimals allowed).")],
-    bars: Annotated[int, typer.Option(help="Loop length in bars: 1, 2, 4 or 8.")] = 4,
-    beats_per_bar: Annotated[int, typer.Option(help="Beats per bar: 2, 3, 4, 6 or 7.")] = 4,
+    bpm: Annotated[float, typer.Option(help=f"Tempo, {BPM_RANGE}")],
+    bars: Annotated[int, typer.Option(help=BARS_HELP)] = 4,
+    beats_per_bar: Annotated[int, typer.Option(help=BEATS_HELP)] = 4,
     variations: Annotated[int, typer.Option(min=1, max=MAX_VARIATIONS, help=f"How many loops to make (1-{MAX_VARIATIONS}).")] = 1,
     seed: Annotated[int | None, typer.Option(help="Seed of the first loop (the delivered seed is in the output).")] = None,
     model: Annotated[str | None, typer.Option(help="Hub name or checkpoint directory.")] = None,
@@ -97,14 +108,11 @@ def _make_with_progress(maker, specs, show: bool):
         return maker.make(specs, on_stage=lambda stage, pct: bar.update(task, description=stage, completed=pct))
 
 
-
-
-
 def loopify(
     audio: Annotated[Path, typer.Argument(help="Any audio file soundfile reads (wav, flac, ogg, mp3...).")],
-    bpm: Annotated[float, typer.Option(help="Tempo of the loop, 40 to 240 (decimals allowed).")],
-    bars: Annotated[int, typer.Option(help="Loop length in bars: 1, 2, 4 or 8.")] = 4,
-    beats_per_bar: Annotated[int, typer.Option(help="Beats per bar: 2, 3, 4, 6 or 7.")] = 4,
+    bpm: Annotated[float, typer.Option(help=f"Tempo of the loop, {BPM_RANGE}")],
+    bars: Annotated[int, typer.Option(help=BARS_HELP)] = 4,
+    beats_per_bar: Annotated[int, typer.Option(help=BEATS_HELP)] = 4,
     out: Annotated[Path | None, typer.Option(help="Output file (default: AUDIO's name + '.loop').")] = None,
     fmt: Annotated[str, typer.Option("--format", help="wav, wav24, flac or ogg; mp3 only if you must.")] = "wav",
     waveform: Annotated[Path | None, typer.Option(help="Also write a waveform PNG with bar lines here.")] = None,
