@@ -24,10 +24,15 @@ from pydantic_settings import (
 CONFIG_ENV = "LOOPJAM_CONFIG"
 DEFAULT_CONFIG_FILE = Path("config.toml")
 
+# What a request may ask for, wherever it comes from (`loopjam`, `/loop`, `/loopify`, the buttons).
 BPM_MIN, BPM_MAX = 40.0, 240.0
 ALLOWED_BARS = (1, 2, 4, 8)
+MAX_BARS = max(ALLOWED_BARS)
+"""The longest loop; a server may lower it (`/settings max-bars`)."""
 ALLOWED_BEATS_PER_BAR = (2, 3, 4, 6, 7)
 PROMPT_MAX_CHARS = 500
+MAX_SOURCE_SECONDS = 600.0
+"""The longest audio file a loop is cut from (`loopjam loopify`, `/loopify`)."""
 
 
 class Section(BaseModel):

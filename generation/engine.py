@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import secrets
 import time
 import typing as tp
 from dataclasses import dataclass
@@ -49,11 +48,6 @@ class GenerationRequest:
     duration: float
     seed: int
     prompt_audio: np.ndarray | None = None
-
-
-def new_seed() -> int:
-    """A random seed that fits in a signed 63-bit integer (SQL BIGINT and torch both take it)."""
-    return secrets.randbits(62)
 
 
 class MusicGenEngine:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from .config import PROMPT_MAX_CHARS
+from .config import MAX_SOURCE_SECONDS, PROMPT_MAX_CHARS
 from .shape import LoopShape, format_bpm
 
 # MusicGen's training captions name tempo as "<number> bpm"; meters as "3/4" and the like.
@@ -36,6 +36,12 @@ def validate_request(prompt: str, shape: LoopShape) -> str:
     if problem is not None:
         raise InvalidRequest(problem)
     return text
+
+
+def validate_source_seconds(seconds: float, name: str = "That file") -> None:
+    """Raise `InvalidRequest` when an audio file to loop is longer than `MAX_SOURCE_SECONDS`."""
+    if seconds > MAX_SOURCE_SECONDS:
+        raise InvalidRequest(f"{name} is {seconds / 60:.1f} minutes long; the limit is {MAX_SOURCE_SECONDS / 60:g} minutes.")
 
 
 def build_prompt(prompt: str, shape: LoopShape) -> BuiltPrompt:

@@ -8,6 +8,8 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from generation.config import ALLOWED_BARS
+from generation.guild_rules import GuildRules
 from generation.storage import get_guild_settings, upsert_guild_settings
 
 from .. import embeds
@@ -42,23 +44,19 @@ class Settings(commands.GroupCog, group_name="settings", group_description="Loop
         await self._change(interaction, **{field: sorted(ids)})
 
     def describe(self, row: tp.Any) -> discord.Embed:
-        queue = self.bot.settings.queue
+        rules = GuildRules.of(self.bot.settings, row)
         embed = discord.Embed(title="LoopJam settings for this server", colour=embeds.COLOUR)
 
-        def value(override: tp.Any, default: tp.Any) -> str:
-            return f"{override:g} (server)" if override is not None else f"{default:g} (default)"
+        def value(name: str) -> str:
+            return f"{getattr(rules, name):g} ({'server' if name in rules.own else 'default'})"
 
-        def get(name: str) -> tp.Any:
-            return getattr(row, name) if row is not None else None
-        embed.add_field(name="Loops per user", value=f"{value(get('rate_limit_jobs'), queue.rate_limit_jobs)} "
-                                                      f"every {value(get('rate_limit_window_s'), queue.rate_limit_window_s)} s")
-        embed.add_field(name="Queued per user", value=value(get("max_queued_per_user"), queue.max_queued_per_user))
-        embed.add_field(name="Longest loop", value=value(get("max_bars"), 8) + " bars")
-        embed.add_field(name="Default model", value=get("default_model") or self.bot.settings.model.name)
-        channels = get("allowed_channel_ids") or []
-        embed.add_field(name="Channels", value=", ".join(f"<#{c}>" for c in channels) or "all", inline=False)
-        roles = get("exempt_role_ids") or []
-        embed.add_field(name="Roles without limits", value=", ".join(f"<@&{r}>" for r in roles) or "none", inline=False)
+        embed.add_field(name="Loops per user", value=f"{value('rate_limit_jobs')} every {value('rate_limit_window_s')} s")
+        embed.add_field(name="Queued per user", value=value("max_queued_per_user"))
+        embed.add_field(name="Longest loop", value=value("max_bars") + " bars")
+        embed.add_field(name="Default model", value=rules.default_model)
+        embed.add_field(name="Channels", value=", ".join(f"<#{c}>" for c in rules.allowed_channel_ids) or "all", inline=False)
+        roles = ", ".join(f"<@&{r}>" for r in sorted(rules.exempt_role_ids))
+        embed.add_field(name="Roles without limits", value=roles or "none", inline=False)
         return embed
 
     @app_commands.command(name="show", description="Show this server's settings.")
@@ -103,7 +101,7 @@ class Settings(commands.GroupCog, group_name="settings", group_description="Loop
         return self.bot.model_choices(current)
 
     @app_commands.command(name="max-bars", description="The longest loop members may ask for.")
-    @app_commands.choices(bars=[app_commands.Choice(name=str(n), value=n) for n in (1, 2, 4, 8)])
+    @app_commands.choices(bars=[app_commands.Choice(name=str(n), value=n) for n in ALLOWED_BARS])
     async def max_bars(self, interaction: discord.Interaction, bars: int) -> None:
         await self._change(interaction, max_bars=bars)
 

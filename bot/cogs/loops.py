@@ -11,8 +11,9 @@ from discord import app_commands
 from discord.ext import commands
 
 from generation.audio_io import audio_duration
-from generation.config import BPM_MAX, BPM_MIN, PROMPT_MAX_CHARS
-from generation.jobs.api import Accepted, JobRequest, Refused
+from generation.config import ALLOWED_BARS, BPM_MAX, BPM_MIN, MAX_BARS, MAX_SOURCE_SECONDS, PROMPT_MAX_CHARS
+from generation.jobs.api import MAX_VARIATIONS, Accepted, JobRequest, Refused
+from generation.prompts import InvalidRequest, validate_source_seconds
 from generation.storage import GenerationKind, get_generation, list_history
 
 from .. import embeds
@@ -28,9 +29,8 @@ BEATS_BY_METER = {"4/4": 4, "3/4": 3, "6/8": 6}
 REQUIRED_PERMISSIONS = discord.Permissions(send_messages=True, attach_files=True, embed_links=True, view_channel=True)
 AUDIO_TYPES = ("audio/", "video/ogg", "application/ogg")
 MAX_UPLOAD_BYTES = 25 * 1024 * 1024
-MAX_UPLOAD_SECONDS = 600
 
-BARS_CHOICES = [app_commands.Choice(name=f"{n} bar{'s' if n > 1 else ''}", value=n) for n in (1, 2, 4, 8)]
+BARS_CHOICES = [app_commands.Choice(name=f"{n} bar{'s' if n > 1 else ''}", value=n) for n in ALLOWED_BARS]
 METER_CHOICES = [app_commands.Choice(name=meter, value=meter) for meter in BEATS_BY_METER]
 FORMAT_CHOICES = [app_commands.Choice(name=name, value=value) for name, value in
                   (("WAV", "wav"), ("FLAC", "flac"), ("OGG Vorbis", "ogg"))]
@@ -81,7 +81,7 @@ class Loops(commands.Cog):
         bpm=f"Tempo in beats per minute, {BPM_MIN:g} to {BPM_MAX:g} (decimals allowed)",
         bars="Length in bars (default 4)",
         meter="Time signature (default 4/4)",
-        variations="How many different loops to make at once (1-4)",
+        variations=f"How many different loops to make at once (1-{MAX_VARIATIONS})",
         temperature="Sampling temperature: lower is safer, higher is wilder (default 1.0)",
         top_k="Sample from the k most likely tokens (default 250)",
         top_p="Sample from the smallest set reaching this probability (0 = off)",
@@ -98,7 +98,7 @@ class Loops(commands.Cog):
         bpm: app_commands.Range[float, BPM_MIN, BPM_MAX],
         bars: int = 4,
         meter: str = "4/4",
-        variations: app_commands.Range[int, 1, 4] = 1,
+        variations: app_commands.Range[int, 1, MAX_VARIATIONS] = 1,
         temperature: app_commands.Range[float, 0.05, 2.0] | None = None,
         top_k: app_commands.Range[int, 0, 2048] | None = None,
         top_p: app_commands.Range[float, 0.0, 1.0] | None = None,
@@ -133,7 +133,7 @@ class Loops(commands.Cog):
 
     @app_commands.command(name="loopify", description="Make an exact-tempo loop from an audio file you upload.")
     @app_commands.guild_only()
-    @app_commands.describe(file="An audio file (WAV, FLAC, OGG, MP3), at most 10 minutes", bpm="Its tempo in BPM",
+    @app_commands.describe(file=f"An audio file (WAV, FLAC, OGG, MP3), at most {MAX_SOURCE_SECONDS / 60:g} minutes", bpm="Its tempo in BPM",
                            bars="Length of the loop in bars (default 4)", meter="Time signature (default 4/4)")
     @app_commands.choices(bars=BARS_CHOICES, meter=METER_CHOICES)
     async def loopify(
@@ -176,9 +176,11 @@ class Loops(commands.Cog):
         except (RuntimeError, OSError):  # soundfile's error for a file it cannot parse
             target.unlink(missing_ok=True)
             raise UserFacingError("I can't read that file as audio. Upload WAV, FLAC, OGG or MP3.") from None
-        if seconds > MAX_UPLOAD_SECONDS:
+        try:
+            validate_source_seconds(seconds)
+        except InvalidRequest as error:
             target.unlink(missing_ok=True)
-            raise UserFacingError(f"That file is {seconds / 60:.1f} minutes long; the limit is 10 minutes.")
+            raise UserFacingError(str(error)) from None
         return str(target)
 
     # --- buttons --------------------------------------------------------------------------------
@@ -193,8 +195,8 @@ class Loops(commands.Cog):
             return
         kinds = {"variation": GenerationKind.VARIATION, "reroll": GenerationKind.REROLL, "double": GenerationKind.DOUBLE}
         bars = row.bars * 2 if action == "double" else row.bars
-        if bars > 8:
-            raise UserFacingError("That loop is already 8 bars long, the longest LoopJam makes.")
+        if bars > MAX_BARS:
+            raise UserFacingError(f"That loop is already {row.bars} bars long, the longest LoopJam makes.")
         request = JobRequest(
             user_id=interaction.user.id, prompt=row.prompt, bpm=row.bpm, bars=bars, beats_per_bar=row.beats_per_bar,
             guild_id=interaction.guild_id, channel_id=interaction.channel_id, role_ids=self.role_ids(interaction),

@@ -12,7 +12,6 @@ together cannot both take the last place.
 from __future__ import annotations
 
 import math
-import secrets
 from collections import Counter
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, replace
@@ -25,7 +24,9 @@ from sqlalchemy.orm import Session
 
 from ..audio_io import audio_duration
 from ..config import Settings
-from ..prompts import InvalidRequest, build_prompt, validate_request
+from ..guild_rules import GuildRules
+from ..prompts import InvalidRequest, build_prompt, validate_request, validate_source_seconds
+from ..seeds import new_seed, variation_seeds
 from ..shape import LoopShape
 from ..storage import (
     Generation,
@@ -42,10 +43,6 @@ from .api import AUDIO_FORMATS, MAX_VARIATIONS, JobRequest, RefusalKind, Refused
 if TYPE_CHECKING:
     from .distributed.ratelimit import RedisRateLimiter
 
-MAX_SOURCE_SECONDS = 600.0
-"""The longest file `/loopify` takes."""
-VARIATION_SEED_STRIDE = 1000
-"""Variation k of a request gets seed + k x this: far apart enough that no two share a candidate seed."""
 UNREADABLE_SOURCE = "I can't read that file as audio. Upload WAV, FLAC, OGG or MP3."
 
 
@@ -60,24 +57,12 @@ class Limits:
 
     @classmethod
     def resolve(cls, settings: Settings, guild: GuildSettings | None, role_ids: frozenset[int]) -> Limits:
-        queue = settings.queue
-        if guild is None:
-            return cls(queue.rate_limit_jobs, queue.rate_limit_window_s, queue.max_queued_per_user, False)
-        return cls(
-            rate_limit_jobs=int(_or(guild.rate_limit_jobs, queue.rate_limit_jobs)),
-            rate_limit_window_s=_or(guild.rate_limit_window_s, queue.rate_limit_window_s),
-            max_queued_per_user=int(_or(guild.max_queued_per_user, queue.max_queued_per_user)),
-            exempt=bool(role_ids & set(guild.exempt_role_ids or ())),
-        )
+        rules = GuildRules.of(settings, guild)
+        return cls(rules.rate_limit_jobs, rules.rate_limit_window_s, rules.max_queued_per_user, rules.exempts(role_ids))
 
 
 def _or(override: float | None, default: float) -> float:
     return default if override is None else override
-
-
-def new_seed() -> int:
-    """Same range as `engine.new_seed` (signed 63-bit), without importing the engine (torch)."""
-    return secrets.randbits(62)
 
 
 def wait_text(seconds: float) -> str:
@@ -98,8 +83,7 @@ def check_source(path: str) -> None:
         raise InvalidRequest(UNREADABLE_SOURCE) from None
     if seconds <= 0:
         raise InvalidRequest(UNREADABLE_SOURCE)
-    if seconds > MAX_SOURCE_SECONDS:
-        raise InvalidRequest(f"That file is {seconds / 60:.1f} minutes long; the limit is {MAX_SOURCE_SECONDS / 60:g} minutes.")
+    validate_source_seconds(seconds)
 
 
 def check_parent(request: JobRequest, parent: Generation | None) -> None:
@@ -128,12 +112,11 @@ def check_options(request: JobRequest) -> None:
         check_source(request.source_audio)
 
 
-def variation_seeds(request: JobRequest) -> list[int]:
+def request_seeds(request: JobRequest) -> list[int]:
     """One seed per loop of the request; 0 for a loopify, which uses none."""
     if request.source_audio is not None:
         return [0]
-    first = new_seed() if request.seed is None else request.seed
-    return [first + k * VARIATION_SEED_STRIDE for k in range(request.variations)]
+    return variation_seeds(new_seed() if request.seed is None else request.seed, request.variations)
 
 
 def check_request(
@@ -147,7 +130,8 @@ def check_request(
     """
     if resolved_kind(request) is GenerationKind.VARIATION and parent is not None:
         request = replace(request, bpm=parent.bpm, bars=parent.bars, beats_per_bar=parent.beats_per_bar)
-    model = request.model or (guild.default_model if guild and guild.default_model else settings.model.name)
+    rules = GuildRules.of(settings, guild)
+    model = request.model or rules.default_model
     try:
         shape = LoopShape(request.bpm, request.bars, request.beats_per_bar)
         prompt = validate_request(request.prompt, shape)
@@ -155,11 +139,11 @@ def check_request(
         check_parent(request, parent)
         if model not in settings.model.allowed and model != settings.model.name:
             raise InvalidRequest(f"The model {model!r} is not available here.")
-        if guild is not None and guild.allowed_channel_ids and request.channel_id not in guild.allowed_channel_ids:
-            channels = ", ".join(f"<#{channel}>" for channel in guild.allowed_channel_ids)
+        if not rules.allows_channel(request.channel_id):
+            channels = ", ".join(f"<#{channel}>" for channel in rules.allowed_channel_ids)
             raise InvalidRequest(f"Loops are made in {channels} on this server.")
-        if guild is not None and guild.max_bars is not None and request.bars > guild.max_bars:
-            raise InvalidRequest(f"This server allows loops of at most {guild.max_bars} bars.")
+        if request.bars > rules.max_bars:
+            raise InvalidRequest(f"This server allows loops of at most {rules.max_bars} bars.")
     except InvalidRequest as error:
         return Refused(RefusalKind.INVALID, str(error))
     generation = settings.generation
@@ -181,7 +165,7 @@ def check_request(
             exact_seed=request.exact_seed,
             source_path=request.source_audio,
         )
-        for seed in variation_seeds(request)
+        for seed in request_seeds(request)
     ]
 
 

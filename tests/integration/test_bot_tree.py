@@ -214,3 +214,21 @@ async def test_any_loop_options_give_a_queue_notice_or_a_friendly_error(
     response = await answer(double, "loop", options, user="owner")
     shown = text_of(response)
     assert "Something went wrong" not in shown and shown.strip()
+
+
+async def test_settings_show_each_rule_as_the_server_set_it_or_the_default(double: DiscordDouble, bot: InProcessBot) -> None:
+    def shown(response: dict) -> dict[str, str]:
+        return {field["name"]: field["value"] for field in response["data"]["embeds"][0]["fields"]}
+
+    before = shown(await answer(double, "settings show", {}, user="owner"))
+    assert before["Longest loop"] == "8 (default) bars" and before["Queued per user"] == "3 (default)"
+    assert before["Loops per user"] == "50 (default) every 600 (default) s" and before["Default model"] == "facebook/musicgen-small"
+    try:
+        await answer(double, "settings max-bars", {"bars": 2}, user="owner")
+        after = shown(await answer(double, "settings model", {"name": "facebook/musicgen-medium"}, user="owner"))
+        assert after["Longest loop"] == "2 (server) bars" and after["Default model"] == "facebook/musicgen-medium"
+        assert after["Queued per user"] == "3 (default)"
+    finally:
+        with bot.database.session() as session:
+            for guild in bot.guilds:
+                upsert_guild_settings(session, guild.id, max_bars=None, default_model=None)

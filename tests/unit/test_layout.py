@@ -1,9 +1,18 @@
-"""The package boundaries the brief sets: the bot never imports torch, generation never discord."""
+"""The package boundaries the brief sets: the bot never imports torch, generation never discord;
+imports flow one way (pyproject.toml's import-linter contracts) and no module imports one that imports it back."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+from itertools import pairwise
+from pathlib import Path
+
+import grimp
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
 
 IMPORT_ALL = """
 import importlib, pkgutil, sys
@@ -26,3 +35,46 @@ def test_generation_never_imports_discord() -> None:
 
 def test_bot_never_imports_torch() -> None:
     assert "torch" not in imported_heavy_modules("bot")
+
+
+def test_the_import_contracts_in_pyproject_hold() -> None:
+    """Layers (command line -> bot -> jobs -> storage, engine, loop), only the CLI imports the bot, no sibling cycles."""
+    lint = subprocess.run(
+        [sys.executable, "-c", "from importlinter.cli import lint_imports_command; lint_imports_command()", "--no-cache"],
+        capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    if lint.returncode != 0:
+        pytest.fail(lint.stdout[lint.stdout.find("Broken contracts"):] + lint.stderr, pytrace=False)
+
+
+def import_cycles(graph: grimp.ImportGraph) -> list[list[str]]:
+    """One shortest cycle through each group of modules that import each other (directly or not)."""
+    cycles: list[list[str]] = []
+    seen: set[str] = set()
+    for module in sorted(graph.modules):
+        if module in seen:
+            continue
+        for imported in sorted(graph.find_modules_directly_imported_by(module)):
+            back = graph.find_shortest_chain(importer=imported, imported=module)
+            if back is not None:
+                cycles.append([module, *back])
+                seen.update(back)
+                break
+    return cycles
+
+
+def describe(graph: grimp.ImportGraph, cycle: list[str]) -> str:
+    """`a -> b (a.py line 3) -> a (b.py line 9)`."""
+    steps = [cycle[0]]
+    for importer, imported in pairwise(cycle):
+        lines = sorted(detail["line_number"] for detail in graph.get_import_details(importer=importer, imported=imported))
+        steps.append(f"{imported} (line {', '.join(map(str, lines))} of {importer})")
+    return " -> ".join(steps)
+
+
+def test_no_module_imports_one_that_imports_it_back() -> None:
+    """Counting imports inside functions and under TYPE_CHECKING: a cycle there is still a knot to untie."""
+    graph = grimp.build_graph("bot", "generation", cache_dir=None)
+    cycles = [describe(graph, cycle) for cycle in import_cycles(graph)]
+    if cycles:
+        pytest.fail("import cycles:\n" + "\n".join(cycles), pytrace=False)

@@ -1,4 +1,4 @@
-"""`loopjam worker`, registered on the app in `generation/cli.py`."""
+"""`loopjam worker`: distributed mode's GPU worker, serving the bot's jobs from Redis."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ from typing import Annotated
 
 import typer
 
-from .wire import DEFAULT_QUEUE
+from ..jobs.distributed.wire import DEFAULT_QUEUE
+from .common import fail, settings
 
 
 def worker(
@@ -18,8 +19,7 @@ def worker(
     from redis import Redis
     from redis.exceptions import RedisError
 
-    from ...cli import fail, settings  # here, not at the top: generation.cli imports this module
-    from .worker import default_worker_name, serve
+    from ..jobs.distributed.worker import default_worker_name, serve
 
     conf = settings()
     url = redis or conf.queue.redis_url

@@ -1,4 +1,8 @@
-"""`loopjam db ...` and `loopjam history`, registered on the app in `generation/cli.py`.
+"""`loopjam db ...` and `loopjam history`.
+
+Embedded (SQLite), a command that reads the history brings the schema up to date itself, as
+`loopjam run` does, so a fresh data directory just works. PostgreSQL is shared and its operators
+migrate it: there the command says to run `loopjam db upgrade` instead.
 
 The database URL may hold a password: only `Database.display_url` is ever printed, and driver
 errors are passed through `redact` before they are.
@@ -16,21 +20,20 @@ import typer
 from alembic.util import CommandError
 from sqlalchemy.exc import SQLAlchemyError
 
-from .database import Database, redact
-from .migrate import head_revision
-from .models import Generation
-from .repository import DEFAULT_HISTORY_LIMIT, list_history
+from ..storage import Database, Generation, list_history, redact
+from ..storage.migrate import head_revision
+from ..storage.repository import DEFAULT_HISTORY_LIMIT
+from .common import fail, settings
 
 db_app = typer.Typer(help="Create, migrate or inspect the history database.", no_args_is_help=True)
 
 PROMPT_COLUMN_CHARS = 60
+NO_LOOPS_YET = "No loops yet: the loops made with /loop and /loopify in Discord are listed here."
 
 
 @contextmanager
 def _open_database() -> Iterator[Database]:
     """The configured database; its errors become one clear line (exit code 2)."""
-    from ..cli import fail, settings  # here, not at the top: generation.cli imports this module
-
     database = Database.from_settings(settings().storage)
     try:
         yield database
@@ -88,17 +91,28 @@ def history(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON array as the last line.")] = False,
 ) -> None:
     """List past generations, newest first."""
-    from ..cli import fail
-
     with _open_database() as database:
-        if not database.is_up_to_date():
-            raise fail("The database schema is not up to date: run `loopjam db upgrade` first.")
-        with database.session() as session:
+        _bring_up_to_date(database)
+        with database.reading() as session:
             generations = list_history(session, user_id=user, guild_id=guild, search=search, limit=limit, offset=offset)
     if as_json:
         typer.echo(json.dumps([_record(generation) for generation in generations], default=_json_value))
-    else:
+    elif generations:
         _print_table(generations)
+    elif any(value is not None for value in (user, guild, search)) or offset:
+        typer.echo("No loops match these filters.")
+    else:
+        typer.echo(NO_LOOPS_YET)
+
+
+def _bring_up_to_date(database: Database) -> None:
+    """Upgrade an embedded SQLite history; exit 2 asking for `loopjam db upgrade` on any other server."""
+    if database.is_up_to_date():
+        return
+    if database.url.get_backend_name() == "sqlite":
+        database.upgrade()
+        return
+    raise fail("The database schema is not up to date: run `loopjam db upgrade` first.")
 
 
 def _record(generation: Generation) -> dict[str, Any]:
@@ -116,9 +130,6 @@ def _print_table(generations: list[Generation]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    if not generations:
-        typer.echo("No generations found.")
-        return
     table = Table("id", "created (UTC)", "user", "bpm", "bars", "kind", "status", "verdict", "prompt")
     for generation in generations:
         prompt = generation.prompt
