@@ -99,3 +99,39 @@ class Periodic:
         if not self.failures:
             return self.interval_s
         return min(self.interval_s * 2 ** self.failures, max(MAX_FAILURE_PAUSE_S, self.interval_s))
+
+
+class LagMonitor:
+    """The bot's own measure of its event loop: how late a task that sleeps 10 ms is woken.
+
+    Any synchronous work on the loop (encoding audio, a blocking call) shows up as lateness. The
+    worst since the last read is exported as `loopjam_event_loop_lag_max_seconds`.
+    """
+
+    def __init__(self, tick_s: float = 0.01) -> None:
+        self.tick_s = tick_s
+        self.worst_s = 0.0
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._run(), name="event-loop-lag")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    def take_worst_s(self) -> float:
+        """The longest stall since the previous call, and start over."""
+        worst, self.worst_s = self.worst_s, 0.0
+        return worst
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            asleep = loop.time()
+            await asyncio.sleep(self.tick_s)
+            self.worst_s = max(self.worst_s, loop.time() - asleep - self.tick_s)

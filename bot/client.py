@@ -15,6 +15,7 @@ from generation.config import Settings
 from generation.metrics import start_metrics_server
 from generation.storage import Database
 
+from .background import LagMonitor
 from .cogs.admin import Settings as SettingsCog
 from .cogs.delivery import Deliveries
 from .cogs.history import History
@@ -49,6 +50,7 @@ class LoopJamBot(BotCore):
         self.loops = Loops(self)
         self.delivery = Deliveries(self)
         self.metrics: web.AppRunner | None = None
+        self.lag = LagMonitor()
 
     async def load_cogs(self) -> None:
         for cog in (self.loops, History(self, self.loops), Status(self), SettingsCog(self), self.delivery):
@@ -59,11 +61,13 @@ class LoopJamBot(BotCore):
         await self.load_cogs()
         await self.sync_commands_if_changed()
         self.delivery.start()
-        self.metrics = await start_metrics_server(self.settings.metrics, self.service)
+        self.lag.start()
+        self.metrics = await start_metrics_server(self.settings.metrics, self.service, event_loop_lag=self.lag.take_worst_s)
         await self.service.start()
 
     async def close(self) -> None:
         await self.delivery.stop()
+        await self.lag.stop()
         await self.service.stop()
         if self.metrics is not None:
             await self.metrics.cleanup()

@@ -1,0 +1,1 @@
+"""The slash-command cogs, and the Deliveries cog that posts results; `bot.client` adds them."""
