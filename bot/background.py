@@ -53,17 +53,12 @@ class TaskSet:
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-class Periodic:
-    """`work()` every `interval_s` seconds, for ever; while it fails, the pause doubles up to 5 minutes."""
+class _OwnedLoop:
+    """One task, started once, kept referenced, and cancelled (and awaited) by `stop`."""
 
-    def __init__(self, name: str, work: Callable[[], Awaitable[None]], interval_s: float,
-                 *, describe: Callable[[BaseException], str] = one_line) -> None:
-        self.name = name
-        self.work = work
-        self.interval_s = interval_s
-        self.describe = describe
-        self.failures = 0
-        """Passes that failed in a row (0 while they work)."""
+    name = "background"
+
+    def __init__(self) -> None:
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -76,6 +71,23 @@ class Periodic:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+
+    async def _run(self) -> None:
+        raise NotImplementedError
+
+
+class Periodic(_OwnedLoop):
+    """`work()` every `interval_s` seconds, for ever; while it fails, the pause doubles up to 5 minutes."""
+
+    def __init__(self, name: str, work: Callable[[], Awaitable[None]], interval_s: float,
+                 *, describe: Callable[[BaseException], str] = one_line) -> None:
+        super().__init__()
+        self.name = name
+        self.work = work
+        self.interval_s = interval_s
+        self.describe = describe
+        self.failures = 0
+        """Passes that failed in a row (0 while they work)."""
 
     async def _run(self) -> None:
         while True:
@@ -101,28 +113,19 @@ class Periodic:
         return min(self.interval_s * 2 ** self.failures, max(MAX_FAILURE_PAUSE_S, self.interval_s))
 
 
-class LagMonitor:
+class LagMonitor(_OwnedLoop):
     """The bot's own measure of its event loop: how late a task that sleeps 10 ms is woken.
 
     Any synchronous work on the loop (encoding audio, a blocking call) shows up as lateness. The
     worst since the last read is exported as `loopjam_event_loop_lag_max_seconds`.
     """
 
+    name = "event-loop-lag"
+
     def __init__(self, tick_s: float = 0.01) -> None:
+        super().__init__()
         self.tick_s = tick_s
         self.worst_s = 0.0
-        self._task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self._run(), name="event-loop-lag")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
 
     def take_worst_s(self) -> float:
         """The longest stall since the previous call, and start over."""

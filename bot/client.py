@@ -67,6 +67,7 @@ class LoopJamBot(BotCore):
 
     async def close(self) -> None:
         await self.delivery.stop()
+        await self.tracker.stop()
         await self.lag.stop()
         await self.service.stop()
         if self.metrics is not None:

@@ -106,11 +106,14 @@ class ResultPoster:
         )
         if failure is None:
             return  # nothing of this job waits in the outbox any more
+        # Discord's refusals and network errors are expected; anything else is a bug: keep its traceback.
+        traceback = None if isinstance(error, (discord.HTTPException, OSError)) else error
         if failure.given_up:
-            log.warning("gave up posting the outcome of %s after %d attempt(s): %s", job_id, failure.attempts, reason)
+            log.warning("gave up posting the outcome of %s after %d attempt(s): %s", job_id, failure.attempts, reason,
+                        exc_info=traceback)
         else:
             log.info("could not post the outcome of %s (attempt %d, next in %.0f s): %s",
-                     job_id, failure.attempts, failure.retry_in_s, reason)
+                     job_id, failure.attempts, failure.retry_in_s, reason, exc_info=traceback)
 
     async def _post_result(self, job_id: str, done: JobDone, tracked: TrackedJob | None) -> None:
         found = await self.bot.read_db(_row_and_credit, job_id)

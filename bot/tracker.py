@@ -51,6 +51,10 @@ class JobTracker:
     def track(self, job: TrackedJob) -> None:
         self.jobs[job.job_id] = job
 
+    async def stop(self) -> None:
+        """Drop the progress edits still waiting (at shutdown)."""
+        await self.edits.cancel_all()
+
     def finish(self, job_id: str) -> TrackedJob | None:
         """Stop following a job that ended; its interaction, if still followed, for the outcome."""
         job = self.jobs.pop(job_id, None)

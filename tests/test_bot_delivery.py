@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
@@ -17,12 +18,15 @@ import numpy as np
 import pytest
 import soundfile as sf
 from sqlalchemy import update
+from sqlalchemy.engine import URL
 from sqlalchemy.exc import OperationalError
+from typer.testing import CliRunner
 
 from bot.background import Periodic
 from bot_fixtures import InProcessBot, NoWorkers
 from discord_double import DiscordDouble, RecordedRequest
 from discord_double.inprocess import running_client
+from generation.cli import app
 from generation.config import Settings
 from generation.jobs import QueueService
 from generation.storage import (
@@ -234,3 +238,27 @@ def test_each_failure_doubles_the_pause_up_to_an_hour_then_gives_up(database: Da
         assert row is not None and row.delivery_error == "503 Service Unavailable"
         session.execute(update(Delivery).values(next_attempt_at=utcnow() - timedelta(days=1)))
         assert due_deliveries(session) == [], "given up: never due again"
+
+
+def test_loopjam_history_says_which_results_were_never_posted(
+    db_url: URL, tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("LOOPJAM_CONFIG", raising=False)
+    monkeypatch.setenv("LOOPJAM_STORAGE__DATABASE_URL", db_url.render_as_string(hide_password=False))
+    database = Database(db_url)
+    database.upgrade()
+    try:
+        lost, posted = finished_jobs(database, tmp_path, 2, channel_id=1, guild_id=2, user_id=3)
+        with database.session() as session:
+            (delivery,) = [d for d in due_deliveries(session) if d.generation.short_id == lost]
+            record_delivery_failure(session, delivery.id, "NotFound: 404 Not Found (error code: 10003): Unknown Channel",
+                                    permanent=True)
+        result = CliRunner().invoke(app, ["history", "--json"])
+        rows = {row["short_id"]: row for row in json.loads(result.output.splitlines()[-1])}
+        table = CliRunner().invoke(app, ["history"], env={"COLUMNS": "200"}).output
+    finally:
+        database.downgrade("base")
+        database.dispose()
+    assert "Unknown Channel" in rows[lost]["delivery_error"] and rows[posted]["delivery_error"] is None
+    assert "done, not posted" in table
