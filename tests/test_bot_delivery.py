@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
 from collections.abc import AsyncIterator, Callable
@@ -17,15 +18,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from sqlalchemy import update
-from sqlalchemy.engine import URL
-from sqlalchemy.exc import OperationalError
-from typer.testing import CliRunner
-
-from bot.background import Periodic
 from bot_fixtures import InProcessBot, NoWorkers
 from discord_double import DiscordDouble, RecordedRequest
 from discord_double.inprocess import running_client
+from sqlalchemy import update
+from sqlalchemy.engine import URL
+from sqlalchemy.exc import OperationalError
+from storage_fixtures import database, db_url, loop_request, postgres_url  # noqa: F401
+from typer.testing import CliRunner
+
+from bot.background import Periodic
 from generation.cli import app
 from generation.config import Settings
 from generation.jobs import QueueService
@@ -39,10 +41,9 @@ from generation.storage import (
     mark_done,
     mark_running,
     record_delivery_failure,
+    repository,
     utcnow,
 )
-from generation.storage import repository
-from storage_fixtures import database, db_url, loop_request, postgres_url  # noqa: F401
 
 CHANNEL_MESSAGE = "POST /channels/{channel_id}/messages"
 GET_CHANNEL = "GET /channels/{channel_id}"
@@ -53,12 +54,12 @@ def job_id_of(request: RecordedRequest) -> str:
     return request.json["embeds"][0]["footer"]["text"].split()[1]
 
 
-def finished_jobs(database: Database, data_dir: Path, count: int, *, channel_id: int, guild_id: int, user_id: int) -> list[str]:
+def finished_jobs(db: Database, data_dir: Path, count: int, *, channel_id: int, guild_id: int, user_id: int) -> list[str]:
     """`count` done jobs whose results were never posted (all with the same short WAV)."""
     wav = data_dir / "loop.wav"
     if not wav.exists():
         sf.write(wav, np.zeros(3200, dtype=np.float32), 32000)
-    with database.session() as session:
+    with db.session() as session:
         groups = create_request_groups(
             session, [[loop_request(channel_id=channel_id, guild_id=guild_id, user_id=user_id)] for _ in range(count)]
         )
@@ -73,19 +74,19 @@ def finished_jobs(database: Database, data_dir: Path, count: int, *, channel_id:
 async def outbox_bot(tmp_path: Path, seed: Callable[[Database], object], redelivery_interval_s: float) -> AsyncIterator[InProcessBot]:
     """The bot on a database that `seed` filled before it started."""
     settings = Settings(storage={"data_dir": tmp_path}, discord={"redelivery_interval_s": redelivery_interval_s})
-    database = Database.from_settings(settings.storage)
-    database.upgrade()
-    seed(database)
-    bot = InProcessBot(settings, QueueService(settings, database, backend=NoWorkers()), database)
+    db = Database.from_settings(settings.storage)
+    db.upgrade()
+    seed(db)
+    bot = InProcessBot(settings, QueueService(settings, db, backend=NoWorkers()), db)
     bot._connection.guild_ready_timeout = 0.05  # type: ignore[attr-defined]
     try:
         yield bot
     finally:
-        database.dispose()
+        db.dispose()
 
 
-def outbox_row(database: Database, job_id: str) -> tuple[Delivery, str | None]:
-    with database.session() as session:
+def outbox_row(db: Database, job_id: str) -> tuple[Delivery, str | None]:
+    with db.session() as session:
         row = get_generation(session, job_id)
         assert row is not None
         delivery = session.query(Delivery).filter_by(generation_id=row.id).one()
@@ -107,7 +108,7 @@ async def test_a_refused_post_is_retried_with_growing_pauses_until_given_up(
                 tries = double.requests.matching(lambda r: r.route == CHANNEL_MESSAGE)
             delivery, delivery_error = outbox_row(bot.database, jobs[0])
     assert len(tries) == 4, "four attempts, then no more"
-    gaps = [later.at - earlier.at for earlier, later in zip(tries, tries[1:])]
+    gaps = [later.at - earlier.at for earlier, later in itertools.pairwise(tries)]
     assert gaps[0] >= 0.3 and gaps[1] >= 0.6 and gaps[2] >= 1.2, gaps
     assert gaps[0] < gaps[1] < gaps[2], gaps
     assert delivery.attempts == 4 and delivery.given_up_at is not None and delivery.delivered_at is None
@@ -145,9 +146,9 @@ async def test_two_hundred_dead_deliveries_do_not_hold_back_a_new_result(tmp_pat
                     when=lambda r: r.path_params.get("channel_id") == str(graveyard.id))
         fresh: list[str] = []
 
-        def seed(database: Database) -> None:
-            finished_jobs(database, tmp_path, 210, channel_id=graveyard.id, guild_id=double.world.guild.id, user_id=user_id)
-            fresh.extend(finished_jobs(database, tmp_path, 1, channel_id=double.channel.id, guild_id=double.world.guild.id,
+        def seed(db: Database) -> None:
+            finished_jobs(db, tmp_path, 210, channel_id=graveyard.id, guild_id=double.world.guild.id, user_id=user_id)
+            fresh.extend(finished_jobs(db, tmp_path, 1, channel_id=double.channel.id, guild_id=double.world.guild.id,
                                        user_id=user_id))
 
         async with outbox_bot(tmp_path, seed, 0.5) as bot, running_client(bot, double, timeout=20):
@@ -246,11 +247,11 @@ def test_loopjam_history_says_which_results_were_never_posted(
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("LOOPJAM_CONFIG", raising=False)
     monkeypatch.setenv("LOOPJAM_STORAGE__DATABASE_URL", db_url.render_as_string(hide_password=False))
-    database = Database(db_url)
-    database.upgrade()
+    db = Database(db_url)
+    db.upgrade()
     try:
-        lost, posted = finished_jobs(database, tmp_path, 2, channel_id=1, guild_id=2, user_id=3)
-        with database.session() as session:
+        lost, posted = finished_jobs(db, tmp_path, 2, channel_id=1, guild_id=2, user_id=3)
+        with db.session() as session:
             (delivery,) = [d for d in due_deliveries(session) if d.generation.short_id == lost]
             record_delivery_failure(session, delivery.id, "NotFound: 404 Not Found (error code: 10003): Unknown Channel",
                                     permanent=True)
@@ -258,7 +259,7 @@ def test_loopjam_history_says_which_results_were_never_posted(
         rows = {row["short_id"]: row for row in json.loads(result.output.splitlines()[-1])}
         table = CliRunner().invoke(app, ["history"], env={"COLUMNS": "200"}).output
     finally:
-        database.downgrade("base")
-        database.dispose()
+        db.downgrade("base")
+        db.dispose()
     assert "Unknown Channel" in rows[lost]["delivery_error"] and rows[posted]["delivery_error"] is None
     assert "done, not posted" in table
