@@ -313,7 +313,7 @@ def mark_delivered(
         delivery.generation.posted_channel_id = channel_id
 
 
-def _undelivered_of(request_group: str) -> Select[tuple[int]]:
+def _undelivered_of(request_group: str) -> Select[int]:
     """The ids of the deliveries of one request that are neither posted nor given up."""
     return (
         select(Delivery.id)
