@@ -10,10 +10,8 @@ process's peak memory (goal < 200 MB; the bot process must not load torch, its w
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import collections
-import os
 import statistics
 import sys
 import tempfile
@@ -22,7 +20,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "support"))
 
-from discord_double import DiscordDouble  # noqa: E402
+from discord_double import DiscordDouble
+
+from bench.burst import bot_environment, burst_options
 
 FOLLOW_UP = "POST /webhooks/{application_id}/{token}"
 EPHEMERAL = 64
@@ -53,12 +53,7 @@ async def run(interactions: int, users: int) -> None:
         model = write_random_checkpoint(Path(tmp) / "tiny", TINY)
         async with DiscordDouble() as double:
             members = [double.world.add_member(double.world.guild, f"user{i}") for i in range(users)]
-            env = {
-                **os.environ, **double.bot_environment(), "LOOPJAM_MODEL__NAME": str(model),
-                "LOOPJAM_MODEL__ALLOWED": f'["{model}"]', "LOOPJAM_STORAGE__DATA_DIR": tmp,
-                "LOOPJAM_GENERATION__CANDIDATES": "1", "LOOPJAM_GENERATION__RETRY_BUDGET": "0",
-                "LOOPJAM_GENERATION__EXTRA_SECONDS": "1.0", "LOOPJAM_QUEUE__MAX_QUEUE": "500",
-            }
+            env = bot_environment(double, model, tmp)
             bot = await asyncio.create_subprocess_exec(sys.executable, "-m", "generation", "run", env=env, cwd=tmp)
             try:
                 await double.gateway.wait_connected(timeout=90)
@@ -91,10 +86,7 @@ async def run(interactions: int, users: int) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--interactions", type=int, default=200)
-    parser.add_argument("--users", type=int, default=50)
-    args = parser.parse_args()
+    args = burst_options(__doc__.splitlines()[0]).parse_args()
     asyncio.run(run(args.interactions, args.users))
 
 

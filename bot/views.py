@@ -24,6 +24,22 @@ ACTIONS = {
 JOB_ID = rf"(?P<job_id>[A-Za-z0-9_-]{{{SHORT_ID_LENGTH}}})"
 
 
+class ButtonHandlers(tp.Protocol):
+    """What the buttons ask of the bot: the Loops cog, reached as `bot.loops`."""
+
+    async def on_loop_action(self, interaction: discord.Interaction, action: str, job_id: str) -> None: ...
+
+    async def on_cancel(self, interaction: discord.Interaction, job_id: str) -> None: ...
+
+
+class _WithButtonHandlers(tp.Protocol):
+    loops: ButtonHandlers
+
+
+def handlers(interaction: discord.Interaction) -> ButtonHandlers:
+    return tp.cast(_WithButtonHandlers, interaction.client).loops
+
+
 class LoopActionButton(discord.ui.DynamicItem[discord.ui.Button], template=rf"lj:(?P<action>{'|'.join(ACTIONS)}):{JOB_ID}"):
     """Variation, Re-roll, Double or Info under a posted loop. Anyone may press them."""
 
@@ -41,7 +57,7 @@ class LoopActionButton(discord.ui.DynamicItem[discord.ui.Button], template=rf"lj
     async def callback(self, interaction: discord.Interaction) -> None:
         # Component errors never reach the command tree's on_error, so they are reported here.
         try:
-            await interaction.client.get_cog("Loops").on_loop_action(interaction, self.action, self.job_id)
+            await handlers(interaction).on_loop_action(interaction, self.action, self.job_id)
         except Exception as error:
             await report_error(interaction, error)
 
@@ -59,7 +75,7 @@ class CancelButton(discord.ui.DynamicItem[discord.ui.Button], template=rf"lj:can
 
     async def callback(self, interaction: discord.Interaction) -> None:
         try:
-            await interaction.client.get_cog("Loops").on_cancel(interaction, self.job_id)
+            await handlers(interaction).on_cancel(interaction, self.job_id)
         except Exception as error:
             await report_error(interaction, error)
 

@@ -12,7 +12,8 @@ What is measured, and where it comes from:
 - job events (`QueueService.add_listener`): jobs by final status, loop verdicts, and per job the
   seconds spent generating and looping (the time between its stage changes, retries included);
 - `QueueService.status()`, read on every scrape: queue depth, jobs running, workers alive;
-- finished batches (`QueueService.add_batch_listener`): batch sizes and seconds per batch.
+- finished batches (`QueueService.add_batch_listener`): batch sizes and seconds per batch;
+- the bot's event loop (`event_loop_lag`, read on every scrape): its longest stall since the last scrape.
 
 The metrics live in the recorder's own `CollectorRegistry`, never prometheus-client's global one,
 so several recorders (tests, two services in one process) never clash. This module imports
@@ -96,6 +97,10 @@ class MetricsRecorder:
         self.generation_seconds = Histogram(
             "loopjam_generation_seconds", "Seconds a delivered job spent generating audio (retries included).",
             buckets=GENERATION_SECONDS_BUCKETS, registry=self.registry,
+        )
+        self.event_loop_lag = Gauge(
+            "loopjam_event_loop_lag_max_seconds", "The longest stall of the bot's event loop since the previous scrape.",
+            registry=self.registry,
         )
         self.loop_seconds = Histogram(
             "loopjam_loop_seconds", "Seconds a delivered job spent in the loop engine.",
@@ -195,7 +200,9 @@ def attach(recorder: MetricsRecorder, source: MetricsSource) -> None:
     source.add_batch_listener(recorder.on_batch)
 
 
-async def start_metrics_server(settings: MetricsSettings, service: MetricsSource) -> web.AppRunner | None:
+async def start_metrics_server(
+    settings: MetricsSettings, service: MetricsSource, *, event_loop_lag: Callable[[], float] | None = None
+) -> web.AppRunner | None:
     """Serve `/metrics` and `/healthz` on `settings.host:port`; None (nothing started) when disabled.
 
     The caller keeps the runner and awaits `runner.cleanup()` at shutdown.
@@ -204,6 +211,8 @@ async def start_metrics_server(settings: MetricsSettings, service: MetricsSource
         return None
     recorder = MetricsRecorder()
     attach(recorder, service)
+    if event_loop_lag is not None:  # read on each scrape
+        recorder.event_loop_lag.set_function(event_loop_lag)
     runner = web.AppRunner(metrics_app(recorder, service), access_log=None)
     await runner.setup()
     await web.TCPSite(runner, settings.host, settings.port).start()

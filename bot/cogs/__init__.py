@@ -1,1 +1,1 @@
-"""The bot's features, one cog each, loaded by name (`bot.client.EXTENSIONS`)."""
+"""The slash-command cogs, and the Deliveries cog that posts results; `bot.client` adds them."""

@@ -16,13 +16,13 @@ from .. import embeds
 from ..errors import UserFacingError
 
 if tp.TYPE_CHECKING:
-    from ..client import LoopJamBot
+    from ..core import BotCore
 
 
 @app_commands.guild_only()
 @app_commands.default_permissions(manage_guild=True)
 class Settings(commands.GroupCog, group_name="settings", group_description="LoopJam's settings for this server"):
-    def __init__(self, bot: LoopJamBot) -> None:
+    def __init__(self, bot: BotCore) -> None:
         self.bot = bot
         super().__init__()
 
@@ -105,6 +105,3 @@ class Settings(commands.GroupCog, group_name="settings", group_description="Loop
     async def max_bars(self, interaction: discord.Interaction, bars: int) -> None:
         await self._change(interaction, max_bars=bars)
 
-
-async def setup(bot: LoopJamBot) -> None:
-    await bot.add_cog(Settings(bot))

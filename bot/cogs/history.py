@@ -15,16 +15,18 @@ from .. import embeds
 from ..errors import UserFacingError
 from ..text import NO_PINGS, quote
 from ..views import HistoryPages
+from .loops import Loops
 
 if tp.TYPE_CHECKING:
-    from ..client import LoopJamBot
+    from ..core import BotCore
 
 PAGE_SIZE = 8
 
 
 class History(commands.Cog):
-    def __init__(self, bot: LoopJamBot) -> None:
+    def __init__(self, bot: BotCore, loops: Loops) -> None:
         self.bot = bot
+        self.loops = loops
 
     @app_commands.command(name="history", description="Browse the loops made here.")
     @app_commands.guild_only()
@@ -58,12 +60,12 @@ class History(commands.Cog):
         request = JobRequest(
             user_id=interaction.user.id, prompt=row.prompt, bpm=row.bpm, bars=row.bars, beats_per_bar=row.beats_per_bar,
             guild_id=interaction.guild_id, channel_id=interaction.channel_id,
-            role_ids=self.bot.get_cog("Loops").role_ids(interaction),
+            role_ids=self.loops.role_ids(interaction),
             model=row.model, temperature=row.temperature, top_k=row.top_k, top_p=row.top_p, cfg_coef=row.cfg_coef,
             seed=row.seed if seed is None else seed, exact_seed=seed is None,
             kind=GenerationKind.REPLAY, parent_id=row.short_id,
         )
-        await self.bot.get_cog("Loops").enqueue(interaction, request)
+        await self.loops.enqueue(interaction, request)
 
 
 def history_embed(rows: list[tp.Any], page: int, scope: str, search: str | None, guild_id: int | None) -> discord.Embed:
@@ -79,11 +81,9 @@ def history_embed(rows: list[tp.Any], page: int, scope: str, search: str | None,
         link = ""
         if row.posted_message_id and row.posted_channel_id and guild_id:
             link = f" · [listen](https://discord.com/channels/{guild_id}/{row.posted_channel_id}/{row.posted_message_id})"
-        name = f"`{row.short_id}` · {row.bpm:g} BPM · {row.bars} bars · {row.status.value}"
+        status = f"{row.status.value}, not posted" if row.delivery_error else row.status.value
+        name = f"`{row.short_id}` · {row.bpm:g} BPM · {row.bars} bars · {status}"
         embed.add_field(name=name, value=f"{quote(row.prompt, 120)}\n{when}{by}{link}", inline=False)
     embed.set_footer(text=f"page {page + 1}")
     return embed
 
-
-async def setup(bot: LoopJamBot) -> None:
-    await bot.add_cog(History(bot))

@@ -23,7 +23,7 @@ from ..tracker import TrackedJob
 from ..views import cancel_view
 
 if tp.TYPE_CHECKING:
-    from ..client import LoopJamBot
+    from ..core import BotCore
 
 BEATS_BY_METER = {"4/4": 4, "3/4": 3, "6/8": 6}
 REQUIRED_PERMISSIONS = discord.Permissions(send_messages=True, attach_files=True, embed_links=True, view_channel=True)
@@ -37,7 +37,7 @@ FORMAT_CHOICES = [app_commands.Choice(name=name, value=value) for name, value in
 
 
 class Loops(commands.Cog):
-    def __init__(self, bot: LoopJamBot) -> None:
+    def __init__(self, bot: BotCore) -> None:
         self.bot = bot
 
     # --- checks shared by every way of queueing -------------------------------------------------
@@ -227,6 +227,3 @@ def info_embed(row: tp.Any) -> discord.Embed:
             embed.add_field(name=name, value=str(value)[:1024])
     return embed
 
-
-async def setup(bot: LoopJamBot) -> None:
-    await bot.add_cog(Loops(bot))

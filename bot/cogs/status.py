@@ -11,11 +11,11 @@ from discord.ext import commands
 from .. import embeds
 
 if tp.TYPE_CHECKING:
-    from ..client import LoopJamBot
+    from ..core import BotCore
 
 
 class Status(commands.Cog):
-    def __init__(self, bot: LoopJamBot) -> None:
+    def __init__(self, bot: BotCore) -> None:
         self.bot = bot
 
     @app_commands.command(name="status", description="How busy LoopJam is, and how long a new loop would take.")
@@ -30,6 +30,3 @@ class Status(commands.Cog):
         embed.add_field(name="Models", value=", ".join(status.models) or "loading…", inline=False)
         await interaction.response.send_message(embed=embed, ephemeral=True)
 
-
-async def setup(bot: LoopJamBot) -> None:
-    await bot.add_cog(Status(bot))

@@ -142,7 +142,7 @@ def _print_table(generations: list[Generation]) -> None:
             f"{generation.bpm:g}",
             str(generation.bars),
             generation.kind.value,
-            generation.status.value,
+            f"{generation.status.value}, not posted" if generation.delivery_error else generation.status.value,
             generation.verdict or "",
             prompt,
         )

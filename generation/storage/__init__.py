@@ -7,6 +7,8 @@ from .database import Database, database_url, redact
 from .maintenance import RecoveryResult, SweepResult, recover_interrupted, sweep_audio
 from .models import Base, Delivery, Generation, GenerationKind, GenerationStatus, GuildSettings, utcnow
 from .repository import (
+    MAX_DELIVERY_ATTEMPTS,
+    DeliveryFailure,
     GuildSettingsChanges,
     LoopReportFields,
     NewGeneration,
@@ -14,6 +16,7 @@ from .repository import (
     create_generation,
     create_generations,
     create_request_groups,
+    due_deliveries,
     get_generation,
     get_guild_settings,
     has_pending_delivery,
@@ -26,17 +29,17 @@ from .repository import (
     mark_request_delivered,
     mark_running,
     new_short_id,
-    pending_deliveries,
     record_delivery_failure,
+    record_request_delivery_failure,
     upsert_guild_settings,
 )
 
 __all__ = [
-    "Base", "Database", "Delivery", "Generation", "GenerationKind", "GenerationStatus", "GuildSettings",
-    "GuildSettingsChanges", "LoopReportFields", "NewGeneration", "RecoveryResult", "SweepResult",
-    "count_queued", "create_generation", "create_generations", "create_request_groups", "database_url", "get_generation",
-    "get_guild_settings", "has_pending_delivery", "list_history", "list_request_group", "mark_cancelled", "mark_delivered",
-    "mark_done", "mark_failed", "mark_request_delivered", "mark_running", "new_short_id", "pending_deliveries",
-    "record_delivery_failure", "recover_interrupted", "redact", "sweep_audio", "upsert_guild_settings",
-    "utcnow",
+    "MAX_DELIVERY_ATTEMPTS", "Base", "Database", "Delivery", "DeliveryFailure", "Generation", "GenerationKind",
+    "GenerationStatus", "GuildSettings", "GuildSettingsChanges", "LoopReportFields", "NewGeneration", "RecoveryResult",
+    "SweepResult", "count_queued", "create_generation", "create_generations", "create_request_groups", "database_url",
+    "due_deliveries", "get_generation", "get_guild_settings", "has_pending_delivery", "list_history", "list_request_group",
+    "mark_cancelled", "mark_delivered", "mark_done", "mark_failed", "mark_request_delivered", "mark_running", "new_short_id",
+    "record_delivery_failure", "record_request_delivery_failure", "recover_interrupted", "redact", "sweep_audio",
+    "upsert_guild_settings", "utcnow",
 ]

@@ -179,6 +179,8 @@ class Generation(Base):
     """Relative to the data directory; cleared by the retention sweep, after which /replay regenerates."""
     posted_message_id: Mapped[int | None] = mapped_column(BigInteger)
     posted_channel_id: Mapped[int | None] = mapped_column(BigInteger)
+    delivery_error: Mapped[str | None] = mapped_column(Text)
+    """Why its outcome never reached Discord, once its delivery was given up; None otherwise."""
 
     parent: Mapped[Generation | None] = relationship(remote_side=[id])
 
@@ -204,10 +206,11 @@ class GuildSettings(Base):
 
 
 class Delivery(Base):
-    """A finished (done or failed) generation whose result still has to reach Discord.
+    """A finished (done or failed) generation whose result has to reach Discord: the outbox.
 
     Written in the same transaction as the result, so a bot that was down when a worker finished
-    posts it when it is back.
+    posts it when it is back. A refused post is tried again at `next_attempt_at` (backing off)
+    until it is posted (`delivered_at`) or given up (`given_up_at`).
     """
 
     __tablename__ = "deliveries"
@@ -218,5 +221,7 @@ class Delivery(Base):
     delivered_at: Mapped[datetime | None] = mapped_column(index=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     last_error: Mapped[str | None] = mapped_column(Text)
+    next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    given_up_at: Mapped[datetime | None]
 
     generation: Mapped[Generation] = relationship(lazy="joined")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta
 from typing import Any, TypedDict, Unpack
 
 from sqlalchemy import ColumnElement, Select, func, select, update
@@ -27,7 +28,9 @@ from .models import (
 )
 
 DEFAULT_HISTORY_LIMIT = 20
-MAX_DELIVERY_ATTEMPTS = 5
+MAX_DELIVERY_ATTEMPTS = 10
+"""With the default 30 s doubling up to an hour: about four hours of trying before giving up."""
+MAX_DELIVERY_DELAY_S = 3600.0
 
 
 @dataclass(frozen=True)
@@ -283,12 +286,16 @@ def upsert_guild_settings(session: Session, guild_id: int, **changes: Unpack[Gui
 # --- deliveries --------------------------------------------------------------------------------
 
 
-def pending_deliveries(session: Session, *, limit: int = 50) -> list[Delivery]:
-    """Results not yet posted (oldest first), with their generation loaded; hopeless ones are left out."""
+def due_deliveries(session: Session, *, now: datetime | None = None, limit: int = 50) -> list[Delivery]:
+    """Results to post now, with their generation loaded: not posted, not given up, their backoff over.
+
+    Never-tried ones come first (oldest first among them), then retries by how often they failed:
+    however many old ones keep failing, a new result is always in the first `limit`.
+    """
     query = (
         select(Delivery)
-        .where(Delivery.delivered_at.is_(None), Delivery.attempts < MAX_DELIVERY_ATTEMPTS)
-        .order_by(Delivery.id)
+        .where(Delivery.delivered_at.is_(None), Delivery.given_up_at.is_(None), Delivery.next_attempt_at <= (now or utcnow()))
+        .order_by(Delivery.attempts, Delivery.next_attempt_at, Delivery.id)
         .limit(limit)
     )
     return list(session.scalars(query))
@@ -307,11 +314,11 @@ def mark_delivered(
 
 
 def _undelivered_of(request_group: str) -> Select[int]:
-    """The ids of the deliveries of one request that were not posted yet."""
+    """The ids of the deliveries of one request that are neither posted nor given up."""
     return (
         select(Delivery.id)
         .join(Generation, Delivery.generation_id == Generation.id)
-        .where(Generation.request_group == request_group, Delivery.delivered_at.is_(None))
+        .where(Generation.request_group == request_group, Delivery.delivered_at.is_(None), Delivery.given_up_at.is_(None))
     )
 
 
@@ -330,8 +337,48 @@ def has_pending_delivery(session: Session, request_group: str) -> bool:
     return session.scalar(_undelivered_of(request_group).limit(1)) is not None
 
 
-def record_delivery_failure(session: Session, delivery_id: int, error: str) -> None:
-    """Count a failed post; after `MAX_DELIVERY_ATTEMPTS` the delivery is no longer pending."""
+def retry_delay_s(attempts: int, first_delay_s: float) -> float:
+    """The pause after the `attempts`-th failed post: `first_delay_s`, doubling, at most an hour."""
+    return min(first_delay_s * 2 ** max(0, attempts - 1), MAX_DELIVERY_DELAY_S)
+
+
+def record_delivery_failure(
+    session: Session, delivery_id: int, error: str, *, first_delay_s: float = 30.0, permanent: bool = False
+) -> bool:
+    """Count a failed post and schedule the next try; True when the delivery is given up.
+
+    It is given up at once when `permanent` (the channel is gone, access was taken away), else
+    after `MAX_DELIVERY_ATTEMPTS`; its generation then says why in `delivery_error`.
+    """
     delivery = session.get_one(Delivery, delivery_id)
+    now = utcnow()
     delivery.attempts += 1
     delivery.last_error = error
+    if permanent or delivery.attempts >= MAX_DELIVERY_ATTEMPTS:
+        delivery.given_up_at = now
+        delivery.generation.delivery_error = error
+        return True
+    delivery.next_attempt_at = now + timedelta(seconds=retry_delay_s(delivery.attempts, first_delay_s))
+    return False
+
+
+@dataclass(frozen=True)
+class DeliveryFailure:
+    """What became of a request's refused post: how often it failed, and when it is tried again."""
+
+    attempts: int
+    given_up: bool
+    retry_in_s: float | None
+
+
+def record_request_delivery_failure(
+    session: Session, request_group: str, error: str, *, first_delay_s: float = 30.0, permanent: bool = False
+) -> DeliveryFailure | None:
+    """`record_delivery_failure` for every pending result of one request; None when none was pending."""
+    deliveries = [session.get_one(Delivery, delivery_id) for delivery_id in session.scalars(_undelivered_of(request_group))]
+    if not deliveries:
+        return None
+    given_up = [record_delivery_failure(session, d.id, error, first_delay_s=first_delay_s, permanent=permanent)
+                for d in deliveries]
+    attempts = max(d.attempts for d in deliveries)
+    return DeliveryFailure(attempts, all(given_up), None if all(given_up) else retry_delay_s(attempts, first_delay_s))

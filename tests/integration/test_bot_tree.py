@@ -7,46 +7,26 @@ from __future__ import annotations
 import io
 import re
 import typing as tp
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import pytest_asyncio
 import soundfile as sf
+from bot_helpers import InProcessBot, NoWorkers
 from discord_double import DiscordDouble, Overwrite, Permission, Upload
 from discord_double.inprocess import running_client
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from bot.client import LoopJamBot
 from generation.config import Settings
 from generation.jobs import QueueService
-from generation.jobs.backend import EventSink, WorkItem
 from generation.storage import Database, list_history, upsert_guild_settings
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 EPHEMERAL = 64
-
-
-class NoWorkers:
-    """A backend with no worker: jobs wait in the queue for ever, which is what these tests count."""
-
-    async def start(self, sink: EventSink) -> None: ...
-    async def stop(self) -> None: ...
-    def free_worker(self) -> str | None: return None
-    def run(self, worker: str, batch: Sequence[WorkItem]) -> None: raise AssertionError("no worker")
-    def cancel(self, job_id: str) -> None: ...
-    def workers_alive(self) -> int: return 0
-    def running(self) -> int: return 0
-    def models(self) -> list[str]: return []
-    def resumed(self) -> dict[str, tuple[str, ...]]: return {}
-
-
-class InProcessBot(LoopJamBot):
-    async def before_identify_hook(self, shard_id: int | None, *, initial: bool = False) -> None:
-        """No 5 s pause before re-identifying: the double has no identify limit."""
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")

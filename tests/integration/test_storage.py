@@ -32,7 +32,7 @@ from generation.storage import (
     mark_done,
     mark_failed,
     mark_running,
-    pending_deliveries,
+    due_deliveries,
     record_delivery_failure,
     recover_interrupted,
     repository,
@@ -169,7 +169,7 @@ def test_status_changes_are_conditional(database: Database) -> None:
         stored = get_generation(session, job)
         assert stored is not None
         assert (stored.status, stored.worker, stored.audio_path) == (GenerationStatus.CANCELLED, "gpu-1", None)
-        assert pending_deliveries(session) == []
+        assert due_deliveries(session) == []
 
 
 def test_results_wait_for_delivery_until_posted(database: Database) -> None:
@@ -183,7 +183,7 @@ def test_results_wait_for_delivery_until_posted(database: Database) -> None:
     # A bot restart: a new Database on the same URL finds them.
     restarted = Database(database.url)
     with restarted.session() as session:
-        pending = pending_deliveries(session)
+        pending = due_deliveries(session)
         assert [(d.generation.short_id, d.generation.status) for d in pending] == [
             (done, GenerationStatus.DONE), (hopeless, GenerationStatus.DONE), (failed, GenerationStatus.FAILED)
         ]
@@ -193,7 +193,7 @@ def test_results_wait_for_delivery_until_posted(database: Database) -> None:
         for _ in range(MAX_DELIVERY_ATTEMPTS):
             record_delivery_failure(session, pending[1].id, "Missing Access")
     with restarted.session() as session:
-        assert pending_deliveries(session) == []
+        assert due_deliveries(session) == []
         posted = get_generation(session, done)
         assert posted is not None and (posted.posted_message_id, posted.posted_channel_id) == (999, 888)
     restarted.dispose()
@@ -282,7 +282,7 @@ def test_restart_requeues_interrupted_jobs_once_then_fails_them(database: Databa
         failed = get_generation(session, first)
         assert failed is not None and failed.status is GenerationStatus.FAILED and failed.attempts == 2
         assert failed.error and "try again" in failed.error and failed.finished_at is not None
-        assert [d.generation.short_id for d in pending_deliveries(session)] == [first]
+        assert [d.generation.short_id for d in due_deliveries(session)] == [first]
         untouched = get_generation(session, queued)
         assert untouched is not None and untouched.status is GenerationStatus.QUEUED and untouched.attempts == 0
 
