@@ -12,8 +12,8 @@ from discord.ext import commands
 
 from generation.audio_io import audio_duration
 from generation.config import BPM_MAX, BPM_MIN, PROMPT_MAX_CHARS
-from generation.jobs.api import Accepted, JobRequest, Refused
-from generation.storage import GenerationKind, get_generation, list_history
+from generation.jobs.api import Accepted, JobKind, JobRequest, Refused
+from generation.storage import get_generation, list_history
 
 from .. import embeds
 from ..errors import RateLimited, UserFacingError
@@ -191,7 +191,7 @@ class Loops(commands.Cog):
         if action == "info":
             await interaction.response.send_message(embed=info_embed(row), ephemeral=True)
             return
-        kinds = {"variation": GenerationKind.VARIATION, "reroll": GenerationKind.REROLL, "double": GenerationKind.DOUBLE}
+        kinds = {"variation": JobKind.VARIATION, "reroll": JobKind.REROLL, "double": JobKind.DOUBLE}
         bars = row.bars * 2 if action == "double" else row.bars
         if bars > 8:
             raise UserFacingError("That loop is already 8 bars long, the longest LoopJam makes.")
