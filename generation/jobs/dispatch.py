@@ -132,9 +132,9 @@ class Dispatcher:
         self.backend.run(batch_key, [job.item for job in jobs])
         for job in jobs:
             self.bus.publish(JobProgress(job.job_id, Stage.GENERATING, 0.0))
-        self.announce_positions()
+        self._announce_positions()
 
-    def announce_positions(self) -> None:
+    def _announce_positions(self) -> None:
         """Tell the waiting jobs where they now stand (the bot shows it on each "Queued" message)."""
         if not self.bus.has_audience:
             return
