@@ -116,6 +116,8 @@ class QueueService:
             asyncio.create_task(self._results.run(), name="queue-results"),
             asyncio.create_task(self._dispatcher.run(), name="queue-dispatch"),
         ]
+        for task in self._tasks:
+            task.add_done_callback(_report_death)
         log.info("queue started with %d job(s) waiting", len(queue))
 
     async def stop(self) -> None:
@@ -224,6 +226,12 @@ class QueueService:
     def set_uploading(self, job_id: str, percent: float = 0.0) -> None:
         """The bot reports its upload of a finished loop, so subscribers see the last stage too."""
         self._bus.publish(JobProgress(job_id, Stage.UPLOADING, percent))
+
+
+def _report_death(task: asyncio.Task[None]) -> None:
+    """The background tasks survive their errors; should one end anyway, say so rather than go quiet."""
+    if not task.cancelled() and (error := task.exception()) is not None:
+        log.error("queue task %s stopped", task.get_name(), exc_info=error)
 
 
 def cancel_request(session: Session, job_id: str, user_id: int) -> CancelOutcome:
