@@ -219,3 +219,9 @@ async def test_sqlite_locked_past_its_busy_timeout_loses_no_job(
         other_writer.close()
         await service.stop()
         database.dispose()
+
+
+def test_the_bot_shows_a_user_why_the_queue_refused_during_an_outage() -> None:
+    from bot.errors import describe
+
+    assert describe(QueueUnavailable()) == ("The queue's database is unreachable right now; please try again in a minute.", None)
