@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
-from contextlib import suppress
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -129,9 +128,7 @@ class QueueService:
             await self._admitting  # the requests being decided get their answer
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with suppress(asyncio.CancelledError):
-                await task
+        await asyncio.gather(*self._tasks, return_exceptions=True)  # a task that died was logged when it did
         self._tasks = []
         await self.backend.stop()
         if self.rate_limiter is not None:
@@ -144,7 +141,7 @@ class QueueService:
 
         Requests that arrive while a group is being decided wait for the next group: a burst of
         requests costs a few database round trips, not a few per request. Raises
-        `QueueUnavailable` (nothing queued, nothing counted) while the database is unreachable.
+        `QueueUnavailable` while the database is unreachable: nothing is queued.
         """
         decided: asyncio.Future[WorkItem | Refused] = asyncio.get_running_loop().create_future()
         self._arriving.append((request, decided))
