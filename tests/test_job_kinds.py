@@ -210,6 +210,6 @@ async def test_the_history_keeps_the_seed_of_the_candidate_delivered(tmp_path: P
         database.dispose()
 
 
-def test_the_contract_names_the_same_kinds_as_the_history() -> None:
+async def test_the_contract_names_the_same_kinds_as_the_history() -> None:
     """`JobKind` (the plain contract) becomes `GenerationKind` (the history's) by value at the storage boundary."""
     assert [kind.value for kind in JobKind] == [kind.value for kind in GenerationKind]
