@@ -38,15 +38,15 @@ class InstantBackend:
     async def stop(self) -> None:
         pass
 
-    def free_worker(self) -> str | None:
+    def next_batch_key(self) -> str | None:
         return "instant"
 
-    def run(self, worker: str, batch: Sequence[WorkItem]) -> None:
+    def run(self, batch_key: str, batch: Sequence[WorkItem]) -> None:
         assert self._sink is not None
         for item in batch:
             made = MadeLoop(item.job_id, f"loops/{item.job_id}.wav", {"verdict": "good"}, item.seed)
             self._sink(WorkDone(item.job_id, (made,)))
-        self._sink(BatchFinished(worker, len(batch), 0.0))
+        self._sink(BatchFinished(batch_key, len(batch), 0.0))
 
     def cancel(self, job_id: str) -> None:
         pass

@@ -14,6 +14,8 @@ from datetime import timedelta
 import discord
 from discord import app_commands
 
+from generation.jobs.api import QueueUnavailable
+
 log = logging.getLogger(__name__)
 
 
@@ -37,6 +39,8 @@ def describe(error: Exception) -> tuple[str, str | None]:
         return f"{error}; you can ask for another {when}.", None
     if isinstance(error, UserFacingError):
         return str(error), None
+    if isinstance(original, QueueUnavailable):  # its database is away: a sentence for the user, nothing to look up
+        return str(original), None
     if isinstance(error, app_commands.MissingPermissions):
         missing = ", ".join(p.replace("_", " ") for p in error.missing_permissions)
         return f"You need the {missing} permission for this.", None

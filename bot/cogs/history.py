@@ -8,8 +8,8 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from generation.jobs.api import JobRequest
-from generation.storage import GenerationKind, get_generation, list_history
+from generation.jobs.api import JobKind, JobRequest
+from generation.storage import get_generation, list_history
 
 from .. import embeds
 from ..errors import UserFacingError
@@ -63,7 +63,7 @@ class History(commands.Cog):
             role_ids=self.loops.role_ids(interaction),
             model=row.model, temperature=row.temperature, top_k=row.top_k, top_p=row.top_p, cfg_coef=row.cfg_coef,
             seed=row.seed if seed is None else seed, exact_seed=seed is None,
-            kind=GenerationKind.REPLAY, parent_id=row.short_id,
+            kind=JobKind.REPLAY, parent_id=row.short_id,
         )
         await self.loops.enqueue(interaction, request)
 

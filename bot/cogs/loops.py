@@ -12,9 +12,9 @@ from discord.ext import commands
 
 from generation.audio_io import audio_duration
 from generation.config import ALLOWED_BARS, BPM_MAX, BPM_MIN, MAX_BARS, MAX_SOURCE_SECONDS, PROMPT_MAX_CHARS
-from generation.jobs.api import MAX_VARIATIONS, Accepted, JobRequest, Refused
+from generation.jobs.api import MAX_VARIATIONS, Accepted, JobKind, JobRequest, Refused
 from generation.prompts import InvalidRequest, validate_source_seconds
-from generation.storage import GenerationKind, get_generation, list_history
+from generation.storage import get_generation, list_history
 
 from .. import embeds
 from ..errors import RateLimited, UserFacingError
@@ -193,7 +193,7 @@ class Loops(commands.Cog):
         if action == "info":
             await interaction.response.send_message(embed=info_embed(row), ephemeral=True)
             return
-        kinds = {"variation": GenerationKind.VARIATION, "reroll": GenerationKind.REROLL, "double": GenerationKind.DOUBLE}
+        kinds = {"variation": JobKind.VARIATION, "reroll": JobKind.REROLL, "double": JobKind.DOUBLE}
         bars = row.bars * 2 if action == "double" else row.bars
         if bars > MAX_BARS:
             raise UserFacingError(f"That loop is already {row.bars} bars long, the longest LoopJam makes.")

@@ -13,9 +13,11 @@ from .api import (
     JobDone,
     JobEvent,
     JobFailed,
+    JobKind,
     JobProgress,
     JobRequest,
     QueueStatus,
+    QueueUnavailable,
     RefusalKind,
     Refused,
     Stage,
@@ -27,6 +29,6 @@ from .service import QueueService
 
 __all__ = [
     "FINAL_EVENT_TYPES", "Accepted", "CancelOutcome", "CancelResult", "JobBackend", "JobCancelled", "JobDone", "JobEvent", "JobFailed",
-    "JobProgress", "JobRequest", "ProcessWorkerPool", "QueueService", "QueueStatus", "RefusalKind", "Refused",
-    "Stage", "SubmitResult",
+    "JobKind", "JobProgress", "JobRequest", "ProcessWorkerPool", "QueueService", "QueueStatus", "QueueUnavailable",
+    "RefusalKind", "Refused", "Stage", "SubmitResult",
 ]

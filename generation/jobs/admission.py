@@ -1,26 +1,23 @@
 """Deciding whether a request joins the queue, and writing it there.
 
-Requests that arrive together are decided together, in arrival order: one read of what the
-limits count (`AdmissionLedger`), then one insert for all that were let in. Embedded, that is
-one transaction (`admit_group`). Distributed, the per-user rate limit is shared by every bot
-process through Redis, and taken last, once every other check passed, so a refused request is
-never counted: checks (`check_requests`, the ledger), then `take_shared_rate_limit`, then the
-insert (`insert_admitted`). The service decides one group at a time, so two requests arriving
-together cannot both take the last place.
+Requests that arrive together are decided together, in arrival order, in one unit of work
+(`admit_group`): one read of what the limits count (`AdmissionLedger`), the per-user rate limit
+taken last from a `RateCounter` once every other check passed (so a refused request is never
+counted), then one insert for all that were let in. Embedded, the rate is counted in the history
+(`DatabaseRateCounter`); distributed, by Redis (`distributed.SharedRateCounter`), which every bot
+process shares. The service decides one group at a time, so two requests arriving together
+cannot both take the last place.
 """
 
 from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Collection, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-from sqlalchemy import ColumnElement, distinct, func, select
-from sqlalchemy.orm import Session
+from typing import Protocol
 
 from ..audio_io import audio_duration
 from ..config import Settings
@@ -34,14 +31,13 @@ from ..storage import (
     GenerationStatus,
     GuildSettings,
     NewGeneration,
+    Session,
     create_request_groups,
     get_generation,
     utcnow,
 )
-from .api import AUDIO_FORMATS, MAX_VARIATIONS, JobRequest, RefusalKind, Refused
-
-if TYPE_CHECKING:
-    from .distributed.ratelimit import RedisRateLimiter
+from ..storage.queue import count_waiting_requests, guild_settings_of, queued_requests_by_user, request_times_by_user
+from .api import AUDIO_FORMATS, MAX_VARIATIONS, JobKind, JobRequest, RefusalKind, Refused
 
 UNREADABLE_SOURCE = "I can't read that file as audio. Upload WAV, FLAC, OGG or MP3."
 
@@ -70,9 +66,9 @@ def wait_text(seconds: float) -> str:
     return f"{math.ceil(seconds)} seconds" if seconds < 60 else f"{minutes} minute{'s' if minutes > 1 else ''}"
 
 
-def resolved_kind(request: JobRequest) -> GenerationKind:
+def resolved_kind(request: JobRequest) -> JobKind:
     """A request with a source file is a loopify, whatever kind it names."""
-    return GenerationKind.LOOPIFY if request.source_audio is not None else request.kind
+    return JobKind.LOOPIFY if request.source_audio is not None else request.kind
 
 
 def check_source(path: str) -> None:
@@ -90,7 +86,7 @@ def check_parent(request: JobRequest, parent: Generation | None) -> None:
     """Raise `InvalidRequest` when the parent named is missing, or cannot be continued for a variation."""
     if request.parent_id is not None and parent is None:
         raise InvalidRequest(f"There is no loop with the id {request.parent_id[:40]!r}.")
-    if resolved_kind(request) is not GenerationKind.VARIATION:
+    if resolved_kind(request) is not JobKind.VARIATION:
         return
     if parent is None:
         raise InvalidRequest("A variation needs the id of the loop to vary.")
@@ -104,7 +100,7 @@ def check_options(request: JobRequest) -> None:
         raise InvalidRequest(f"Variations must be between 1 and {MAX_VARIATIONS}, not {request.variations}.")
     if request.audio_format not in AUDIO_FORMATS:
         raise InvalidRequest(f"The format must be one of {', '.join(AUDIO_FORMATS)}, not {request.audio_format[:20]!r}.")
-    if request.kind is GenerationKind.LOOPIFY and request.source_audio is None:
+    if request.kind is JobKind.LOOPIFY and request.source_audio is None:
         raise InvalidRequest("A loopify needs an uploaded audio file.")
     if request.source_audio is not None:
         if request.variations != 1:
@@ -128,7 +124,7 @@ def check_request(
     keep every option of the job (format, exact seed, a loopify's source file), so a restart
     rebuilds it as it was asked for.
     """
-    if resolved_kind(request) is GenerationKind.VARIATION and parent is not None:
+    if resolved_kind(request) is JobKind.VARIATION and parent is not None:
         request = replace(request, bpm=parent.bpm, bars=parent.bars, beats_per_bar=parent.beats_per_bar)
     rules = GuildRules.of(settings, guild)
     model = request.model or rules.default_model
@@ -159,7 +155,7 @@ def check_request(
             cfg_coef=_or(request.cfg_coef, generation.cfg_coef),
             seed=seed,
             model=model,
-            kind=resolved_kind(request),
+            kind=GenerationKind(resolved_kind(request).value),
             parent_id=None if parent is None else parent.id,
             audio_format=request.audio_format,
             exact_seed=request.exact_seed,
@@ -167,36 +163,6 @@ def check_request(
         )
         for seed in request_seeds(request)
     ]
-
-
-def count_requests(session: Session, *conditions: ColumnElement[bool]) -> int:
-    """How many requests (request groups: variations=N counts once) have rows matching `conditions`."""
-    return session.scalar(select(func.count(distinct(Generation.request_group))).where(*conditions)) or 0
-
-
-def queued_requests_by_user(session: Session, user_ids: Collection[int]) -> Counter[int]:
-    """How many requests each of `user_ids` has waiting in the queue."""
-    query = (
-        select(Generation.user_id, func.count(distinct(Generation.request_group)))
-        .where(Generation.user_id.in_(user_ids), Generation.status == GenerationStatus.QUEUED)
-        .group_by(Generation.user_id)
-    )
-    return Counter(dict(session.execute(query).tuples().all()))
-
-
-def recent_requests_by_user(session: Session, user_ids: Collection[int], since: datetime) -> dict[int, list[datetime]]:
-    """When each of `user_ids` made the requests since `since`, oldest first."""
-    made_at = func.min(Generation.created_at)
-    query = (
-        select(Generation.user_id, made_at)
-        .where(Generation.user_id.in_(user_ids), Generation.created_at > since)
-        .group_by(Generation.user_id, Generation.request_group)
-        .order_by(made_at)
-    )
-    recent: dict[int, list[datetime]] = {user_id: [] for user_id in user_ids}
-    for user_id, when in session.execute(query):
-        recent[user_id].append(when)
-    return recent
 
 
 def rate_limited(limits: Limits, retry_after: float) -> Refused:
@@ -209,14 +175,48 @@ def rate_limited(limits: Limits, retry_after: float) -> Refused:
     )
 
 
-async def take_shared_rate_limit(limiter: RedisRateLimiter, request: JobRequest, limits: Limits) -> Refused | None:
-    """The per-user rate limit shared by every bot process (distributed mode); counts the request when it passes.
+class RateCounter(Protocol):
+    """Counts each user's requests in a sliding window: the per-user rate limit."""
 
-    Call it after every other check, right before the insert: a refused request is not counted.
-    """
+    def take(self, user_id: int, limit: int, window_s: float) -> float | None:
+        """Count one request of the user and return None, or count nothing and return the seconds
+        until one would be allowed."""
+        ...
+
+
+@dataclass
+class DatabaseRateCounter:
+    """Embedded mode's `RateCounter`: the users' recent requests as the history has them, read once
+    for a group in its unit of work; `take` adds the group's own admissions (one process admits)."""
+
+    now: datetime
+    recent_by_user: dict[int, list[datetime]]
+    """When each user's requests in the longest window of the group were made, oldest first."""
+
+    @classmethod
+    def read(cls, session: Session, decided: Sequence[Checked | Refused], now: datetime) -> DatabaseRateCounter:
+        checked = [item for item in decided if isinstance(item, Checked)]
+        longest_window = max((item.limits.rate_limit_window_s for item in checked), default=0.0)
+        user_ids = {item.request.user_id for item in checked}
+        return cls(now, request_times_by_user(session, user_ids, now - timedelta(seconds=longest_window)))
+
+    def take(self, user_id: int, limit: int, window_s: float) -> float | None:
+        window = timedelta(seconds=window_s)
+        recent = [when for when in self.recent_by_user[user_id] if when > self.now - window]
+        if len(recent) >= limit:
+            # The oldest of the last N leaves the window first; then one more is allowed.
+            blocking = recent[-limit]
+            return max(0.0, (blocking + window - self.now).total_seconds())
+        self.recent_by_user[user_id].append(self.now)
+        return None
+
+
+def rate_refusal(counter: RateCounter, item: Checked) -> Refused | None:
+    """Take the request's place in its user's window, or the refusal saying when there is one."""
+    limits = item.limits
     if limits.exempt:
         return None
-    retry_after = await limiter.take(str(request.user_id), limits.rate_limit_jobs, limits.rate_limit_window_s)
+    retry_after = counter.take(item.request.user_id, limits.rate_limit_jobs, limits.rate_limit_window_s)
     return None if retry_after is None else rate_limited(limits, retry_after)
 
 
@@ -231,32 +231,22 @@ class Checked:
 
 @dataclass
 class AdmissionLedger:
-    """What the limits count, read once for a group of requests decided together, in arrival order.
+    """What the queue limits count, read once for a group of requests decided together, in arrival order.
 
-    `admit` records each request it lets in, so the next one in the group counts it: every
-    request gets the answer it would have got alone, with the ones before it already queued.
+    `admit` records each request let in, so the next one in the group counts it: every request
+    gets the answer it would have got alone, with the ones before it already queued.
     """
 
     now: datetime
     waiting: int
     """Requests in the queue."""
     queued_by_user: Counter[int]
-    recent_by_user: dict[int, list[datetime]]
-    """When each user's requests in the longest window of the group were made, oldest first."""
 
     @classmethod
     def read(cls, session: Session, decided: Sequence[Checked | Refused]) -> AdmissionLedger:
         """The counts for the valid requests among `decided` (`check_requests`'s answer)."""
-        now = utcnow()
-        checked = [item for item in decided if isinstance(item, Checked)]
-        user_ids = {item.request.user_id for item in checked}
-        longest_window = max((item.limits.rate_limit_window_s for item in checked), default=0.0)
-        return cls(
-            now=now,
-            waiting=count_requests(session, Generation.status == GenerationStatus.QUEUED),
-            queued_by_user=queued_requests_by_user(session, user_ids) if user_ids else Counter(),
-            recent_by_user=recent_requests_by_user(session, user_ids, now - timedelta(seconds=longest_window)) if user_ids else {},
-        )
+        user_ids = {item.request.user_id for item in decided if isinstance(item, Checked)}
+        return cls(now=utcnow(), waiting=count_waiting_requests(session), queued_by_user=queued_requests_by_user(session, user_ids))
 
     def capacity_refusal(self, settings: Settings, item: Checked) -> Refused | None:
         """A refusal when the queue is full or the user has too many jobs waiting; None when there is room."""
@@ -274,30 +264,15 @@ class AdmissionLedger:
             )
         return None
 
-    def rate_refusal(self, item: Checked) -> Refused | None:
-        """The per-user rate limit counted in the database (embedded mode: one process admits)."""
-        limits = item.limits
-        if limits.exempt:
-            return None
-        window = timedelta(seconds=limits.rate_limit_window_s)
-        recent = [when for when in self.recent_by_user[item.request.user_id] if when > self.now - window]
-        if len(recent) < limits.rate_limit_jobs:
-            return None
-        # The oldest of the last N leaves the window first; then one more is allowed.
-        blocking = recent[-limits.rate_limit_jobs]
-        return rate_limited(limits, max(0.0, (blocking + window - self.now).total_seconds()))
-
     def admit(self, item: Checked) -> None:
-        """Count a request let in: it waits in the queue and is in its user's window."""
+        """Count a request let in: it waits in the queue."""
         self.waiting += 1
         self.queued_by_user[item.request.user_id] += 1
-        self.recent_by_user[item.request.user_id].append(self.now)
 
 
 def check_requests(session: Session, settings: Settings, requests: Sequence[JobRequest]) -> list[Checked | Refused]:
     """Validate each request against its guild's settings and parent loop (INVALID refusals)."""
-    guild_ids = {request.guild_id for request in requests if request.guild_id is not None}
-    guilds = {guild.guild_id: guild for guild in session.scalars(select(GuildSettings).where(GuildSettings.guild_id.in_(guild_ids)))}
+    guilds = guild_settings_of(session, {request.guild_id for request in requests if request.guild_id is not None})
     checked: list[Checked | Refused] = []
     for request in requests:
         guild = guilds.get(request.guild_id) if request.guild_id is not None else None
@@ -307,17 +282,21 @@ def check_requests(session: Session, settings: Settings, requests: Sequence[JobR
     return checked
 
 
-def admit_group(session: Session, settings: Settings, requests: Sequence[JobRequest]) -> list[list[Generation] | Refused]:
-    """Embedded: validate, check every limit (the rate in the database) and queue each request, in arrival order.
+def admit_group(
+    session: Session, settings: Settings, requests: Sequence[JobRequest], rate_counter: RateCounter | None = None
+) -> list[list[Generation] | Refused]:
+    """Validate, check every limit and queue each request, in arrival order, in the caller's unit of work.
 
-    One unit of work for the whole group: the limits see the group's own admissions.
+    The per-user rate is counted by `rate_counter` (distributed: Redis), or in the database when
+    it is None (embedded). The limits see the group's own admissions.
     """
     checked = check_requests(session, settings, requests)
     ledger = AdmissionLedger.read(session, checked)
+    counter = rate_counter or DatabaseRateCounter.read(session, checked, ledger.now)
     decided: list[Checked | Refused] = []
     for item in checked:
-        refusal = item if isinstance(item, Refused) else ledger.capacity_refusal(settings, item) or ledger.rate_refusal(item)
-        if refusal is None:
+        refusal = item if isinstance(item, Refused) else ledger.capacity_refusal(settings, item) or rate_refusal(counter, item)
+        if refusal is None and isinstance(item, Checked):
             ledger.admit(item)
         decided.append(refusal or item)
     return insert_admitted(session, decided)

@@ -12,11 +12,32 @@ from pathlib import Path
 from typing import Any
 
 from ..shape import LoopShape
-from ..storage.models import GenerationKind
 
 AUDIO_FORMATS = ("wav", "flac", "ogg")
 """The formats a loop can be written in (gapless ones only: no MP3)."""
 MAX_VARIATIONS = 4
+QUEUE_UNAVAILABLE = "The queue's database is unreachable right now; please try again in a minute."
+
+
+class JobKind(str, enum.Enum):
+    """What a request makes; the history records it (as `storage.GenerationKind`, same values)."""
+
+    LOOP = "loop"
+    VARIATION = "variation"
+    REROLL = "reroll"
+    DOUBLE = "double"
+    LOOPIFY = "loopify"
+    REPLAY = "replay"
+
+
+class QueueUnavailable(Exception):
+    """The queue cannot take or change work now (its database is unreachable); nothing was changed.
+
+    `str()` of it is a sentence to show the user as it is.
+    """
+
+    def __init__(self, message: str = QUEUE_UNAVAILABLE) -> None:
+        super().__init__(message)
 
 
 @dataclass(frozen=True)
@@ -42,7 +63,7 @@ class JobRequest:
     top_k: int | None = None
     top_p: float | None = None
     cfg_coef: float | None = None
-    kind: GenerationKind = GenerationKind.LOOP
+    kind: JobKind = JobKind.LOOP
     """Recorded in the history; VARIATION continues the parent's loop, the others are plain loops."""
     parent_id: str | None = None
     """The public short id of the loop this one was made from (variation, re-roll, double, replay).

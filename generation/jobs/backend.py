@@ -158,11 +158,16 @@ class JobBackend(Protocol):
 
     async def stop(self) -> None: ...
 
-    def free_worker(self) -> str | None:
-        """The name of a worker ready for a batch, or None when all are busy or starting."""
+    def next_batch_key(self) -> str | None:
+        """The key the next batch would run under, or None while no worker could take one.
 
-    def run(self, worker: str, batch: Sequence[WorkItem]) -> None:
-        """Hand `batch` to `worker` (from `free_worker`); results come back as events."""
+        The key names the batch in the history (rows' `worker`) and in `WorkerLost`: the embedded
+        pool's is the free worker's name, the saq backend's a fresh batch id. Asking again before
+        `run` gives the same key.
+        """
+
+    def run(self, batch_key: str, batch: Sequence[WorkItem]) -> None:
+        """Run `batch` under `batch_key` (from `next_batch_key`); results come back as events."""
 
     def cancel(self, job_id: str) -> None:
         """Stop a running job between decoding steps when it is alone in its batch; its result is dropped otherwise."""

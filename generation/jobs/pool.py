@@ -94,14 +94,15 @@ class ProcessWorkerPool:
                 await asyncio.to_thread(worker.process.join)
         self._workers.clear()
 
-    def free_worker(self) -> str | None:
+    def next_batch_key(self) -> str | None:
+        """The name of a worker ready for a batch: a batch here is keyed by the worker running it."""
         for worker in self._workers.values():
             if worker.ready and not worker.batch:
                 return worker.name
         return None
 
-    def run(self, worker_name: str, batch: Sequence[WorkItem]) -> None:
-        worker = self._by_name(worker_name)
+    def run(self, batch_key: str, batch: Sequence[WorkItem]) -> None:
+        worker = self._by_name(batch_key)
         worker.batch, worker.batch_started = tuple(batch), time.monotonic()
         worker.tasks.send(RunBatch(worker.batch))
 

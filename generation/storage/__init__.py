@@ -1,9 +1,14 @@
 """The history and job state: SQLAlchemy models, units of work, Alembic migrations.
 
-Importable without torch and without discord: the bot uses it directly.
+Importable without torch and without discord: the bot uses it directly. `Session` is
+SQLAlchemy's, named here so that the queue (`generation.jobs`) can type its units of work
+without importing SQLAlchemy; the queue's own queries are in `storage.queue`.
 """
 
-from .database import Database, database_url, redact
+from sqlalchemy.orm import Session
+
+from . import queue
+from .database import Database, database_url, is_unavailable, redact
 from .maintenance import RecoveryResult, SweepResult, recover_interrupted, sweep_audio
 from .models import Base, Delivery, Generation, GenerationKind, GenerationStatus, GuildSettings, utcnow
 from .repository import (
@@ -37,9 +42,9 @@ from .repository import (
 __all__ = [
     "MAX_DELIVERY_ATTEMPTS", "Base", "Database", "Delivery", "DeliveryFailure", "Generation", "GenerationKind",
     "GenerationStatus", "GuildSettings", "GuildSettingsChanges", "LoopReportFields", "NewGeneration", "RecoveryResult",
-    "SweepResult", "count_queued", "create_generation", "create_generations", "create_request_groups", "database_url",
-    "due_deliveries", "get_generation", "get_guild_settings", "has_pending_delivery", "list_history", "list_request_group",
-    "mark_cancelled", "mark_delivered", "mark_done", "mark_failed", "mark_request_delivered", "mark_running", "new_short_id",
-    "record_delivery_failure", "record_request_delivery_failure", "recover_interrupted", "redact", "sweep_audio",
-    "upsert_guild_settings", "utcnow",
+    "Session", "SweepResult", "count_queued", "create_generation", "create_generations", "create_request_groups", "database_url",
+    "due_deliveries", "get_generation", "get_guild_settings", "has_pending_delivery", "is_unavailable", "list_history",
+    "list_request_group", "mark_cancelled", "mark_delivered", "mark_done", "mark_failed", "mark_request_delivered", "mark_running",
+    "new_short_id", "queue", "record_delivery_failure", "record_request_delivery_failure", "recover_interrupted", "redact",
+    "sweep_audio", "upsert_guild_settings", "utcnow",
 ]

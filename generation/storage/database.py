@@ -9,6 +9,8 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import Session, sessionmaker
 
 from ..config import StorageSettings
@@ -37,7 +39,16 @@ def redact(text: str, url: URL) -> str:
     return text.replace(str(password), "***") if password else text
 
 
-def _configure_sqlite(engine: Engine) -> None:
+def is_unavailable(error: BaseException) -> bool:
+    """Whether `error` says the database cannot be reached or is locked right now, so that the same
+    work may succeed later (server down, connection lost, SQLite "database is locked"), rather than
+    that the work itself is wrong."""
+    if isinstance(error, OperationalError | InterfaceError | PoolTimeoutError):
+        return True
+    return isinstance(error, DBAPIError) and error.connection_invalidated
+
+
+def _configure_sqlite(engine: Engine, busy_timeout_ms: int) -> None:
     @event.listens_for(engine, "connect")
     def on_connect(dbapi_connection: Any, _record: Any) -> None:
         # Let SQLAlchemy, not the sqlite3 module, emit BEGIN (see on_begin).
@@ -48,7 +59,7 @@ def _configure_sqlite(engine: Engine) -> None:
         # With WAL, NORMAL syncs at checkpoints, not at every commit: a crash cannot corrupt the
         # database, and each queue admission no longer waits for a disk flush.
         cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute(f"PRAGMA busy_timeout={busy_timeout_ms}")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
 
@@ -64,9 +75,13 @@ def _configure_sqlite(engine: Engine) -> None:
 
 
 class Database:
-    """Holds the engine; `session()` is one unit of work."""
+    """Holds the engine; `session()` is one unit of work.
 
-    def __init__(self, url: URL | str) -> None:
+    `sqlite_busy_timeout_ms`: how long a SQLite writer waits for another's lock before "database is
+    locked" (tests shorten it).
+    """
+
+    def __init__(self, url: URL | str, *, sqlite_busy_timeout_ms: int = SQLITE_BUSY_TIMEOUT_MS) -> None:
         self.url = make_url(url)
         is_sqlite = self.url.get_backend_name() == "sqlite"
         if is_sqlite and self.url.database not in (None, "", ":memory:"):
@@ -74,7 +89,7 @@ class Database:
         # Pre-ping: a long-running bot outlives server-side connection timeouts.
         self.engine = create_engine(self.url, pool_pre_ping=not is_sqlite)
         if is_sqlite:
-            _configure_sqlite(self.engine)
+            _configure_sqlite(self.engine, sqlite_busy_timeout_ms)
         # Objects stay readable after commit: callers get rows out of a unit of work.
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._read_sessions = sessionmaker(self.engine.execution_options(**{READ_ONLY: True}), expire_on_commit=False)

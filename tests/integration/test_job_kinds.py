@@ -18,7 +18,7 @@ from sqlalchemy import update
 
 from generation.audio_io import read_audio, write_audio
 from generation.config import GenerationSettings
-from generation.jobs import Accepted, JobDone, JobRequest, QueueService, RefusalKind, Refused
+from generation.jobs import Accepted, JobDone, JobKind, JobRequest, QueueService, RefusalKind, Refused
 from generation.jobs.admission import UNREADABLE_SOURCE
 from generation.jobs.backend import BatchFinished, EventSink, MadeLoop, WorkDone, WorkerReady, WorkItem
 from generation.shape import LoopShape
@@ -80,7 +80,7 @@ async def test_replay_reproduces_the_delivered_loop_sample_for_sample(service: Q
     original = await finish(service, loop(1, seed=3))
     row = stored(service, original.job_id)
     assert row.seed == original.seed  # the delivered candidate's, which /replay passes back
-    replay = await finish(service, loop(1, seed=row.seed, exact_seed=True, kind=GenerationKind.REPLAY,
+    replay = await finish(service, loop(1, seed=row.seed, exact_seed=True, kind=JobKind.REPLAY,
                                         parent_id=original.job_id))
     heard, rate = read_audio(original.files[0])
     again, _ = read_audio(replay.files[0])
@@ -93,7 +93,7 @@ async def test_replay_reproduces_the_delivered_loop_sample_for_sample(service: Q
 async def test_a_variation_continues_its_parent_at_the_exact_length(service: QueueService) -> None:
     parent = await finish(service, loop(2, seed=11))
     # The parent's tempo and length win over the request's: the variation is cut on its grid.
-    variation = await finish(service, loop(2, kind=GenerationKind.VARIATION, parent_id=parent.job_id, bpm=90.0, bars=4))
+    variation = await finish(service, loop(2, kind=JobKind.VARIATION, parent_id=parent.job_id, bpm=90.0, bars=4))
     audio, rate = read_audio(variation.files[0])
     assert audio.shape == (1, LoopShape(120.0, 1, 4).samples(rate))
     assert not np.array_equal(audio, read_audio(parent.files[0])[0])
@@ -104,7 +104,7 @@ async def test_a_variation_continues_its_parent_at_the_exact_length(service: Que
     parent.files[0].unlink()
     with service.database.session() as session:
         session.execute(update(Generation).where(Generation.id == parent_row.id).values(audio_path=None))
-    again = await finish(service, loop(3, kind=GenerationKind.VARIATION, parent_id=parent.job_id))
+    again = await finish(service, loop(3, kind=JobKind.VARIATION, parent_id=parent.job_id))
     assert read_audio(again.files[0])[0].shape == (1, LoopShape(120.0, 1, 4).samples(rate))
 
 
@@ -144,7 +144,7 @@ async def test_loopify_loops_an_upload_to_the_exact_length_without_a_model(servi
     assert (row.kind, row.seed, row.prompt) == (GenerationKind.LOOPIFY, 0, "loopify: groove.wav")
 
     # A variation of it continues the upload's loop with the model, at the model's rate and channels.
-    variation = await finish(service, loop(5, kind=GenerationKind.VARIATION, parent_id=done.job_id))
+    variation = await finish(service, loop(5, kind=JobKind.VARIATION, parent_id=done.job_id))
     audio, rate = read_audio(variation.files[0])
     assert (rate, audio.shape) == (32000, (1, LoopShape(100.0, 2, 4).samples(32000)))
 
@@ -159,9 +159,9 @@ async def test_requests_the_queue_cannot_make_are_refused_with_what_to_change(se
         "too long": (loop(6, source_audio=str(too_long)), "That file is 11.0 minutes long; the limit is 10 minutes."),
         "variations": (loop(6, variations=5), "Variations must be between 1 and 4, not 5."),
         "format": (loop(6, audio_format="mp3"), "The format must be one of wav, flac, ogg, not 'mp3'."),
-        "no file": (loop(6, kind=GenerationKind.LOOPIFY), "A loopify needs an uploaded audio file."),
-        "no parent": (loop(6, kind=GenerationKind.VARIATION), "A variation needs the id of the loop to vary."),
-        "unknown parent": (loop(6, kind=GenerationKind.REROLL, parent_id="nope"), "There is no loop with the id 'nope'."),
+        "no file": (loop(6, kind=JobKind.LOOPIFY), "A loopify needs an uploaded audio file."),
+        "no parent": (loop(6, kind=JobKind.VARIATION), "A variation needs the id of the loop to vary."),
+        "unknown parent": (loop(6, kind=JobKind.REROLL, parent_id="nope"), "There is no loop with the id 'nope'."),
     }
     for case, (request, message) in refusals.items():
         assert await service.submit(request) == Refused(RefusalKind.INVALID, message), case
@@ -178,20 +178,20 @@ class SecondCandidateBackend:
         sink(WorkerReady("fake", 1, "tiny"))
 
     async def stop(self) -> None: ...
-    def free_worker(self) -> str | None: return "fake"
+    def next_batch_key(self) -> str | None: return "fake"
     def cancel(self, job_id: str) -> None: ...
     def workers_alive(self) -> int: return 1
     def running(self) -> int: return 0
     def models(self) -> list[str]: return ["tiny"]
     def resumed(self) -> dict[str, tuple[str, ...]]: return {}
 
-    def run(self, worker: str, batch: Sequence[WorkItem]) -> None:
+    def run(self, batch_key: str, batch: Sequence[WorkItem]) -> None:
         assert self.sink is not None
         for item in batch:
             loops = tuple(MadeLoop(loop_id, f"loops/{loop_id}.wav", {"verdict": "usable"}, seed + 1)
                           for loop_id, seed in zip(item.loop_ids, item.seeds))
             self.sink(WorkDone(item.job_id, loops))
-        self.sink(BatchFinished(worker, len(batch), 0.01))
+        self.sink(BatchFinished(batch_key, len(batch), 0.01))
 
 
 async def test_the_history_keeps_the_seed_of_the_candidate_delivered(tmp_path: Path) -> None:
@@ -208,3 +208,8 @@ async def test_the_history_keeps_the_seed_of_the_candidate_delivered(tmp_path: P
     finally:
         await service.stop()
         database.dispose()
+
+
+async def test_the_contract_names_the_same_kinds_as_the_history() -> None:
+    """`JobKind` (the plain contract) becomes `GenerationKind` (the history's) by value at the storage boundary."""
+    assert [kind.value for kind in JobKind] == [kind.value for kind in GenerationKind]

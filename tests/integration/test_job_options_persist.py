@@ -17,7 +17,7 @@ from queue_helpers import migrated_database, tiny_settings
 from sqlalchemy.engine import URL
 
 from generation.audio_io import write_audio
-from generation.jobs import Accepted, JobRequest, QueueService
+from generation.jobs import Accepted, JobKind, JobRequest, QueueService
 from generation.jobs.backend import EventSink, WorkerReady, WorkItem
 from generation.storage import Database, GenerationKind, get_generation
 
@@ -32,8 +32,8 @@ class RecordingBackend:
         sink(WorkerReady("recorder", batch_size=1, model="tiny"))
 
     async def stop(self) -> None: ...
-    def free_worker(self) -> str | None: return "recorder"
-    def run(self, worker: str, batch: Sequence[WorkItem]) -> None: self.items.update((item.job_id, item) for item in batch)
+    def next_batch_key(self) -> str | None: return "recorder"
+    def run(self, batch_key: str, batch: Sequence[WorkItem]) -> None: self.items.update((item.job_id, item) for item in batch)
     def cancel(self, job_id: str) -> None: ...
     def workers_alive(self) -> int: return 1
     def running(self) -> int: return len(self.items)
@@ -77,8 +77,8 @@ async def test_a_restart_rebuilds_each_job_with_its_options(tmp_path: Path) -> N
     flac = await parent.submit(loop(1, audio_format="flac", variations=2, seed=500))
     assert isinstance(flac, Accepted)
     requests = [
-        loop(2, kind=GenerationKind.REPLAY, parent_id=flac.job_id, seed=777, exact_seed=True, audio_format="ogg"),
-        loop(3, kind=GenerationKind.REPLAY, parent_id=flac.job_id),  # a replay with a new seed: not exact
+        loop(2, kind=JobKind.REPLAY, parent_id=flac.job_id, seed=777, exact_seed=True, audio_format="ogg"),
+        loop(3, kind=JobKind.REPLAY, parent_id=flac.job_id),  # a replay with a new seed: not exact
         loop(4, prompt="loopify: groove.wav", source_audio=str(upload)),
     ]
     before = RecordingBackend()

@@ -155,8 +155,8 @@ class OneBusyWorker:
         sink(WorkerReady("busy", 1, "tiny"))
 
     async def stop(self) -> None: ...
-    def free_worker(self) -> str | None: return None if self.batches else "busy"
-    def run(self, worker: str, batch: Sequence[WorkItem]) -> None: self.batches.append([item.job_id for item in batch])
+    def next_batch_key(self) -> str | None: return None if self.batches else "busy"
+    def run(self, batch_key: str, batch: Sequence[WorkItem]) -> None: self.batches.append([item.job_id for item in batch])
     def cancel(self, job_id: str) -> None: ...
     def workers_alive(self) -> int: return 1
     def running(self) -> int: return len(self.batches)

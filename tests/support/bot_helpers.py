@@ -16,8 +16,8 @@ class NoWorkers:
 
     async def start(self, sink: EventSink) -> None: ...
     async def stop(self) -> None: ...
-    def free_worker(self) -> str | None: return None
-    def run(self, worker: str, batch: Sequence[WorkItem]) -> None: raise AssertionError("no worker")
+    def next_batch_key(self) -> str | None: return None
+    def run(self, batch_key: str, batch: Sequence[WorkItem]) -> None: raise AssertionError("no worker")
     def cancel(self, job_id: str) -> None: ...
     def workers_alive(self) -> int: return 0
     def running(self) -> int: return 0

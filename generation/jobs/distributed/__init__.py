@@ -5,7 +5,7 @@ does, inside the worker process only.
 """
 
 from .backend import SaqBackend, Timing
-from .ratelimit import RedisRateLimiter
+from .ratelimit import RedisRateLimiter, SharedRateCounter
 from .wire import DEFAULT_QUEUE
 
-__all__ = ["DEFAULT_QUEUE", "RedisRateLimiter", "SaqBackend", "Timing"]
+__all__ = ["DEFAULT_QUEUE", "RedisRateLimiter", "SaqBackend", "SharedRateCounter", "Timing"]

@@ -143,7 +143,7 @@ class SaqBackend:
         """Batches from before this `start` still in Redis: their key (the rows' worker) -> job ids."""
         return dict(self._resumed)
 
-    def free_worker(self) -> str | None:
+    def next_batch_key(self) -> str | None:
         """A new batch key while fewer batches are in flight than workers are alive."""
         if self._queue is None or len(self._batches) >= len(self._workers):
             return None
@@ -151,11 +151,11 @@ class SaqBackend:
             self._next_key = f"batch-{uuid.uuid4().hex[:12]}"
         return self._next_key
 
-    def run(self, worker: str, batch: Sequence[WorkItem]) -> None:
-        if worker == self._next_key:
+    def run(self, batch_key: str, batch: Sequence[WorkItem]) -> None:
+        if batch_key == self._next_key:
             self._next_key = None
-        self._batches[worker] = _Batch(tuple(batch))
-        self._spawn(self._enqueue(worker, self._batches[worker]))
+        self._batches[batch_key] = _Batch(tuple(batch))
+        self._spawn(self._enqueue(batch_key, self._batches[batch_key]))
 
     def cancel(self, job_id: str) -> None:
         if self._queue is not None and any(job_id in batch.job_ids for batch in self._batches.values()):

@@ -3,10 +3,13 @@
 One Lua script does the whole check-and-take (Redis runs a script alone), and it reads the
 clock of the Redis server, so the bot machines' clocks need not agree. Each user's window is a
 sorted set of the times of the requests it let through; it expires with the window.
+
+`SharedRateCounter` is the limiter as admission's `RateCounter` (`jobs.admission`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 from redis.asyncio import Redis
@@ -45,3 +48,18 @@ class RedisRateLimiter:
             keys=[f"{self.prefix}:{key}"], args=[max(1, round(window_s * 1000)), limit, uuid.uuid4().hex]
         )
         return None if wait_ms < 0 else wait_ms / 1000
+
+
+class SharedRateCounter:
+    """`RedisRateLimiter` as admission's `RateCounter`, for distributed mode.
+
+    Admission decides a group in a worker thread, inside its unit of work; each `take` runs on
+    the event loop that owns the Redis client, and the thread waits for its answer.
+    """
+
+    def __init__(self, limiter: RedisRateLimiter, loop: asyncio.AbstractEventLoop) -> None:
+        self.limiter = limiter
+        self.loop = loop
+
+    def take(self, user_id: int, limit: int, window_s: float) -> float | None:
+        return asyncio.run_coroutine_threadsafe(self.limiter.take(str(user_id), limit, window_s), self.loop).result()
