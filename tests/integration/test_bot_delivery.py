@@ -24,7 +24,7 @@ from discord_double.inprocess import running_client
 from sqlalchemy import update
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import OperationalError
-from storage_fixtures import database, db_url, loop_request, postgres_url  # noqa: F401
+from storage_helpers import loop_request
 from typer.testing import CliRunner
 
 from bot.background import Periodic
