@@ -345,3 +345,19 @@ def test_a_reader_does_not_wait_for_a_writer(database: Database) -> None:
 
         # A reader that waited for the lock would time out here (SQLite waits up to 10 s).
         assert pool.submit(read).result(timeout=2) == "queued"  # it sees the last committed state
+
+
+def test_claiming_and_failing_a_request_touch_every_one_of_its_loops(database: Database) -> None:
+    """A request of three variations: claimed, all three run; failed, all three fail (none left running)."""
+    from generation.storage.queue import claim_loops, fail_request
+
+    with database.session() as session:
+        rows = create_generations(session, [loop_request(seed=seed) for seed in (1, 2, 3)])
+        loop_ids = [row.short_id for row in rows]
+    with database.session() as session:
+        assert claim_loops(session, loop_ids, "worker-1")
+    with database.session() as session:
+        assert [get_generation(session, loop_id).status for loop_id in loop_ids] == [GenerationStatus.RUNNING] * 3
+        assert fail_request(session, loop_ids[0], "The worker stopped.")
+    with database.session() as session:
+        assert [get_generation(session, loop_id).status for loop_id in loop_ids] == [GenerationStatus.FAILED] * 3
