@@ -29,6 +29,7 @@ from generation.storage import (
 
 from . import embeds
 from .errors import LoopJamTree, UserFacingError
+from .replies import resume_replies, save_replies
 from .text import NO_PINGS, requester_only
 from .tracker import JobTracker, TrackedJob, send_result
 from .uploads import TooLargeToUpload
@@ -77,6 +78,9 @@ class LoopJamBot(commands.Bot):
         self.metrics: web.AppRunner | None = None
         self.posting: set[str] = set()
         """Jobs whose outcome is being posted now, so the redelivery loop leaves them alone."""
+        self.stopping = False
+        """Set by a stop signal (`bot.shutdown`): interactions are answered that LoopJam is restarting."""
+        self._closing: asyncio.Future[None] | None = None
 
     async def load_cogs(self) -> None:
         for extension in EXTENSIONS:
@@ -87,6 +91,7 @@ class LoopJamBot(commands.Bot):
         await self.load_cogs()
         await self.sync_commands_if_changed()
         self.service.add_listener(self.tracker.on_event)
+        await resume_replies(self, self.tracker, self.database)  # before the queue's first events
         self.metrics = await start_metrics_server(self.settings.metrics, self.service)
         await self.service.start()
         self.deliver_pending.change_interval(seconds=self.settings.discord.redelivery_interval_s)
@@ -94,9 +99,17 @@ class LoopJamBot(commands.Bot):
         self.sweep_old_audio.start()
 
     async def close(self) -> None:
+        """Stop taking work, stop the queue, keep the replies to resume, then close the gateway (once)."""
+        if self._closing is None:
+            self._closing = asyncio.ensure_future(self._close())
+        await self._closing
+
+    async def _close(self) -> None:
+        self.stopping = True
         self.deliver_pending.cancel()
         self.sweep_old_audio.cancel()
         await self.service.stop()
+        await save_replies(self.tracker, self.database)
         if self.metrics is not None:
             await self.metrics.cleanup()
         await super().close()

@@ -20,6 +20,7 @@ import discord
 from generation.jobs.api import JobCancelled, JobDone, JobEvent, JobFailed, JobProgress
 
 from . import embeds
+from .resumed import ResumedInteraction
 from .text import NO_PINGS, requester_only
 from .uploads import fit_upload
 
@@ -38,7 +39,8 @@ TOKEN_MARGIN_S = 60
 class TrackedJob:
     job_id: str
     request_line: str
-    interaction: discord.Interaction | None
+    interaction: discord.Interaction | ResumedInteraction | None
+    """A resumed one after a graceful restart (`bot.replies`); None once the reply cannot be edited."""
     started: float = field(default_factory=time.monotonic)
     last_edit: float = 0.0
     latest: JobProgress | None = None

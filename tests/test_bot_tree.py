@@ -31,6 +31,8 @@ EPHEMERAL = 64
 class NoWorkers:
     """A backend with no worker: jobs wait in the queue for ever, which is what these tests count."""
 
+    stops_its_batches = False
+
     async def start(self, sink: EventSink) -> None: ...
     async def stop(self) -> None: ...
     def free_worker(self) -> str | None: return None

@@ -11,7 +11,7 @@ from generation.storage import Base, Database
 from generation.storage.migrate import head_revision
 from storage_fixtures import db_url, postgres_url  # noqa: F401
 
-TABLES = {"generations", "guild_settings", "deliveries"}
+TABLES = {"generations", "guild_settings", "deliveries", "interaction_replies"}
 
 
 def schema_differences(database: Database) -> list:

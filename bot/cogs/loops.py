@@ -12,11 +12,12 @@ from discord.ext import commands
 
 from generation.audio_io import audio_duration
 from generation.config import BPM_MAX, BPM_MIN, PROMPT_MAX_CHARS
-from generation.jobs.api import Accepted, JobRequest, Refused
+from generation.jobs.api import Accepted, CancelOutcome, JobRequest, Refused
 from generation.storage import GenerationKind, get_generation, list_history
 
 from .. import embeds
 from ..errors import RateLimited, UserFacingError
+from ..replies import show_where_it_went
 from ..text import NO_PINGS, quote
 from ..tracker import TrackedJob
 from ..views import cancel_view
@@ -205,6 +206,10 @@ class Loops(commands.Cog):
 
     async def on_cancel(self, interaction: discord.Interaction, job_id: str) -> None:
         result = await self.bot.service.cancel(job_id, interaction.user.id)
+        if result.outcome is CancelOutcome.ALREADY_FINISHED:
+            # A reply whose token expired (e.g. across a restart) still shows Cancel: point it at the loop.
+            if await show_where_it_went(interaction, await self.bot.read_db(get_generation, job_id)):
+                return
         if not result.ok:
             raise UserFacingError(result.message)
         await interaction.response.edit_message(embed=discord.Embed(title="Cancelled", description=result.message), view=None)

@@ -35,6 +35,7 @@ from ..storage import (
     GenerationStatus,
     LoopReportFields,
     get_generation,
+    hand_back_running,
     list_request_group,
     mark_cancelled,
     mark_done,
@@ -212,9 +213,12 @@ class QueueService:
         log.info("queue started with %d job(s) waiting", len(self._queue))
 
     async def stop(self) -> None:
-        """Stop dispatching and the workers. Running jobs are resumed (retried) by the next `start`.
+        """Stop dispatching and the workers; running jobs go back to waiting for the next `start`.
 
-        The rate limiter's Redis connections are closed too; a later submit opens new ones.
+        When the backend's batches end with it (embedded), their jobs are handed back with their
+        attempt refunded: a graceful stop is not the job's fault, unlike a crash. Batches that go
+        on without the service (distributed) are resumed by the next `start`. The rate limiter's
+        Redis connections are closed too; a later submit opens new ones.
         """
         if self._admitting is not None:
             await self._admitting  # the requests being decided get their answer
@@ -225,8 +229,16 @@ class QueueService:
                 await task
         self._tasks = []
         await self.backend.stop()
+        if self.backend.stops_its_batches and self._running:
+            handed_back = await asyncio.to_thread(self._hand_back, list(self._running))
+            log.info("handed %d running loop(s) back to the queue", len(handed_back))
+            self._running.clear()
         if self.rate_limiter is not None:
             await self.rate_limiter.redis.aclose()
+
+    def _hand_back(self, job_ids: Sequence[str]) -> list[str]:
+        with self.database.session() as session:
+            return hand_back_running(session, job_ids)
 
     def _recover(self, resumed: Collection[str]) -> tuple[list[QueuedJob], list[QueuedJob], list[tuple[str, str]]]:
         """Jobs to queue, jobs still running in batches the backend resumed, and jobs failed for good."""

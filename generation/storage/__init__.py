@@ -4,8 +4,18 @@ Importable without torch and without discord: the bot uses it directly.
 """
 
 from .database import Database, database_url, redact
-from .maintenance import RecoveryResult, SweepResult, recover_interrupted, sweep_audio
-from .models import Base, Delivery, Generation, GenerationKind, GenerationStatus, GuildSettings, utcnow
+from .maintenance import RecoveryResult, SweepResult, hand_back_running, recover_interrupted, sweep_audio
+from .models import (
+    Base,
+    Delivery,
+    Generation,
+    GenerationKind,
+    GenerationStatus,
+    GuildSettings,
+    InteractionReply,
+    utcnow,
+)
+from .replies import StoredReply, store_replies, take_replies
 from .repository import (
     GuildSettingsChanges,
     LoopReportFields,
@@ -32,11 +42,45 @@ from .repository import (
 )
 
 __all__ = [
-    "Base", "Database", "Delivery", "Generation", "GenerationKind", "GenerationStatus", "GuildSettings",
-    "GuildSettingsChanges", "LoopReportFields", "NewGeneration", "RecoveryResult", "SweepResult",
-    "count_queued", "create_generation", "create_generations", "create_request_groups", "database_url", "get_generation",
-    "get_guild_settings", "has_pending_delivery", "list_history", "list_request_group", "mark_cancelled", "mark_delivered",
-    "mark_done", "mark_failed", "mark_request_delivered", "mark_running", "new_short_id", "pending_deliveries",
-    "record_delivery_failure", "recover_interrupted", "redact", "sweep_audio", "upsert_guild_settings",
+    "Base",
+    "Database",
+    "Delivery",
+    "Generation",
+    "GenerationKind",
+    "GenerationStatus",
+    "GuildSettings",
+    "GuildSettingsChanges",
+    "InteractionReply",
+    "LoopReportFields",
+    "NewGeneration",
+    "RecoveryResult",
+    "StoredReply",
+    "SweepResult",
+    "count_queued",
+    "create_generation",
+    "create_generations",
+    "create_request_groups",
+    "database_url",
+    "get_generation",
+    "get_guild_settings",
+    "hand_back_running",
+    "has_pending_delivery",
+    "list_history",
+    "list_request_group",
+    "mark_cancelled",
+    "mark_delivered",
+    "mark_done",
+    "mark_failed",
+    "mark_request_delivered",
+    "mark_running",
+    "new_short_id",
+    "pending_deliveries",
+    "record_delivery_failure",
+    "recover_interrupted",
+    "redact",
+    "store_replies",
+    "sweep_audio",
+    "take_replies",
+    "upsert_guild_settings",
     "utcnow",
 ]
