@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import os
 import signal
@@ -32,7 +33,9 @@ def exact_samples(bpm: float, bars: int, beats: int = 4, rate: int = 32000) -> i
 class BotProcess:
     """`python -m generation run` with its settings in the environment."""
 
-    def __init__(self, double: DiscordDouble, model_dir: Path, data_dir: Path) -> None:
+    def __init__(self, double: DiscordDouble, model_dir: Path, data_dir: Path, log: Path | None = None) -> None:
+        self.log = log
+        """Where its stderr goes (appended), when a test reads it."""
         self.env = {
             **os.environ,
             **double.bot_environment(),
@@ -53,9 +56,11 @@ class BotProcess:
 
     async def start(self) -> None:
         identified = self.double.gateway.identify_count
-        self.process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "generation", "run", env=self.env, cwd=self.env["LOOPJAM_STORAGE__DATA_DIR"]
-        )
+        with self.log.open("ab") if self.log is not None else contextlib.nullcontext() as stderr:
+            self.process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "generation", "run", env=self.env, cwd=self.env["LOOPJAM_STORAGE__DATA_DIR"],
+                stderr=stderr,
+            )
         await self.double.gateway.wait_connected(timeout=60, min_identifies=identified + 1)
 
     async def kill(self) -> None:
