@@ -22,7 +22,8 @@ class ResumedInteraction:
 
     async def edit_original_response(self, **fields: tp.Any) -> discord.WebhookMessage:
         """PATCH /webhooks/{application id}/{token}/messages/@original, as `Interaction.edit_original_response`."""
-        return await self.followup.edit_message("@original", **fields)  # type: ignore[arg-type]
+        # The API takes "@original" where a message id goes; discord.py's stubs say int.
+        return await self.followup.edit_message("@original", **fields)  # type: ignore[call-overload]
 
     def __repr__(self) -> str:
         return f"<ResumedInteraction application={self.application_id}>"  # never the token

@@ -16,12 +16,12 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
+from discord_double import DiscordDouble, SentInteraction
 from jobs_fixtures import live_children, still_running
 from sqlalchemy import update
 from test_bot_e2e import CHANNEL_MESSAGE, EDIT_ORIGINAL, FOLLOW_UP, BotProcess, exact_samples, job_id_of, wav_samples
 
 from bot.shutdown import RESTARTING
-from discord_double import DiscordDouble, SentInteraction
 from generation.config import StorageSettings
 from generation.storage import Database, Generation, GenerationStatus, InteractionReply, get_generation, utcnow
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from storage_fixtures import LOOP_REQUEST, database, db_url, postgres_url  # noqa: F401
+
 from generation.storage import (
     GenerationStatus,
     StoredReply,
@@ -16,7 +18,6 @@ from generation.storage import (
     take_replies,
     utcnow,
 )
-from storage_fixtures import LOOP_REQUEST, database, db_url, postgres_url  # noqa: F401
 
 
 def test_a_handed_back_job_keeps_its_retry_and_a_crash_still_counts(database) -> None:
