@@ -25,7 +25,8 @@ from bot.shutdown import RESTARTING
 from generation.config import StorageSettings
 from generation.storage import Database, Generation, GenerationStatus, InteractionReply, get_generation, utcnow
 
-pytestmark = pytest.mark.asyncio(loop_scope="module")
+# Each test starts the bot (and its worker, which loads the model) twice.
+pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(600)]
 
 EPHEMERAL = 64
 LONG_LOOP = {"prompt": "slow evolving pad", "bpm": 120, "bars": 4}
