@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -22,6 +23,7 @@ from .cogs.history import History
 from .cogs.loops import Loops
 from .cogs.status import Status
 from .core import BotCore
+from .replies import resume_replies, save_replies
 from .views import CancelButton, LoopActionButton
 
 if tp.TYPE_CHECKING:
@@ -51,6 +53,9 @@ class LoopJamBot(BotCore):
         self.delivery = Deliveries(self)
         self.metrics: web.AppRunner | None = None
         self.lag = LagMonitor()
+        self.stopping = False
+        """Set by a stop signal (`bot.shutdown`): interactions are answered that LoopJam is restarting."""
+        self._closing: asyncio.Future[None] | None = None
 
     async def load_cogs(self) -> None:
         for cog in (self.loops, History(self, self.loops), Status(self), SettingsCog(self), self.delivery):
@@ -60,16 +65,25 @@ class LoopJamBot(BotCore):
     async def setup_hook(self) -> None:
         await self.load_cogs()
         await self.sync_commands_if_changed()
+        await resume_replies(self, self.tracker, self.database)  # before the queue's first events
         self.delivery.start()
         self.lag.start()
         self.metrics = await start_metrics_server(self.settings.metrics, self.service, event_loop_lag=self.lag.take_worst_s)
         await self.service.start()
 
     async def close(self) -> None:
+        """Stop taking work, stop the queue, keep the replies to resume, then close the gateway (once)."""
+        if self._closing is None:
+            self._closing = asyncio.ensure_future(self._close())
+        await self._closing
+
+    async def _close(self) -> None:
+        self.stopping = True
         await self.delivery.stop()
-        await self.tracker.stop()
         await self.lag.stop()
         await self.service.stop()
+        await save_replies(self.tracker, self.database)
+        await self.tracker.stop()
         if self.metrics is not None:
             await self.metrics.cleanup()
         await super().close()

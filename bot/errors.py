@@ -16,6 +16,8 @@ from discord import app_commands
 
 from generation.jobs.api import QueueUnavailable
 
+from .shutdown import refused_while_stopping
+
 log = logging.getLogger(__name__)
 
 
@@ -75,5 +77,8 @@ async def report_error(interaction: discord.Interaction, error: Exception) -> No
 
 
 class LoopJamTree(app_commands.CommandTree):
+    async def interaction_check(self, interaction: discord.Interaction) -> bool:
+        return not await refused_while_stopping(interaction)
+
     async def on_error(self, interaction: discord.Interaction, error: app_commands.AppCommandError) -> None:
         await report_error(interaction, error)

@@ -38,13 +38,16 @@ def build_bot(settings: Settings, *, sync_guild: int | None = None) -> tp.Any:
 
 
 def run(settings: Settings, *, sync_guild: int | None = None) -> None:
+    """Run the bot until SIGTERM / SIGINT stops it gracefully (`bot.shutdown`); returns, so the exit code is 0."""
+    from .shutdown import serve
+
     token = settings.token
     if token is None:
         raise SystemExit(NO_TOKEN)
     point_discord_py_at(settings)
     bot = build_bot(settings, sync_guild=sync_guild)
-    # log_handler=None: logging is configured by the CLI; discord.py never logs the token.
-    bot.run(token.get_secret_value(), log_handler=None)
+    # Logging is configured by the CLI (discord.py's `start`, unlike `run`, adds no handler); it never logs the token.
+    asyncio.run(serve(bot, token.get_secret_value(), bot.database))
 
 
 def command_schema_json(settings: Settings) -> str:

@@ -18,6 +18,7 @@ from generation.jobs.api import JobProgress
 
 from . import embeds
 from .background import TaskSet
+from .resumed import ResumedInteraction
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,8 @@ TOKEN_MARGIN_S = 60
 class TrackedJob:
     job_id: str
     request_line: str
-    interaction: discord.Interaction | None
+    interaction: discord.Interaction | ResumedInteraction | None
+    """A resumed one after a graceful restart (`bot.replies`); None once the reply cannot be edited."""
     started: float = field(default_factory=time.monotonic)
     last_edit: float = 0.0
     latest: JobProgress | None = None

@@ -14,6 +14,7 @@ import discord
 from generation.storage.models import SHORT_ID_LENGTH
 
 from .errors import report_error
+from .shutdown import refused_while_stopping
 
 ACTIONS = {
     "variation": ("Variation", "🔀", "A new loop that continues this one"),
@@ -40,7 +41,17 @@ def handlers(interaction: discord.Interaction) -> ButtonHandlers:
     return tp.cast(_WithButtonHandlers, interaction.client).loops
 
 
-class LoopActionButton(discord.ui.DynamicItem[discord.ui.Button], template=rf"lj:(?P<action>{'|'.join(ACTIONS)}):{JOB_ID}"):
+class _RefusedWhileStopping:
+    """Buttons, like commands, are answered that LoopJam is restarting while it stops."""
+
+    async def interaction_check(self, interaction: discord.Interaction) -> bool:
+        return not await refused_while_stopping(interaction)
+
+
+ACTION_TEMPLATE = rf"lj:(?P<action>{'|'.join(ACTIONS)}):{JOB_ID}"
+
+
+class LoopActionButton(_RefusedWhileStopping, discord.ui.DynamicItem[discord.ui.Button], template=ACTION_TEMPLATE):
     """Variation, Re-roll, Double or Info under a posted loop. Anyone may press them."""
 
     def __init__(self, action: str, job_id: str) -> None:
@@ -62,7 +73,7 @@ class LoopActionButton(discord.ui.DynamicItem[discord.ui.Button], template=rf"lj
             await report_error(interaction, error)
 
 
-class CancelButton(discord.ui.DynamicItem[discord.ui.Button], template=rf"lj:cancel:{JOB_ID}"):
+class CancelButton(_RefusedWhileStopping, discord.ui.DynamicItem[discord.ui.Button], template=rf"lj:cancel:{JOB_ID}"):
     """Under a queued job; only its requester may use it (the service checks)."""
 
     def __init__(self, job_id: str) -> None:

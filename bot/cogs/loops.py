@@ -12,12 +12,13 @@ from discord.ext import commands
 
 from generation.audio_io import audio_duration
 from generation.config import ALLOWED_BARS, BPM_MAX, BPM_MIN, MAX_BARS, MAX_SOURCE_SECONDS, PROMPT_MAX_CHARS
-from generation.jobs.api import MAX_VARIATIONS, Accepted, JobKind, JobRequest, Refused
+from generation.jobs.api import MAX_VARIATIONS, Accepted, CancelOutcome, JobKind, JobRequest, Refused
 from generation.prompts import InvalidRequest, validate_source_seconds
 from generation.storage import get_generation, list_history
 
 from .. import embeds
 from ..errors import RateLimited, UserFacingError
+from ..replies import show_where_it_went
 from ..text import NO_PINGS, quote
 from ..tracker import TrackedJob
 from ..views import cancel_view
@@ -207,6 +208,10 @@ class Loops(commands.Cog):
 
     async def on_cancel(self, interaction: discord.Interaction, job_id: str) -> None:
         result = await self.bot.service.cancel(job_id, interaction.user.id)
+        if result.outcome is CancelOutcome.ALREADY_FINISHED:
+            # A reply whose token expired (e.g. across a restart) still shows Cancel: point it at the loop.
+            if await show_where_it_went(interaction, await self.bot.read_db(get_generation, job_id)):
+                return
         if not result.ok:
             raise UserFacingError(result.message)
         await interaction.response.edit_message(embed=discord.Embed(title="Cancelled", description=result.message), view=None)

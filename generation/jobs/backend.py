@@ -154,6 +154,10 @@ EventSink = Callable[[BackendEvent], None]
 class JobBackend(Protocol):
     """Runs batches of work items and reports back through the sink given to `start`."""
 
+    stops_its_batches: bool
+    """True when `stop` ends the running batches (their jobs are the service's to hand back),
+    False when they go on without the service and the next `start` resumes them."""
+
     async def start(self, sink: EventSink) -> None: ...
 
     async def stop(self) -> None: ...

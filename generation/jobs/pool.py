@@ -57,6 +57,8 @@ class _Worker:
 class ProcessWorkerPool:
     """`JobBackend` with `workers` local processes (one per GPU; one on a CPU-only machine)."""
 
+    stops_its_batches = True
+
     def __init__(self, settings: Settings, *, workers: int = 1, device: str | None = None) -> None:
         self.settings = settings
         self.count = workers
@@ -85,6 +87,8 @@ class ProcessWorkerPool:
         for worker in list(self._workers.values()):
             self._detach(worker)
             try:
+                if worker.batch:  # cut it short: its jobs are handed back and made after the next start
+                    worker.tasks.send(CancelJobs(tuple(item.job_id for item in worker.batch)))
                 worker.tasks.send(Stop())
             except OSError:
                 pass

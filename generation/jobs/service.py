@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..config import Settings
-from ..storage import Database, Session, get_generation, list_request_group, mark_cancelled
+from ..storage import Database, Session, get_generation, hand_back_running, list_request_group, mark_cancelled
 from .admission import RateCounter, admit_group
 from .api import (
     Accepted,
@@ -35,6 +35,7 @@ from .api import (
     JobProgress,
     JobRequest,
     QueueStatus,
+    QueueUnavailable,
     Refused,
     Stage,
     SubmitResult,
@@ -120,9 +121,12 @@ class QueueService:
         log.info("queue started with %d job(s) waiting", len(queue))
 
     async def stop(self) -> None:
-        """Stop dispatching and the workers. Running jobs are resumed (retried) by the next `start`.
+        """Stop dispatching and the workers; running jobs go back to waiting for the next `start`.
 
-        The rate limiter's Redis connections are closed too; a later submit opens new ones.
+        When the backend's batches end with it (embedded), their jobs are handed back with their
+        attempt refunded: a graceful stop is not the job's fault, unlike a crash. Batches that go
+        on without the service (distributed) are resumed by the next `start`. The rate limiter's
+        Redis connections are closed too; a later submit opens new ones.
         """
         if self._admitting is not None:
             await self._admitting  # the requests being decided get their answer
@@ -131,6 +135,14 @@ class QueueService:
         await asyncio.gather(*self._tasks, return_exceptions=True)  # a task that died was logged when it did
         self._tasks = []
         await self.backend.stop()
+        running = self._dispatcher.running
+        if self.backend.stops_its_batches and running:
+            try:
+                handed_back = await self._units.attempt(hand_back_running, list(running))
+                log.info("handed %d running loop(s) back to the queue", len(handed_back))
+            except QueueUnavailable:  # the next start recovers them, as after a crash
+                log.warning("could not hand %d running job(s) back: the database is unreachable", len(running))
+            running.clear()
         if self.rate_limiter is not None:
             await self.rate_limiter.redis.aclose()
 

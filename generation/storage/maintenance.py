@@ -102,3 +102,24 @@ def recover_interrupted(
             failed.append(generation.short_id)
     session.flush()
     return RecoveryResult(requeued=requeued, failed=failed)
+
+
+def hand_back_running(session: Session, job_ids: Collection[str]) -> list[str]:
+    """A graceful stop: the requests' running rows go back to the queue with their start refunded.
+
+    Unlike `recover_interrupted` (after a crash), a stop is no fault of the job's, so it does not
+    use up an attempt. Returns the short ids of the rows handed back.
+    """
+    rows = session.scalars(
+        select(Generation)
+        .where(Generation.request_group.in_(job_ids), Generation.status == GenerationStatus.RUNNING)
+        .order_by(Generation.id)
+        .with_for_update()
+    ).all()
+    for generation in rows:
+        generation.status = GenerationStatus.QUEUED
+        generation.attempts = max(0, generation.attempts - 1)
+        generation.started_at = None
+        generation.worker = None
+    session.flush()
+    return [generation.short_id for generation in rows]

@@ -1,7 +1,8 @@
-"""The tables: every generation, per-guild settings, and pending result deliveries.
+"""The tables: every generation, per-guild settings, pending result deliveries, and replies to resume.
 
-Interaction tokens are short-lived secrets and have no column anywhere here: a result that
-outlives its interaction is delivered later through the channel, from the `deliveries` table.
+Interaction tokens are short-lived secrets (Discord accepts one for 15 minutes). The only table that
+holds any is `interaction_replies`, and only while the bot restarts gracefully: see `InteractionReply`.
+A result that outlives its interaction is delivered later through the channel, from `deliveries`.
 """
 
 from __future__ import annotations
@@ -225,3 +226,29 @@ class Delivery(Base):
     given_up_at: Mapped[datetime | None]
 
     generation: Mapped[Generation] = relationship(lazy="joined")
+
+
+class InteractionReply(Base):
+    """The reply to a request that was waiting or running when the bot stopped gracefully.
+
+    The restarted bot takes these rows back (and deletes them at once) to go on editing the
+    original "Queued" / "Generating" reply and to post the result into it, as without a restart.
+    Only the minimum is kept: the application id and the interaction token (the two halves of the
+    webhook that edits the reply) and when the interaction was made. The token is a secret:
+    rows are written only at a graceful stop, deleted when the bot starts again or once older
+    than Discord's 15 minutes, never logged, and left out of `repr`.
+    """
+
+    __tablename__ = "interaction_replies"
+
+    job_id: Mapped[str] = mapped_column(
+        String(SHORT_ID_LENGTH), ForeignKey("generations.short_id", ondelete="CASCADE"), primary_key=True
+    )
+    """The request's short id (its first row's)."""
+    application_id: Mapped[int] = mapped_column(BigInteger)
+    token: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime]
+    """When Discord created the interaction: its token expires 15 minutes later."""
+
+    def __repr__(self) -> str:
+        return f"<InteractionReply {self.job_id}>"

@@ -4,78 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import io
-import os
-import signal
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 import pytest_asyncio
 import soundfile as sf
+from bot_process import (
+    CHANNEL_MESSAGE,
+    EDIT_ORIGINAL,
+    FOLLOW_UP,
+    RESULT_TIMEOUT_S,
+    BotProcess,
+    exact_samples,
+    job_id_of,
+    wav_samples,
+)
 from discord_double import DiscordDouble, RecordedRequest, Upload
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
-
-CALLBACK = "POST /interactions/{interaction_id}/{token}/callback"
-FOLLOW_UP = "POST /webhooks/{application_id}/{token}"
-EDIT_ORIGINAL = "PATCH /webhooks/{application_id}/{token}/messages/@original"
-CHANNEL_MESSAGE = "POST /channels/{channel_id}/messages"
-RESULT_TIMEOUT_S = 90.0
-
-
-def exact_samples(bpm: float, bars: int, beats: int = 4, rate: int = 32000) -> int:
-    return round(bars * beats * 60 / bpm * rate)
-
-
-class BotProcess:
-    """`python -m generation run` with its settings in the environment."""
-
-    def __init__(self, double: DiscordDouble, model_dir: Path, data_dir: Path) -> None:
-        self.env = {
-            **os.environ,
-            **double.bot_environment(),
-            "LOOPJAM_MODEL__NAME": str(model_dir),
-            "LOOPJAM_MODEL__ALLOWED": f'["{model_dir}"]',
-            "LOOPJAM_MODEL__WARMUP": "false",
-            "LOOPJAM_STORAGE__DATA_DIR": str(data_dir),
-            "LOOPJAM_GENERATION__CANDIDATES": "1",
-            "LOOPJAM_GENERATION__RETRY_BUDGET": "0",
-            "LOOPJAM_GENERATION__EXTRA_SECONDS": "1.0",
-            "LOOPJAM_QUEUE__RATE_LIMIT_JOBS": "50",
-            "LOOPJAM_QUEUE__MAX_QUEUED_PER_USER": "2",
-            "LOOPJAM_DISCORD__REDELIVERY_INTERVAL_S": "2",
-            "HF_HUB_OFFLINE": "1",
-        }
-        self.process: asyncio.subprocess.Process | None = None
-        self.double = double
-
-    async def start(self) -> None:
-        identified = self.double.gateway.identify_count
-        self.process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "generation", "run", env=self.env, cwd=self.env["LOOPJAM_STORAGE__DATA_DIR"]
-        )
-        await self.double.gateway.wait_connected(timeout=60, min_identifies=identified + 1)
-
-    async def kill(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGKILL)
-        await self.process.wait()
-
-    async def stop(self) -> None:
-        if self.process is not None and self.process.returncode is None:
-            self.process.terminate()
-            try:
-                await asyncio.wait_for(self.process.wait(), 20)
-            except TimeoutError:
-                await self.kill()
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def double() -> AsyncIterator[DiscordDouble]:
-    async with DiscordDouble() as running:
-        yield running
-
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def bot(double: DiscordDouble, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[BotProcess]:
@@ -85,11 +32,6 @@ async def bot(double: DiscordDouble, tiny_model_dir: Path, tmp_path_factory: pyt
     await double.wait_for_request("PUT /applications/{application_id}/commands", timeout=60)
     yield process
     await process.stop()
-
-
-def wav_samples(request: RecordedRequest) -> int:
-    (audio,) = [f for f in request.files if f.filename.endswith((".wav", ".flac", ".ogg"))]
-    return sf.info(io.BytesIO(audio.data)).frames
 
 
 async def result_of(double: DiscordDouble, sent, since: int) -> RecordedRequest:
@@ -149,10 +91,6 @@ async def test_history_lists_the_loop(double: DiscordDouble, bot: BotProcess) ->
     callback = await sent.wait_callback(timeout=3)
     fields = callback.json["data"]["embeds"][0]["fields"]
     assert any("boom bap" in field["value"] for field in fields)
-
-
-def job_id_of(result: RecordedRequest) -> str:
-    return result.json["embeds"][0]["footer"]["text"].split()[1]
 
 
 def field(result: RecordedRequest, name: str) -> str:

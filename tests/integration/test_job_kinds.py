@@ -170,6 +170,8 @@ async def test_requests_the_queue_cannot_make_are_refused_with_what_to_change(se
 class SecondCandidateBackend:
     """A backend whose one worker delivers every loop's second candidate (seed + 1), as best-of-N may."""
 
+    stops_its_batches = False
+
     def __init__(self) -> None:
         self.sink: EventSink | None = None
 

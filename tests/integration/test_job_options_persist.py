@@ -25,6 +25,8 @@ from generation.storage import Database, GenerationKind, get_generation
 class RecordingBackend:
     """One worker that takes every batch and never reports back: the jobs stay running until a restart."""
 
+    stops_its_batches = False
+
     def __init__(self) -> None:
         self.items: dict[str, WorkItem] = {}
 

@@ -148,6 +148,8 @@ async def test_fair_positions_interleave_users(make_service) -> None:
 class OneBusyWorker:
     """A backend whose one worker takes the first batch and never finishes it."""
 
+    stops_its_batches = False
+
     def __init__(self) -> None:
         self.batches: list[list[str]] = []
 

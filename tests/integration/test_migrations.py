@@ -10,7 +10,7 @@ from sqlalchemy.engine import URL
 from generation.storage import Base, Database
 from generation.storage.migrate import head_revision
 
-TABLES = {"generations", "guild_settings", "deliveries"}
+TABLES = {"generations", "guild_settings", "deliveries", "interaction_replies"}
 
 
 def schema_differences(database: Database) -> list:

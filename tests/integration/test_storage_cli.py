@@ -49,7 +49,7 @@ def test_db_upgrade_current_downgrade_and_history_json(db_url: URL, use_database
             assert code == 2 and "loopjam db upgrade" in output
 
         code, output = run("db", "upgrade")
-        assert code == 0 and "revision: 0003 (head)" in output
+        assert code == 0 and "revision: 0004 (head)" in output
 
         database = Database(url)
         with database.session() as session:

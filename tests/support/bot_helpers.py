@@ -14,6 +14,8 @@ from generation.jobs.backend import EventSink, WorkItem
 class NoWorkers:
     """A backend with no worker: jobs wait in the queue for ever, which is what these tests count."""
 
+    stops_its_batches = False
+
     async def start(self, sink: EventSink) -> None: ...
     async def stop(self) -> None: ...
     def next_batch_key(self) -> str | None: return None

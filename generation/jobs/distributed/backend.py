@@ -92,6 +92,8 @@ class _Batch:
 class SaqBackend:
     """`JobBackend` whose workers are `loopjam worker` processes reading the saq queue `queue_name`."""
 
+    stops_its_batches = False
+
     def __init__(
         self, settings: Settings, *, queue_name: str = DEFAULT_QUEUE, redis_url: str | None = None,
         timing: Timing = Timing(),
