@@ -29,6 +29,7 @@ from generation.storage import (
 
 from . import embeds
 from .background import one_line
+from .resumed import ResumedInteraction
 from .text import NO_PINGS, requester_only
 from .tracker import TrackedJob
 from .uploads import TooLargeToUpload, fit_upload
@@ -149,7 +150,7 @@ class ResultPoster:
         return await send_result(post.channel, post.files, post.filesize_limit, post.embed, result_view(post.job_id),
                                  discord.Object(post.requester_id))
 
-    async def _send_as_follow_up(self, post: LoopPost, interaction: discord.Interaction) -> discord.Message:
+    async def _send_as_follow_up(self, post: LoopPost, interaction: discord.Interaction | ResumedInteraction) -> discord.Message:
         self.bot.service.set_uploading(post.job_id)
         await interaction.edit_original_response(embed=embeds.progress_embed(post.job_id, post.request_line, "uploading", 100.0), view=None)
         message = await send_result(interaction.followup, post.files, post.filesize_limit, post.embed, result_view(post.job_id), None)

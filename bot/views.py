@@ -62,7 +62,9 @@ class LoopActionButton(_RefusedWhileStopping, discord.ui.DynamicItem[discord.ui.
         self.job_id = job_id
 
     @classmethod
-    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Button, match: re.Match[str]) -> LoopActionButton:
+    async def from_custom_id(
+        cls, interaction: discord.Interaction, item: discord.ui.Item[tp.Any], match: re.Match[str]
+    ) -> LoopActionButton:
         return cls(match["action"], match["job_id"])
 
     async def callback(self, interaction: discord.Interaction) -> None:
@@ -81,7 +83,7 @@ class CancelButton(_RefusedWhileStopping, discord.ui.DynamicItem[discord.ui.Butt
         self.job_id = job_id
 
     @classmethod
-    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Button, match: re.Match[str]) -> CancelButton:
+    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Item[tp.Any], match: re.Match[str]) -> CancelButton:
         return cls(match["job_id"])
 
     async def callback(self, interaction: discord.Interaction) -> None:

@@ -33,7 +33,10 @@ class Settings(commands.GroupCog, group_name="settings", group_description="Loop
         return True
 
     async def _change(self, interaction: discord.Interaction, **changes: tp.Any) -> None:
-        row = await self.bot.in_db(lambda session: upsert_guild_settings(session, interaction.guild_id, **changes))
+        guild_id = interaction.guild_id
+        if guild_id is None:  # the group is guild-only; Discord never sends it from a DM
+            raise UserFacingError("Settings belong to a server.")
+        row = await self.bot.in_db(lambda session: upsert_guild_settings(session, guild_id, **changes))
         await interaction.response.send_message("Saved.", embed=self.describe(row), ephemeral=True)
 
     async def _toggle_id(self, interaction: discord.Interaction, field: str, item_id: int, *, add: bool) -> None:

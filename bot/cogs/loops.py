@@ -91,7 +91,7 @@ class Loops(commands.Cog):
         model="Which MusicGen model to use",
         format="Audio format of the file (default WAV)",
     )
-    @app_commands.choices(bars=BARS_CHOICES, meter=METER_CHOICES, format=FORMAT_CHOICES)
+    @app_commands.choices(bars=BARS_CHOICES, meter=METER_CHOICES, format=FORMAT_CHOICES)  # type: ignore[misc]  # int and str choices together
     async def loop(
         self,
         interaction: discord.Interaction,
@@ -136,7 +136,7 @@ class Loops(commands.Cog):
     @app_commands.guild_only()
     @app_commands.describe(file=f"An audio file (WAV, FLAC, OGG, MP3), at most {MAX_SOURCE_SECONDS / 60:g} minutes", bpm="Its tempo in BPM",
                            bars="Length of the loop in bars (default 4)", meter="Time signature (default 4/4)")
-    @app_commands.choices(bars=BARS_CHOICES, meter=METER_CHOICES)
+    @app_commands.choices(bars=BARS_CHOICES, meter=METER_CHOICES)  # type: ignore[misc]  # int and str choices together
     async def loopify(
         self,
         interaction: discord.Interaction,
