@@ -63,7 +63,7 @@ class History(commands.Cog):
             role_ids=self.loops.role_ids(interaction),
             model=row.model, temperature=row.temperature, top_k=row.top_k, top_p=row.top_p, cfg_coef=row.cfg_coef,
             seed=row.seed if seed is None else seed, exact_seed=seed is None,
-            kind=JobKind.REPLAY, parent_id=row.short_id,
+            kind=JobKind.REPLAY, parent_loop_id=row.short_id,
         )
         await self.loops.enqueue(interaction, request)
 

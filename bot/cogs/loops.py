@@ -202,7 +202,7 @@ class Loops(commands.Cog):
             user_id=interaction.user.id, prompt=row.prompt, bpm=row.bpm, bars=bars, beats_per_bar=row.beats_per_bar,
             guild_id=interaction.guild_id, channel_id=interaction.channel_id, role_ids=self.role_ids(interaction),
             model=row.model, temperature=row.temperature, top_k=row.top_k, top_p=row.top_p, cfg_coef=row.cfg_coef,
-            seed=row.seed if action == "double" else None, kind=kinds[action], parent_id=row.short_id,
+            seed=row.seed if action == "double" else None, kind=kinds[action], parent_loop_id=row.short_id,
         )
         await self.enqueue(interaction, request)
 

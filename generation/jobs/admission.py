@@ -84,8 +84,8 @@ def check_source(path: str) -> None:
 
 def check_parent(request: JobRequest, parent: Generation | None) -> None:
     """Raise `InvalidRequest` when the parent named is missing, or cannot be continued for a variation."""
-    if request.parent_id is not None and parent is None:
-        raise InvalidRequest(f"There is no loop with the id {request.parent_id[:40]!r}.")
+    if request.parent_loop_id is not None and parent is None:
+        raise InvalidRequest(f"There is no loop with the id {request.parent_loop_id[:40]!r}.")
     if resolved_kind(request) is not JobKind.VARIATION:
         return
     if parent is None:
@@ -276,7 +276,7 @@ def check_requests(session: Session, settings: Settings, requests: Sequence[JobR
     checked: list[Checked | Refused] = []
     for request in requests:
         guild = guilds.get(request.guild_id) if request.guild_id is not None else None
-        parent = get_generation(session, request.parent_id) if request.parent_id is not None else None
+        parent = get_generation(session, request.parent_loop_id) if request.parent_loop_id is not None else None
         rows = check_request(settings, request, guild, parent)
         checked.append(rows if isinstance(rows, Refused) else Checked(request, rows, Limits.resolve(settings, guild, request.role_ids)))
     return checked

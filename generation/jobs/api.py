@@ -65,7 +65,7 @@ class JobRequest:
     cfg_coef: float | None = None
     kind: JobKind = JobKind.LOOP
     """Recorded in the history; VARIATION continues the parent's loop, the others are plain loops."""
-    parent_id: str | None = None
+    parent_loop_id: str | None = None
     """The public short id of the loop this one was made from (variation, re-roll, double, replay).
     A variation always takes its parent's BPM, bars and meter."""
     exact_seed: bool = False

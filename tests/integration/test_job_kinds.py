@@ -81,7 +81,7 @@ async def test_replay_reproduces_the_delivered_loop_sample_for_sample(service: Q
     row = stored(service, original.job_id)
     assert row.seed == original.seed  # the delivered candidate's, which /replay passes back
     replay = await finish(service, loop(1, seed=row.seed, exact_seed=True, kind=JobKind.REPLAY,
-                                        parent_id=original.job_id))
+                                        parent_loop_id=original.job_id))
     heard, rate = read_audio(original.files[0])
     again, _ = read_audio(replay.files[0])
     assert heard.shape == (1, LoopShape(120.0, 1, 4).samples(rate))
@@ -93,7 +93,7 @@ async def test_replay_reproduces_the_delivered_loop_sample_for_sample(service: Q
 async def test_a_variation_continues_its_parent_at_the_exact_length(service: QueueService) -> None:
     parent = await finish(service, loop(2, seed=11))
     # The parent's tempo and length win over the request's: the variation is cut on its grid.
-    variation = await finish(service, loop(2, kind=JobKind.VARIATION, parent_id=parent.job_id, bpm=90.0, bars=4))
+    variation = await finish(service, loop(2, kind=JobKind.VARIATION, parent_loop_id=parent.job_id, bpm=90.0, bars=4))
     audio, rate = read_audio(variation.files[0])
     assert audio.shape == (1, LoopShape(120.0, 1, 4).samples(rate))
     assert not np.array_equal(audio, read_audio(parent.files[0])[0])
@@ -104,7 +104,7 @@ async def test_a_variation_continues_its_parent_at_the_exact_length(service: Que
     parent.files[0].unlink()
     with service.database.session() as session:
         session.execute(update(Generation).where(Generation.id == parent_row.id).values(audio_path=None))
-    again = await finish(service, loop(3, kind=JobKind.VARIATION, parent_id=parent.job_id))
+    again = await finish(service, loop(3, kind=JobKind.VARIATION, parent_loop_id=parent.job_id))
     assert read_audio(again.files[0])[0].shape == (1, LoopShape(120.0, 1, 4).samples(rate))
 
 
@@ -144,7 +144,7 @@ async def test_loopify_loops_an_upload_to_the_exact_length_without_a_model(servi
     assert (row.kind, row.seed, row.prompt) == (GenerationKind.LOOPIFY, 0, "loopify: groove.wav")
 
     # A variation of it continues the upload's loop with the model, at the model's rate and channels.
-    variation = await finish(service, loop(5, kind=JobKind.VARIATION, parent_id=done.job_id))
+    variation = await finish(service, loop(5, kind=JobKind.VARIATION, parent_loop_id=done.job_id))
     audio, rate = read_audio(variation.files[0])
     assert (rate, audio.shape) == (32000, (1, LoopShape(100.0, 2, 4).samples(32000)))
 
@@ -161,7 +161,7 @@ async def test_requests_the_queue_cannot_make_are_refused_with_what_to_change(se
         "format": (loop(6, audio_format="mp3"), "The format must be one of wav, flac, ogg, not 'mp3'."),
         "no file": (loop(6, kind=JobKind.LOOPIFY), "A loopify needs an uploaded audio file."),
         "no parent": (loop(6, kind=JobKind.VARIATION), "A variation needs the id of the loop to vary."),
-        "unknown parent": (loop(6, kind=JobKind.REROLL, parent_id="nope"), "There is no loop with the id 'nope'."),
+        "unknown parent": (loop(6, kind=JobKind.REROLL, parent_loop_id="nope"), "There is no loop with the id 'nope'."),
     }
     for case, (request, message) in refusals.items():
         assert await service.submit(request) == Refused(RefusalKind.INVALID, message), case

@@ -79,8 +79,8 @@ async def test_a_restart_rebuilds_each_job_with_its_options(tmp_path: Path) -> N
     flac = await parent.submit(loop(1, audio_format="flac", variations=2, seed=500))
     assert isinstance(flac, Accepted)
     requests = [
-        loop(2, kind=JobKind.REPLAY, parent_id=flac.job_id, seed=777, exact_seed=True, audio_format="ogg"),
-        loop(3, kind=JobKind.REPLAY, parent_id=flac.job_id),  # a replay with a new seed: not exact
+        loop(2, kind=JobKind.REPLAY, parent_loop_id=flac.job_id, seed=777, exact_seed=True, audio_format="ogg"),
+        loop(3, kind=JobKind.REPLAY, parent_loop_id=flac.job_id),  # a replay with a new seed: not exact
         loop(4, prompt="loopify: groove.wav", source_audio=str(upload)),
     ]
     before = RecordingBackend()
