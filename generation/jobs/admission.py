@@ -195,7 +195,7 @@ def queued_requests_by_user(session: Session, user_ids: Collection[int]) -> Coun
         .where(Generation.user_id.in_(user_ids), Generation.status == GenerationStatus.QUEUED)
         .group_by(Generation.user_id)
     )
-    return Counter(dict(session.execute(query)))
+    return Counter(dict(session.execute(query).all()))  # a Result has keys(): dict() would take it for a mapping
 
 
 def recent_requests_by_user(session: Session, user_ids: Collection[int], since: datetime) -> dict[int, list[datetime]]:

@@ -221,9 +221,12 @@ class _Batch:
 
         if parent.audio_path is not None and (self.config.data_dir / parent.audio_path).is_file():
             return read_audio(self.config.data_dir / parent.audio_path)
-        log.info("the audio of %s is gone: making it again", parent.remake.job_id)
+        remake = parent.remake
+        if remake is None:
+            raise LoopUnavailable(LOST_PARENT)
+        log.info("the audio of %s is gone: making it again", remake.job_id)
         try:
-            outcome = self.loopified(parent.remake) if parent.remake.source_audio is not None else self.remade(parent.remake)
+            outcome = self.loopified(remake) if remake.source_audio is not None else self.remade(remake)
         except LoopUnavailable as error:
             raise LoopUnavailable(LOST_PARENT) from error
         if outcome.loop is None:
