@@ -45,7 +45,7 @@ from generation.storage import Base, Database, GenerationStatus, get_generation
 
 REDIS_URL_ENV = "LOOPJAM_TEST_REDIS_URL"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
-WORKER_START_TIMEOUT_S = 90.0
+WORKER_START_TIMEOUT_S = 180.0  # importing torch and loading the model, two at once, on a busy 2-core machine
 FAST = Timing(heartbeat_s=3, sweep_s=1, poll_s=0.2, workers_poll_s=0.5)
 """A killed worker's batch is swept a few seconds after its last heartbeat."""
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3"}

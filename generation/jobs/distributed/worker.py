@@ -93,7 +93,7 @@ class _DrainingWorker(Worker):
     async def stop(self) -> None:
         self.event.set()  # no new batch is taken
         if batches := self.tasks - self._upkeep:
-            log.info("stopping: the running batch may finish for %g s", self.grace_s)
+            log.info("stopping: no new batch is taken; a running one may finish for %g s", self.grace_s)
             _, unfinished = await asyncio.wait(batches, timeout=self.grace_s)
             if unfinished:
                 log.warning("the running batch did not finish within %g s; handing it back", self.grace_s)
