@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from ..jobs.distributed.wire import DEFAULT_QUEUE
+from ..jobs.distributed.wire import DEFAULT_QUEUE, SHUTDOWN_GRACE_S
 from .common import fail, settings
 
 
@@ -14,6 +14,9 @@ def worker(
     redis: Annotated[str | None, typer.Option("--redis", help="Redis URL (default: the queue.redis_url setting).")] = None,
     name: Annotated[str | None, typer.Option(help="This worker's name (default: host-pid); unique per queue.")] = None,
     queue: Annotated[str, typer.Option(help="The saq queue to serve; the bot's must be the same.")] = DEFAULT_QUEUE,
+    stop_grace: Annotated[float, typer.Option(
+        min=0, help="On SIGTERM or Ctrl-C, seconds the running batch may finish in before it goes back to the queue.",
+    )] = SHUTDOWN_GRACE_S,
 ) -> None:
     """Serve the bot's jobs from Redis on this machine (distributed mode): one per GPU."""
     from redis import Redis
@@ -30,4 +33,4 @@ def worker(
     worker_name = name or default_worker_name()
     if ":" in worker_name:
         raise fail("The worker name cannot contain ':'.")
-    serve(conf, url, name=worker_name, queue_name=queue)
+    serve(conf, url, name=worker_name, queue_name=queue, grace_s=stop_grace)

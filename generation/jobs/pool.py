@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import multiprocessing
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -28,7 +29,8 @@ from .backend import (
     WorkFailed,
     WorkItem,
 )
-from .worker import CancelJobs, RunBatch, Stop, WorkerConfig, worker_main
+from .runner import WorkerConfig
+from .worker import CancelJobs, RunBatch, Stop, worker_main
 
 log = logging.getLogger(__name__)
 
@@ -81,21 +83,15 @@ class ProcessWorkerPool:
         self._monitor = asyncio.create_task(self._watch(), name="worker-pool-monitor")
 
     async def stop(self) -> None:
+        """Ask every worker to leave and wait for it; a running batch stops at its next decoding step.
+
+        Events still come to the sink meanwhile; the jobs of a batch a worker did not finish are
+        reported as `WorkerLost`, so they go back to waiting.
+        """
         self._stopping = True
         if self._monitor is not None:
             self._monitor.cancel()
-        for worker in list(self._workers.values()):
-            self._detach(worker)
-            try:
-                if worker.batch:  # cut it short: its jobs are handed back and made after the next start
-                    worker.tasks.send(CancelJobs(tuple(item.job_id for item in worker.batch)))
-                worker.tasks.send(Stop())
-            except OSError:
-                pass
-            await asyncio.to_thread(worker.process.join, STOP_GRACE_S)
-            if worker.process.is_alive():
-                worker.process.kill()
-                await asyncio.to_thread(worker.process.join)
+        await asyncio.gather(*(self._stop_worker(worker) for worker in self._workers.values()))
         self._workers.clear()
 
     def next_batch_key(self) -> str | None:
@@ -144,7 +140,7 @@ class ProcessWorkerPool:
         tasks_recv, tasks_send = self._context.Pipe(duplex=False)
         events_recv, events_send = self._context.Pipe(duplex=False)
         process = self._context.Process(
-            target=worker_main, args=(config, tasks_recv, events_send), name=name, daemon=True
+            target=worker_main, args=(config, tasks_recv, events_send, os.getpid()), name=name, daemon=True
         )
         process.start()
         # The child has its own copies; closing ours lets a dead child show up as EOF.
@@ -169,6 +165,7 @@ class ProcessWorkerPool:
             while worker.events.poll():
                 self._handle(worker, worker.events.recv())
         except (EOFError, OSError):
+            self._detach(worker)  # the pipe stays readable at its end: stop watching it
             self._on_death(worker)
 
     def _handle(self, worker: _Worker, event: BackendEvent) -> None:
@@ -202,6 +199,22 @@ class ProcessWorkerPool:
         self._quick_deaths[worker.index] = deaths
         delay = min(MAX_RESTART_DELAY_S, 2.0 ** deaths - 1.0)
         asyncio.get_running_loop().call_later(delay, self._respawn, worker.index)
+
+    async def _stop_worker(self, worker: _Worker) -> None:
+        try:
+            worker.tasks.send(Stop())
+        except OSError:
+            pass  # it is dead already
+        await asyncio.to_thread(worker.process.join, STOP_GRACE_S)
+        if worker.process.is_alive():
+            log.warning("worker %s did not stop within %g s; killing it", worker.name, STOP_GRACE_S)
+            worker.process.kill()
+            await asyncio.to_thread(worker.process.join)
+        self._on_readable(worker)  # what it sent last, up to the pipe's end
+        worker.events.close()
+        worker.tasks.close()
+        if worker.batch:
+            self._emit(WorkerLost(worker.name, tuple(item.job_id for item in worker.batch)))
 
     def _respawn(self, index: int) -> None:
         if not self._stopping and index not in self._workers:

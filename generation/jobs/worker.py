@@ -1,58 +1,29 @@
-"""The worker process: loads MusicGen once and turns batches of work items into loop files.
+"""The embedded worker process: a `BatchRunner` served over two one-way pipes.
 
-`worker_main` is the child's entry point (multiprocessing, spawn context). torch, audiocraft and
-the loop engine are imported inside it, never when this module is imported: the bot imports the
-jobs package and must stay light. The child talks to its pool through two one-way pipes: tasks
-come in (`RunBatch`, `CancelJobs`, `Stop`), `backend` events go out.
+`worker_main` is the child's entry point (multiprocessing, spawn context). Tasks come in
+(`RunBatch`, `CancelJobs`, `Stop`), `backend` events go out. The process lives no longer than
+the bot: `Stop` cuts a running batch short at its next decoding step (the pool reports that
+batch as lost, so its jobs go back to waiting), and once the bot is gone, even by kill -9, the
+process leaves by itself within a second, taking its loop-engine processes with it.
 """
 
 from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import queue
+import signal
+import sys
 import threading
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
-from pathlib import Path
-from typing import Any
 
-from ..config import GenerationSettings, LoopSettings
-from .backend import (
-    BackendEvent,
-    BatchFinished,
-    MadeLoop,
-    ModelUnavailable,
-    ParentLoop,
-    WorkDone,
-    WorkerReady,
-    WorkFailed,
-    WorkItem,
-    WorkProgress,
-)
+from .backend import BackendEvent, BatchFinished, WorkItem
+from .runner import BatchRunner, WorkerConfig
 
 log = logging.getLogger(__name__)
-
-LOOPS_DIR = "loops"
-GPU_BATCH_SIZE, CPU_BATCH_SIZE = 8, 2
-PROGRESS_STEP = 5.0  # percent; finer updates would only flood the pipe
-CRASH_MESSAGE = "Something went wrong while making this loop. Please try again."
-LOST_PARENT = "The loop to vary is no longer kept and could not be made again. Make a new loop and vary that one."
-UNREADABLE_SOURCE = "I can't read the uploaded file as audio any more. Please upload it again."
-SILENT_SOURCE = "The uploaded file is silent, so there is no loop in it."
-
-
-@dataclass(frozen=True)
-class WorkerConfig:
-    name: str
-    model: str
-    """Loaded at start; other allowed models are loaded when a batch asks for them."""
-    device: str
-    generation: GenerationSettings
-    loop: LoopSettings
-    data_dir: Path
 
 
 @dataclass(frozen=True)
@@ -70,23 +41,22 @@ class Stop:
     pass
 
 
-def model_error_message(model: str, error: BaseException) -> str:
-    first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
-    return f"The model {model!r} could not be loaded ({first_line[:200]}). An admin has to fix the bot's model settings."
-
-
-class LoopUnavailable(Exception):
-    """What a job starts from cannot be had (a lost parent loop, an unreadable upload): that job fails with the message."""
-
-
 class _Tasks:
-    """Reads the task pipe on a thread, so a cancel arrives while the main thread generates."""
+    """Reads the task pipe on a thread, so a cancel or a stop arrives while the main thread generates.
+
+    It is also the running batch's cancelled jobs (a `Container`): those the bot cancelled, and
+    all of them once the bot asked the worker to stop.
+    """
 
     def __init__(self, connection: Connection) -> None:
         self.batches: queue.Queue[RunBatch | None] = queue.Queue()
-        self.cancelled: set[str] = set()
+        self.stopping = False
+        self._cancelled: set[str] = set()
         self._connection = connection
         threading.Thread(target=self._read, name="tasks", daemon=True).start()
+
+    def __contains__(self, job_id: object) -> bool:
+        return self.stopping or job_id in self._cancelled
 
     def _read(self) -> None:
         while True:
@@ -95,218 +65,58 @@ class _Tasks:
             except (EOFError, OSError):
                 task = Stop()
             if isinstance(task, CancelJobs):
-                self.cancelled.update(task.job_ids)
+                self._cancelled.update(task.job_ids)
             elif isinstance(task, RunBatch):
                 self.batches.put(task)
             else:
+                self.stopping = True
                 self.batches.put(None)
                 return
 
 
-class _Worker:
-    def __init__(self, config: WorkerConfig, events: Connection, tasks: _Tasks) -> None:
-        self.config = config
-        self.events = events
-        self.tasks = tasks
-        self.makers: dict[str, Any] = {}
-        self.unavailable: dict[str, str] = {}
-        from ..loop.parallel import LoopProcesses, auto_processes
+class _Events:
+    """The event pipe. A write that fails means the bot is gone: the process leaves, quietly."""
 
-        # Started before the model loads, so they warm up meanwhile.
-        self.loop_processes = LoopProcesses(config.loop.processes or auto_processes())
+    def __init__(self, connection: Connection) -> None:
+        self._connection = connection
 
     def send(self, event: BackendEvent) -> None:
-        self.events.send(event)
-
-    def maker(self, model: str) -> Any:
-        """The LoopMaker for `model`, loading it on first use; None (and the reason kept) if it fails."""
-        if model in self.makers or model in self.unavailable:
-            return self.makers.get(model)
-        from ..engine import MusicGenEngine
-        from ..pipeline import LoopMaker
-
         try:
-            engine = MusicGenEngine.load(model, self.config.device)
-        except Exception as error:  # any loader error is the model's, not the request's
-            log.exception("cannot load %s", model)
-            self.unavailable[model] = model_error_message(model, error)
-            self.send(ModelUnavailable(self.config.name, model, self.unavailable[model]))
-            return None
-        self.makers[model] = LoopMaker(engine, self.config.generation, self.config.loop, self.loop_processes)
-        return self.makers[model]
-
-    def close(self) -> None:
-        self.loop_processes.close()
-
-    def serve(self) -> None:
-        maker = self.maker(self.config.model)
-        self.loop_processes.wait_ready()
-        if maker is not None:
-            on_gpu = not maker.engine.device.startswith("cpu")
-            self.send(WorkerReady(self.config.name, GPU_BATCH_SIZE if on_gpu else CPU_BATCH_SIZE, self.config.model))
-        else:
-            # Still serve: batches for other models may work, and this one's jobs fail with the reason.
-            self.send(WorkerReady(self.config.name, CPU_BATCH_SIZE, self.config.model))
-        while (task := self.tasks.batches.get()) is not None:
-            started = time.perf_counter()
-            self.run(task.items)
-            self.send(BatchFinished(self.config.name, len(task.items), time.perf_counter() - started))
-
-    def run(self, items: Sequence[WorkItem]) -> None:
-        """Loopify jobs one by one (no model), then generate the others in one batch."""
-        for item in items:
-            if item.source_audio is not None:
-                self.loopify(item)
-        generated = [item for item in items if item.source_audio is None]
-        if generated:
-            self.generate(generated)
-
-    def loopify(self, item: WorkItem) -> None:
-        self.send(WorkProgress((item.job_id,), "looping", 0.0))
-        try:
-            outcome = self.loopified(item)
-        except LoopUnavailable as error:
-            self.send(WorkFailed(item.job_id, str(error)))
-            return
-        except Exception:
-            log.exception("loopify %s failed", item.job_id)
-            self.send(WorkFailed(item.job_id, CRASH_MESSAGE))
-            return
-        self.deliver(item, [outcome])
-
-    def generate(self, items: Sequence[WorkItem]) -> None:
-        from ..engine import GenerationCancelled
-
-        maker = self.maker(items[0].model)
-        if maker is None:
-            for item in items:
-                self.send(WorkFailed(item.job_id, self.unavailable[item.model]))
-            return
-        ready = [(item, specs) for item in items if (specs := self.prepared(maker, item)) is not None]
-        if not ready:
-            return
-        job_ids = tuple(item.job_id for item, _ in ready)
-        last: list[Any] = [None, -PROGRESS_STEP]
-
-        def on_stage(stage: str, percent: float) -> None:
-            if stage != last[0] or percent - last[1] >= PROGRESS_STEP or percent >= 100.0:
-                last[:] = [stage, percent]
-                self.send(WorkProgress(job_ids, "generating" if stage == "retrying" else stage, percent))
-
-        def should_cancel() -> bool:
-            # Stop the batch only when all its jobs are cancelled; otherwise the others still need it.
-            return all(job_id in self.tasks.cancelled for job_id in job_ids)
-
-        try:
-            outcomes = iter(maker.make([spec for _, specs in ready for spec in specs], on_stage, should_cancel))
-        except GenerationCancelled:
-            return
-        except Exception:
-            log.exception("batch %s failed", job_ids)
-            for job_id in job_ids:
-                self.send(WorkFailed(job_id, CRASH_MESSAGE))
-            return
-        for item, specs in ready:
-            self.deliver(item, [next(outcomes) for _ in specs])
-
-    def prepared(self, maker: Any, item: WorkItem) -> list[Any] | None:
-        """The item's loop specs, or None after reporting why it cannot be made (its parent is lost)."""
-        try:
-            return self.loop_specs(maker, item)
-        except LoopUnavailable as error:
-            reason = str(error)
-        except Exception:
-            log.exception("cannot prepare %s", item.job_id)
-            reason = CRASH_MESSAGE
-        self.send(WorkFailed(item.job_id, reason))
-        return None
-
-    def loop_specs(self, maker: Any, item: WorkItem) -> list[Any]:
-        """One `LoopSpec` per loop of the item; a variation's carry the parent loop to continue."""
-        from ..engine import SamplingParams
-        from ..pipeline import LoopSpec
-
-        previous = None
-        if item.parent is not None:
-            audio, rate = self.parent_audio(item.parent)
-            previous = maker.loop_to_continue(audio, rate, item.shape)
-        params = SamplingParams(item.temperature, item.top_k, item.top_p, item.cfg_coef)
-        return [
-            LoopSpec(item.prompt_sent, item.shape, seed, params, item.exact_seed, previous)
-            for seed in item.seeds
-        ]
-
-    def parent_audio(self, parent: ParentLoop) -> tuple[Any, int]:
-        """A variation's parent loop ([C, N] audio, sample rate): its file, or made again from its seed."""
-        from ..audio_io import read_audio
-
-        if parent.audio_path is not None and (self.config.data_dir / parent.audio_path).is_file():
-            return read_audio(self.config.data_dir / parent.audio_path)
-        log.info("the audio of %s is gone: making it again", parent.remake.job_id)
-        try:
-            outcome = self.loopified(parent.remake) if parent.remake.source_audio is not None else self.remade(parent.remake)
-        except LoopUnavailable as error:
-            raise LoopUnavailable(LOST_PARENT) from error
-        if outcome.loop is None:
-            raise LoopUnavailable(LOST_PARENT)
-        return outcome.loop.audio, outcome.loop.sample_rate
-
-    def remade(self, item: WorkItem) -> Any:
-        """The `LoopOutcome` of the item's first loop, generated again (an exact-seed item reproduces it)."""
-        maker = self.maker(item.model)
-        if maker is None:
-            raise LoopUnavailable(self.unavailable[item.model])
-        return maker.make(self.loop_specs(maker, item)[:1])[0]
-
-    def loopified(self, item: WorkItem) -> Any:
-        """The `LoopOutcome` of a loopify item: its source file looped as it is, no model."""
-        from ..audio_io import read_audio
-        from ..loop import make_loop
-        from ..pipeline import LoopOutcome, LoopSpec
-
-        assert item.source_audio is not None
-        try:
-            audio, rate = read_audio(Path(item.source_audio))
-        except Exception as error:  # soundfile's errors, or the file is gone
-            raise LoopUnavailable(UNREADABLE_SOURCE) from error
-        loop = make_loop(audio, rate, item.shape, settings=self.config.loop)
-        spec = LoopSpec(item.prompt_sent, item.shape, item.seed)
-        if loop.report.silent:
-            return LoopOutcome(spec, item.seed, error=SILENT_SOURCE)
-        return LoopOutcome(spec, item.seed, loop=loop, candidates_tried=1)
-
-    def deliver(self, item: WorkItem, outcomes: Sequence[Any]) -> None:
-        """Write the item's loops; one WorkDone for all of them, or WorkFailed when none came out."""
-        made = [self.save(item, loop_id, outcome) for loop_id, outcome in zip(item.loop_ids, outcomes) if outcome.ok]
-        failures = tuple(
-            WorkFailed(loop_id, outcome.error or CRASH_MESSAGE)
-            for loop_id, outcome in zip(item.loop_ids, outcomes) if not outcome.ok
-        )
-        if not made:
-            self.send(WorkFailed(item.job_id, failures[0].reason))
-            return
-        self.send(WorkDone(item.job_id, tuple(made), failures))
-
-    def save(self, item: WorkItem, loop_id: str, outcome: Any) -> MadeLoop:
-        """Write one loop in the item's format, and its waveform PNG beside it (same stem)."""
-        from ..audio_io import extension, write_audio
-        from ..loop.waveform import waveform_png
-
-        relative = Path(LOOPS_DIR) / f"{loop_id}.{extension(item.audio_format)}"
-        path = write_audio(self.config.data_dir / relative, outcome.loop.audio, outcome.loop.sample_rate, item.audio_format)
-        path.with_suffix(".png").write_bytes(waveform_png(outcome.loop.audio, item.shape))
-        return MadeLoop(loop_id, relative.as_posix(), outcome.loop.report.as_dict(), outcome.seed)
+            self._connection.send(event)
+        except OSError:  # BrokenPipeError: nobody reads any more
+            log.info("the bot is gone; leaving")
+            os._exit(0)
 
 
-def worker_main(config: WorkerConfig, tasks: Connection, events: Connection) -> None:
-    """Entry point of the worker process."""
+def serve(runner: BatchRunner, tasks: _Tasks, events: _Events) -> None:
+    """Announce the worker, then run batches until asked to stop."""
+    events.send(runner.start(events.send))
+    while (task := tasks.batches.get()) is not None:
+        started = time.perf_counter()
+        runner.run(task.items, events.send, tasks)
+        if not tasks.stopping:  # a batch cut short by Stop did not finish: the pool reports it lost
+            events.send(BatchFinished(runner.config.name, len(task.items), time.perf_counter() - started))
+
+
+def worker_main(config: WorkerConfig, tasks: Connection, events: Connection, bot: int) -> None:
+    """Entry point of the worker process; `bot` is the pid of the process that owns it."""
+    from ..loop.parallel import leave_with_parent
+
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {config.name} %(levelname)s %(message)s")
+    # Ctrl-C reaches the whole process group; the bot decides when its worker stops.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    leave_with_parent(bot)
     # The pool starts this process as a daemon, so that it never outlives the bot; multiprocessing
     # then forbids children, lest they be orphaned. The loop-engine processes leave by themselves
     # when this one dies (`loop.parallel`), so they are allowed here.
     multiprocessing.current_process().daemon = False
-    worker = _Worker(config, events, _Tasks(tasks))
+    runner = BatchRunner(config)
     try:
-        worker.serve()
+        serve(runner, _Tasks(tasks), _Events(events))
     finally:
-        worker.close()
+        runner.close()
+    # Tearing torch's modules down takes seconds, which the bot would wait for, and nothing is
+    # left to flush but the standard streams.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)

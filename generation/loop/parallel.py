@@ -9,9 +9,11 @@ their parent dies, even by kill -9, so a crashed worker leaves nothing running.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import multiprocessing
 import os
+import signal
 import threading
 import time
 import typing as tp
@@ -33,10 +35,16 @@ def auto_processes() -> int:
     return max(1, min(MAX_AUTO_PROCESSES, os.cpu_count() or 1))
 
 
-def _exit_with_parent(parent: int) -> None:
-    while os.getppid() == parent:
-        time.sleep(PARENT_CHECK_S)
-    os._exit(0)
+def leave_with_parent(parent: int) -> None:
+    """End this process (at once, exit code 0) as soon as `parent` is no longer its parent: it died,
+    even by kill -9. Watched on a daemon thread, so it works whatever the main thread is doing."""
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_CHECK_S)
+        log.info("process %d, which started this one, is gone; leaving", parent)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 def warm_up() -> None:
@@ -56,9 +64,14 @@ def warm_up() -> None:
 
 
 def _start_process(parent: int) -> None:
-    """Each process's initialiser: leave with the parent, one BLAS thread (see `_cut_here`; the
-    processes share the cores already), and `warm_up`."""
-    threading.Thread(target=_exit_with_parent, args=(parent,), name="parent-watch", daemon=True).start()
+    """Each process's initialiser: leave with the parent, ignore Ctrl-C (it reaches the whole
+    process group; the parent ends these), one BLAS thread (see `_cut_here`; the processes share
+    the cores already), and `warm_up`."""
+    leave_with_parent(parent)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Tearing numba's and numpy's modules down one by one takes seconds (the owner waits for it on
+    # close), and these processes have nothing to flush: leave without it.
+    atexit.register(os._exit, 0)
     threadpoolctl.threadpool_limits(1, user_api="blas")
     warm_up()
 
@@ -126,3 +139,4 @@ class LoopProcesses:
         if self._executor is not None:
             self._executor.shutdown(wait=True, cancel_futures=True)
             self._executor = None
+

@@ -42,7 +42,7 @@ from generation.jobs.distributed.wire import (
 )
 from generation.storage import Base, Database, GenerationStatus, get_generation
 
-WORKER_START_TIMEOUT_S = 90.0
+WORKER_START_TIMEOUT_S = 180.0  # importing torch and loading the model, two at once, on a busy 2-core machine
 FAST = Timing(heartbeat_s=3, sweep_s=1, poll_s=0.2, workers_poll_s=0.5)
 """A killed worker's batch is swept a few seconds after its last heartbeat."""
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3"}
@@ -113,10 +113,15 @@ def test_uploads_and_parent_loops_travel_to_the_worker(tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def queue_name(redis_url: str) -> Iterator[str]:
     """A saq queue of this module's own; its keys are deleted at the end."""
-    from redis import Redis
-
     name = f"loopjam-test-{uuid.uuid4().hex[:8]}"
     yield name
+    delete_queue(redis_url, name)
+
+
+def delete_queue(redis_url: str, name: str) -> None:
+    """Delete every key of the saq queue `name` and of LoopJam's state beside it."""
+    from redis import Redis
+
     redis = Redis.from_url(redis_url)
     for pattern in (f"saq:{name}:*", f"saq:job:{name}:*", f"loopjam:{name}:*"):
         for key in redis.scan_iter(pattern):
@@ -134,7 +139,7 @@ class Workers:
     cwd: Path
     processes: dict[str, subprocess.Popen[bytes]]
 
-    def start(self, name: str) -> None:
+    def start(self, name: str, *options: str) -> None:
         env = {
             **os.environ, "OMP_NUM_THREADS": "1",  # two workers on two cores: no oversubscription
             "LOOPJAM_MODEL__NAME": str(self.model_dir), "LOOPJAM_MODEL__DEVICE": "cpu", "LOOPJAM_MODEL__WARMUP": "false",
@@ -142,7 +147,7 @@ class Workers:
             "LOOPJAM_GENERATION__RETRY_BUDGET": "0",
         }
         command = [sys.executable, "-m", "generation", "worker", "--redis", self.redis_url,
-                   "--queue", self.queue_name, "--name", name]
+                   "--queue", self.queue_name, "--name", name, *options]
         log = (self.cwd / f"{name}.log").open("wb")
         self.processes[name] = subprocess.Popen(command, cwd=self.cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
 
@@ -152,6 +157,11 @@ class Workers:
         os.kill(self.processes[name].pid, signal.SIGKILL)
         self.processes[name].wait()
         return children
+
+    def terminate(self, name: str, within_s: float) -> int:
+        """SIGTERM the worker, as systemd or Docker stop it; its exit code."""
+        self.processes[name].terminate()
+        return self.processes[name].wait(within_s)
 
     def stop(self) -> None:
         for process in self.processes.values():
@@ -326,3 +336,40 @@ async def test_a_worker_killed_mid_batch_loses_nothing(workers, database, tiny_m
         assert await deliveries(service.backend, [cancelled]) == Counter()
     finally:
         await service.stop()
+
+
+@pytest.mark.redis
+@pytest.mark.postgres
+async def test_a_worker_stopped_mid_batch_exits_cleanly_and_its_batch_finishes_elsewhere(
+    redis_url, database, tiny_model_dir, tmp_path, tmp_path_factory
+) -> None:
+    """SIGTERM (systemd, Docker) mid-batch: past its grace the batch goes back to the queue, the
+    worker exits 0 with its loop-engine processes, and the other worker finishes the batch."""
+    queue_name = f"loopjam-test-{uuid.uuid4().hex[:8]}"
+    workers = Workers(redis_url, queue_name, tiny_model_dir, tmp_path_factory.mktemp("stopping"), {})
+    settings = tiny_settings(tiny_model_dir, tmp_path, batch_size=1)
+    service = distributed_service(settings, database, workers)
+    try:
+        for name in ("gpu-c", "gpu-d"):
+            workers.start(name, "--stop-grace", "0")
+        await service.start()
+        await both_workers_ready(service, workers)
+        job_ids = await submit_all(service, [loop(1, **LONG), loop(2)])
+        finals = [asyncio.ensure_future(final_event(service, job_id)) for job_id in job_ids]
+        stopped = await running_on(service, job_ids[0])
+        children = live_children(workers.processes[stopped].pid)
+        assert workers.terminate(stopped, within_s=60) == 0, workers.logs()
+        assert "Traceback" not in (workers.cwd / f"{stopped}.log").read_text(), workers.logs()
+        if HAS_PROC:
+            assert children and not await still_running(children), "the stopped worker's processes are still running"
+        assert all(isinstance(final, JobDone) for final in await asyncio.gather(*finals)), workers.logs()
+        assert await deliveries(service.backend, job_ids) == Counter(job_ids)
+
+        # Idle, a worker stops at once.
+        (staying,) = set(workers.processes) - {stopped}
+        assert workers.terminate(staying, within_s=10) == 0, workers.logs()
+        assert "Traceback" not in workers.logs()
+    finally:
+        await service.stop()
+        workers.stop()
+        delete_queue(redis_url, queue_name)

@@ -34,6 +34,8 @@ WORKER_INFO_S = 2
 """How often a worker refreshes its saq worker info: the bot counts it alive for one period more."""
 SWEEP_S = 5
 """How often abandoned jobs are looked for (saq's sweep, by the workers and the bot)."""
+SHUTDOWN_GRACE_S = 60.0
+"""On SIGTERM a worker's running batch may finish for this long (`loopjam worker --stop-grace`); then it goes back to the queue."""
 
 RESULT_EVENTS: dict[str, type[BackendEvent]] = {cls.__name__: cls for cls in (WorkDone, WorkFailed, ModelUnavailable)}
 """The batch runner's events that travel in a result; progress travels in the job's `meta`."""

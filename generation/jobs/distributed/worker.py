@@ -1,7 +1,7 @@
 """`loopjam worker --redis URL`: one GPU machine serving the saq queue.
 
-The model is loaded once, before the first job is taken, and batches run in `jobs.worker`'s
-batch runner (the embedded worker's code) on a thread, so the event loop stays free for saq:
+The model is loaded once, before the first job is taken, and batches run in a `BatchRunner`
+(as in the embedded worker process) on a thread, so the event loop stays free for saq:
 every `BEAT_S` it touches the running job (saq's heartbeat: a worker killed mid-batch stops
 touching it, and a sweep hands the batch back to the bot) and reports the batch's progress.
 The runner writes its files into a scratch directory; they travel back in the job's result.
@@ -13,6 +13,7 @@ import asyncio
 import logging
 import os
 import shutil
+import signal
 import socket
 import tempfile
 import time
@@ -26,11 +27,12 @@ from saq.job import Job
 from saq.queue.redis import RedisQueue
 
 from ...config import Settings
-from ..backend import BackendEvent, WorkItem, WorkProgress
-from ..worker import CPU_BATCH_SIZE, GPU_BATCH_SIZE, WorkerConfig, _Worker
+from ..backend import BackendEvent, ModelUnavailable, WorkItem, WorkProgress
+from ..runner import BatchRunner, WorkerConfig
 from .wire import (
     BEAT_S,
     RUN_BATCH,
+    SHUTDOWN_GRACE_S,
     SWEEP_S,
     WORKER_INFO_S,
     cancel_key,
@@ -43,8 +45,8 @@ from .wire import (
 
 log = logging.getLogger(__name__)
 
-SHUTDOWN_GRACE_S = 60
-"""On SIGTERM a running batch may finish for this long; then it goes back to the queue."""
+DEQUEUE_S = 1.0
+"""How long an idle worker waits on the queue at a time: after SIGTERM it takes no batch once this has passed."""
 CANCEL_GRACE_S = 30.0
 """A timed-out or aborted batch stops at its next decoding step; this is how long that may take."""
 
@@ -55,7 +57,7 @@ def default_worker_name() -> str:
 
 
 class _BatchState:
-    """What the embedded worker gets from its pipes, for one batch: where events go, what is cancelled."""
+    """One batch's events (its latest progress apart, sent with the heartbeat) and cancelled jobs."""
 
     def __init__(self) -> None:
         self.events: list[BackendEvent] = []
@@ -69,11 +71,47 @@ class _BatchState:
             self.events.append(event)
 
 
+class _DrainingWorker(Worker):
+    """saq's worker, stopping gently: on SIGTERM or SIGINT it takes no new batch, lets the running
+    one finish for `grace_s`, then cancels it, and saq hands it back to the queue (another worker,
+    or this one's next start, runs it).
+
+    saq's own grace period would wait for its never-ending upkeep loops as well, so it would
+    always pass in full; here only the batch is waited for.
+    """
+
+    def __init__(self, *args: Any, grace_s: float, **kwargs: Any) -> None:
+        super().__init__(*args, dequeue_timeout=DEQUEUE_S, **kwargs)
+        self.grace_s = grace_s
+        self._upkeep: set[asyncio.Task[Any]] = set()
+
+    async def upkeep(self) -> list[asyncio.Task[Any]]:
+        tasks = await super().upkeep()
+        self._upkeep = set(tasks)
+        return tasks
+
+    async def stop(self) -> None:
+        self.event.set()  # no new batch is taken
+        if batches := self.tasks - self._upkeep:
+            log.info("stopping: no new batch is taken; a running one may finish for %g s", self.grace_s)
+            _, unfinished = await asyncio.wait(batches, timeout=self.grace_s)
+            if unfinished:
+                log.warning("the running batch did not finish within %g s; handing it back", self.grace_s)
+        for task in self._upkeep:
+            task.cancel()
+        await asyncio.gather(*self._upkeep, return_exceptions=True)
+        self.tasks -= self._upkeep
+        await super().stop()  # cancels what is left: saq puts that batch back in the queue
+
+
 class RemoteWorker:
     """Runs `RUN_BATCH` jobs of the saq queue `queue_name` with the model loaded once."""
 
-    def __init__(self, settings: Settings, *, name: str, queue_name: str, scratch_dir: Path) -> None:
+    def __init__(
+        self, settings: Settings, *, name: str, queue_name: str, scratch_dir: Path, grace_s: float = SHUTDOWN_GRACE_S
+    ) -> None:
         self.name = name
+        self.grace_s = grace_s
         self.queue_name = queue_name
         self.scratch_dir = scratch_dir
         self.model = settings.model.name
@@ -81,30 +119,22 @@ class RemoteWorker:
             name=name, model=self.model, device=settings.model.device, generation=settings.generation,
             loop=settings.loop, data_dir=scratch_dir,
         )
-        idle = _BatchState()  # replaced by each batch's own
-        self._runner = _Worker(config, idle, idle)  # type: ignore[arg-type]  # it only calls send() and reads cancelled
+        self._runner = BatchRunner(config)
 
     def close(self) -> None:
         self._runner.close()
 
     def load(self) -> dict[str, Any]:
         """Load the model; the saq worker metadata that tells the bot this worker is ready."""
-        maker = self._runner.maker(self.model)
-        self._runner.loop_processes.wait_ready()
-        on_gpu = maker is not None and not maker.engine.device.startswith("cpu")
-        if maker is None:  # still serve, like the embedded worker: these jobs fail with the reason
-            log.error("%s", self._runner.unavailable.get(self.model))
-        return {
-            "name": self.name, "model": self.model, "models": sorted(self._runner.makers),
-            "batch_size": GPU_BATCH_SIZE if on_gpu else CPU_BATCH_SIZE,
-        }
+        ready = self._runner.start(_log_unavailable)
+        return {"name": self.name, "model": self.model, "models": self._runner.models, "batch_size": ready.batch_size}
 
     async def serve(self, redis_url: str, metadata: dict[str, Any]) -> None:
         """Take batches until SIGINT or SIGTERM."""
         queue = RedisQueue(Redis.from_url(redis_url), name=self.queue_name)
-        worker = Worker(
+        worker = _DrainingWorker(
             queue, functions=[(RUN_BATCH, self.run_batch)], id=self.name, concurrency=1, metadata=metadata,
-            timers={"worker_info": WORKER_INFO_S, "sweep": SWEEP_S}, shutdown_grace_period_s=SHUTDOWN_GRACE_S,
+            timers={"worker_info": WORKER_INFO_S, "sweep": SWEEP_S}, grace_s=self.grace_s,
             cancellation_hard_deadline_s=CANCEL_GRACE_S,
         )
         await queue.connect()
@@ -118,14 +148,14 @@ class RemoteWorker:
     ) -> dict[str, Any]:
         """The saq job function: run one batch, return its events and the files it wrote."""
         job: Job = ctx["job"]
-        state = self._runner.events = self._runner.tasks = _BatchState()
+        state = _BatchState()
         shutil.rmtree(self.scratch_dir, ignore_errors=True)  # nothing of an earlier failed batch travels
         self.scratch_dir.mkdir(parents=True)
         await asyncio.to_thread(unpack_files, self.scratch_dir, inputs)
         batch = with_local_inputs(decode_items(items), self.scratch_dir)
         started = time.perf_counter()
         beat = asyncio.create_task(self._beat(job, batch, state))
-        work = asyncio.get_running_loop().run_in_executor(None, self._runner.run, batch)
+        work = asyncio.get_running_loop().run_in_executor(None, self._runner.run, batch, state.send, state.cancelled)
         try:
             await asyncio.shield(work)
         except asyncio.CancelledError:
@@ -159,14 +189,34 @@ class RemoteWorker:
             await asyncio.sleep(BEAT_S)
 
 
-def serve(settings: Settings, redis_url: str, *, name: str, queue_name: str) -> None:
-    """Load the model, then serve the queue; blocks until SIGINT or SIGTERM."""
+def _log_unavailable(event: BackendEvent) -> None:
+    """Where loading the model reports: the worker still serves, and these jobs fail with the reason."""
+    if isinstance(event, ModelUnavailable):
+        log.error("%s", event.reason)
+
+
+class _StopRequested(Exception):
+    """SIGTERM or SIGINT came while the model was loading."""
+
+
+def _stop_requested(signum: int, _frame: object) -> None:
+    raise _StopRequested(signal.Signals(signum).name)
+
+
+def serve(settings: Settings, redis_url: str, *, name: str, queue_name: str, grace_s: float = SHUTDOWN_GRACE_S) -> None:
+    """Load the model, then serve the queue; returns after SIGINT or SIGTERM, its batch finished or handed back."""
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {name} %(levelname)s %(message)s", force=True)
+    # Until saq takes the signals over (it does while serving), they end the loading quietly.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _stop_requested)
     with tempfile.TemporaryDirectory(prefix="loopjam-worker-") as scratch:
-        worker = RemoteWorker(settings, name=name, queue_name=queue_name, scratch_dir=Path(scratch) / "data")
+        worker = RemoteWorker(settings, name=name, queue_name=queue_name, scratch_dir=Path(scratch) / "data", grace_s=grace_s)
         try:
             metadata = worker.load()
             log.info("serving saq queue %s with %s", queue_name, metadata)
             asyncio.run(worker.serve(redis_url, metadata))
+        except _StopRequested as stop:
+            log.info("%s while starting; leaving", stop)
         finally:
             worker.close()
+    log.info("stopped")

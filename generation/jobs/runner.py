@@ -1,0 +1,280 @@
+"""Turns batches of work items into loop files: loads MusicGen once, owns the loop-engine processes.
+
+`BatchRunner` knows nothing of how batches arrive or where their events go: each `run` is given
+an event sink and the cancelled job ids (a container the caller may fill from another thread
+while the batch runs). The embedded worker process (`jobs.worker`, over pipes) and the saq worker
+(`jobs.distributed.worker`) both use it. torch, audiocraft and the loop engine are imported
+inside its methods, never when this module is imported: the bot imports the jobs package and
+must stay light.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Container, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..config import GenerationSettings, LoopSettings
+from .backend import (
+    EventSink,
+    MadeLoop,
+    ModelUnavailable,
+    ParentLoop,
+    WorkDone,
+    WorkerReady,
+    WorkFailed,
+    WorkItem,
+    WorkProgress,
+)
+
+log = logging.getLogger(__name__)
+
+LOOPS_DIR = "loops"
+GPU_BATCH_SIZE, CPU_BATCH_SIZE = 8, 2
+PROGRESS_STEP = 5.0  # percent; finer updates would only flood the event stream
+CRASH_MESSAGE = "Something went wrong while making this loop. Please try again."
+LOST_PARENT = "The loop to vary is no longer kept and could not be made again. Make a new loop and vary that one."
+UNREADABLE_SOURCE = "I can't read the uploaded file as audio any more. Please upload it again."
+SILENT_SOURCE = "The uploaded file is silent, so there is no loop in it."
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    name: str
+    model: str
+    """Loaded at start; other allowed models are loaded when a batch asks for them."""
+    device: str
+    generation: GenerationSettings
+    loop: LoopSettings
+    data_dir: Path
+
+
+def model_error_message(model: str, error: BaseException) -> str:
+    first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    return f"The model {model!r} could not be loaded ({first_line[:200]}). An admin has to fix the bot's model settings."
+
+
+class LoopUnavailable(Exception):
+    """What a job starts from cannot be had (a lost parent loop, an unreadable upload): that job fails with the message."""
+
+
+class BatchRunner:
+    """One worker's models and loop-engine processes; runs its batches one at a time."""
+
+    def __init__(self, config: WorkerConfig) -> None:
+        from ..loop.parallel import LoopProcesses, auto_processes
+
+        self.config = config
+        self._makers: dict[str, Any] = {}
+        self._unavailable: dict[str, str] = {}
+        # Started before the model loads, so they warm up meanwhile.
+        self._loop_processes = LoopProcesses(config.loop.processes or auto_processes())
+
+    @property
+    def models(self) -> list[str]:
+        """The models loaded so far."""
+        return sorted(self._makers)
+
+    def start(self, send: EventSink) -> WorkerReady:
+        """Load the configured model and wait for the loop-engine processes; the `WorkerReady` to announce.
+
+        A model that fails to load is reported to `send` (`ModelUnavailable`), and the runner still
+        serves: batches for other models may work, and this one's jobs fail with the reason.
+        """
+        maker = self.maker(self.config.model, send)
+        self._loop_processes.wait_ready()
+        on_gpu = maker is not None and not maker.engine.device.startswith("cpu")
+        return WorkerReady(self.config.name, GPU_BATCH_SIZE if on_gpu else CPU_BATCH_SIZE, self.config.model)
+
+    def run(self, items: Sequence[WorkItem], send: EventSink, cancelled: Container[str]) -> None:
+        """Make the batch's loops, reporting each job's progress and outcome to `send`.
+
+        Generation stops between decoding steps once every generated job of the batch is in
+        `cancelled`; those jobs then get no event.
+        """
+        _Batch(self, send, cancelled).run(items)
+
+    def maker(self, model: str, send: EventSink) -> Any:
+        """The LoopMaker for `model`, loading it on first use; None (and the reason kept) if it fails."""
+        if model in self._makers or model in self._unavailable:
+            return self._makers.get(model)
+        from ..engine import MusicGenEngine
+        from ..pipeline import LoopMaker
+
+        try:
+            engine = MusicGenEngine.load(model, self.config.device)
+        except Exception as error:  # any loader error is the model's, not the request's
+            log.exception("cannot load %s", model)
+            self._unavailable[model] = model_error_message(model, error)
+            send(ModelUnavailable(self.config.name, model, self._unavailable[model]))
+            return None
+        self._makers[model] = LoopMaker(engine, self.config.generation, self.config.loop, self._loop_processes)
+        return self._makers[model]
+
+    def unavailable(self, model: str) -> str:
+        """Why `model` could not be loaded."""
+        return self._unavailable[model]
+
+    def close(self) -> None:
+        """End the loop-engine processes."""
+        self._loop_processes.close()
+
+
+class _Batch:
+    """One `BatchRunner.run`: where its events go and which of its jobs are cancelled."""
+
+    def __init__(self, runner: BatchRunner, send: EventSink, cancelled: Container[str]) -> None:
+        self.runner = runner
+        self.config = runner.config
+        self.send = send
+        self.cancelled = cancelled
+
+    def run(self, items: Sequence[WorkItem]) -> None:
+        """Loopify jobs one by one (no model), then generate the others in one batch."""
+        for item in items:
+            if item.source_audio is not None:
+                self.loopify(item)
+        generated = [item for item in items if item.source_audio is None]
+        if generated:
+            self.generate(generated)
+
+    def loopify(self, item: WorkItem) -> None:
+        self.send(WorkProgress((item.job_id,), "looping", 0.0))
+        try:
+            outcome = self.loopified(item)
+        except LoopUnavailable as error:
+            self.send(WorkFailed(item.job_id, str(error)))
+            return
+        except Exception:
+            log.exception("loopify %s failed", item.job_id)
+            self.send(WorkFailed(item.job_id, CRASH_MESSAGE))
+            return
+        self.deliver(item, [outcome])
+
+    def generate(self, items: Sequence[WorkItem]) -> None:
+        from ..engine import GenerationCancelled
+
+        maker = self.runner.maker(items[0].model, self.send)
+        if maker is None:
+            for item in items:
+                self.send(WorkFailed(item.job_id, self.runner.unavailable(item.model)))
+            return
+        ready = [(item, specs) for item in items if (specs := self.prepared(maker, item)) is not None]
+        if not ready:
+            return
+        job_ids = tuple(item.job_id for item, _ in ready)
+        last: list[Any] = [None, -PROGRESS_STEP]
+
+        def on_stage(stage: str, percent: float) -> None:
+            if stage != last[0] or percent - last[1] >= PROGRESS_STEP or percent >= 100.0:
+                last[:] = [stage, percent]
+                self.send(WorkProgress(job_ids, "generating" if stage == "retrying" else stage, percent))
+
+        def should_cancel() -> bool:
+            # Stop the batch only when all its jobs are cancelled; otherwise the others still need it.
+            return all(job_id in self.cancelled for job_id in job_ids)
+
+        try:
+            outcomes = iter(maker.make([spec for _, specs in ready for spec in specs], on_stage, should_cancel))
+        except GenerationCancelled:
+            return
+        except Exception:
+            log.exception("batch %s failed", job_ids)
+            for job_id in job_ids:
+                self.send(WorkFailed(job_id, CRASH_MESSAGE))
+            return
+        for item, specs in ready:
+            self.deliver(item, [next(outcomes) for _ in specs])
+
+    def prepared(self, maker: Any, item: WorkItem) -> list[Any] | None:
+        """The item's loop specs, or None after reporting why it cannot be made (its parent is lost)."""
+        try:
+            return self.loop_specs(maker, item)
+        except LoopUnavailable as error:
+            reason = str(error)
+        except Exception:
+            log.exception("cannot prepare %s", item.job_id)
+            reason = CRASH_MESSAGE
+        self.send(WorkFailed(item.job_id, reason))
+        return None
+
+    def loop_specs(self, maker: Any, item: WorkItem) -> list[Any]:
+        """One `LoopSpec` per loop of the item; a variation's carry the parent loop to continue."""
+        from ..engine import SamplingParams
+        from ..pipeline import LoopSpec
+
+        previous = None
+        if item.parent is not None:
+            audio, rate = self.parent_audio(item.parent)
+            previous = maker.loop_to_continue(audio, rate, item.shape)
+        params = SamplingParams(item.temperature, item.top_k, item.top_p, item.cfg_coef)
+        return [
+            LoopSpec(item.prompt_sent, item.shape, seed, params, item.exact_seed, previous)
+            for seed in item.seeds
+        ]
+
+    def parent_audio(self, parent: ParentLoop) -> tuple[Any, int]:
+        """A variation's parent loop ([C, N] audio, sample rate): its file, or made again from its seed."""
+        from ..audio_io import read_audio
+
+        if parent.audio_path is not None and (self.config.data_dir / parent.audio_path).is_file():
+            return read_audio(self.config.data_dir / parent.audio_path)
+        remake = parent.remake
+        if remake is None:
+            raise LoopUnavailable(LOST_PARENT)
+        log.info("the audio of %s is gone: making it again", remake.job_id)
+        try:
+            outcome = self.loopified(remake) if remake.source_audio is not None else self.remade(remake)
+        except LoopUnavailable as error:
+            raise LoopUnavailable(LOST_PARENT) from error
+        if outcome.loop is None:
+            raise LoopUnavailable(LOST_PARENT)
+        return outcome.loop.audio, outcome.loop.sample_rate
+
+    def remade(self, item: WorkItem) -> Any:
+        """The `LoopOutcome` of the item's first loop, generated again (an exact-seed item reproduces it)."""
+        maker = self.runner.maker(item.model, self.send)
+        if maker is None:
+            raise LoopUnavailable(self.runner.unavailable(item.model))
+        return maker.make(self.loop_specs(maker, item)[:1])[0]
+
+    def loopified(self, item: WorkItem) -> Any:
+        """The `LoopOutcome` of a loopify item: its source file looped as it is, no model."""
+        from ..audio_io import read_audio
+        from ..loop import make_loop
+        from ..pipeline import LoopOutcome, LoopSpec
+
+        assert item.source_audio is not None
+        try:
+            audio, rate = read_audio(Path(item.source_audio))
+        except Exception as error:  # soundfile's errors, or the file is gone
+            raise LoopUnavailable(UNREADABLE_SOURCE) from error
+        loop = make_loop(audio, rate, item.shape, settings=self.config.loop)
+        spec = LoopSpec(item.prompt_sent, item.shape, item.seed)
+        if loop.report.silent:
+            return LoopOutcome(spec, item.seed, error=SILENT_SOURCE)
+        return LoopOutcome(spec, item.seed, loop=loop, candidates_tried=1)
+
+    def deliver(self, item: WorkItem, outcomes: Sequence[Any]) -> None:
+        """Write the item's loops; one WorkDone for all of them, or WorkFailed when none came out."""
+        made = [self.save(item, loop_id, outcome) for loop_id, outcome in zip(item.loop_ids, outcomes) if outcome.ok]
+        failures = tuple(
+            WorkFailed(loop_id, outcome.error or CRASH_MESSAGE)
+            for loop_id, outcome in zip(item.loop_ids, outcomes) if not outcome.ok
+        )
+        if not made:
+            self.send(WorkFailed(item.job_id, failures[0].reason))
+            return
+        self.send(WorkDone(item.job_id, tuple(made), failures))
+
+    def save(self, item: WorkItem, loop_id: str, outcome: Any) -> MadeLoop:
+        """Write one loop in the item's format, and its waveform PNG beside it (same stem)."""
+        from ..audio_io import extension, write_audio
+        from ..loop.waveform import waveform_png
+
+        relative = Path(LOOPS_DIR) / f"{loop_id}.{extension(item.audio_format)}"
+        path = write_audio(self.config.data_dir / relative, outcome.loop.audio, outcome.loop.sample_rate, item.audio_format)
+        path.with_suffix(".png").write_bytes(waveform_png(outcome.loop.audio, item.shape))
+        return MadeLoop(loop_id, relative.as_posix(), outcome.loop.report.as_dict(), outcome.seed)
