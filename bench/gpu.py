@@ -37,8 +37,8 @@ from generation.engine import GenerationRequest, MusicGenEngine, SamplingParams
 from generation.loop.parallel import LoopProcesses, auto_processes
 from generation.model import SMALL, TINY, ModelShape, build_random_musicgen_parts
 from generation.pipeline import LoopMaker, LoopOutcome, LoopSpec
-from generation.shape import LoopShape
 from generation.sampling import RowSeededLMModel
+from generation.shape import LoopShape
 
 ENGINE_BATCHES = (1, 8, 16)
 WORKER_BATCH = 8

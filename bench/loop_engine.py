@@ -18,15 +18,15 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "support"))
 
-from corpus import Groove, render  # noqa: E402
+from corpus import Groove, render
 
-from generation.config import LoopSettings  # noqa: E402
-from generation.loop import engine  # noqa: E402
-from generation.loop.analysis import analyse, mono  # noqa: E402
-from generation.loop.loudness import normalise  # noqa: E402
-from generation.loop.tempo import downbeat_phase, estimate_tempo, track_beats  # noqa: E402
-from generation.loop.window import best_window  # noqa: E402
-from generation.shape import LoopShape  # noqa: E402
+from generation.config import LoopSettings
+from generation.loop import engine
+from generation.loop.analysis import analyse, mono
+from generation.loop.loudness import normalise
+from generation.loop.tempo import downbeat_phase, estimate_tempo, track_beats
+from generation.loop.window import best_window
+from generation.shape import LoopShape
 
 RUNS = 5
 BPM, BARS = 92.0, 4

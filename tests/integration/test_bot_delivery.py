@@ -209,7 +209,7 @@ async def test_a_periodic_task_survives_any_exception_and_logs_once_per_outage(c
 # --- the outbox's queries, on SQLite and PostgreSQL -----------------------------------------------
 
 
-def test_new_results_come_before_old_ones_that_keep_failing(database: Database, tmp_path: Path) -> None:  # noqa: F811
+def test_new_results_come_before_old_ones_that_keep_failing(database: Database, tmp_path: Path) -> None:
     dead = finished_jobs(database, tmp_path, 250, channel_id=1, guild_id=2, user_id=3)
     with database.session() as session:
         for delivery in due_deliveries(session, limit=1000):
@@ -222,7 +222,7 @@ def test_new_results_come_before_old_ones_that_keep_failing(database: Database, 
     assert due[0] == new and len(due) == 200 and set(due[1:]) <= set(dead)
 
 
-def test_each_failure_doubles_the_pause_up_to_an_hour_then_gives_up(database: Database, tmp_path: Path) -> None:  # noqa: F811
+def test_each_failure_doubles_the_pause_up_to_an_hour_then_gives_up(database: Database, tmp_path: Path) -> None:
     (job,) = finished_jobs(database, tmp_path, 1, channel_id=1, guild_id=2, user_id=3)
     pauses = []
     with database.session() as session:
@@ -242,7 +242,7 @@ def test_each_failure_doubles_the_pause_up_to_an_hour_then_gives_up(database: Da
 
 
 def test_loopjam_history_says_which_results_were_never_posted(
-    db_url: URL, tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+    db_url: URL, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("LOOPJAM_CONFIG", raising=False)

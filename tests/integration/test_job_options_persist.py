@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -120,7 +120,7 @@ def test_the_migration_moves_loopify_uploads_out_of_prompt_sent_and_back(db_url:
         generations = sa.Table("generations", sa.MetaData(), autoload_with=database.engine)
         common = {"user_id": 1, "prompt": "loopify: groove.wav", "prompt_sent": "dusty, 120 bpm", "bpm": 120.0,
                   "bars": 1, "beats_per_bar": 4, "temperature": 1.0, "top_k": 250, "top_p": 0.0, "cfg_coef": 3.0,
-                  "seed": 0, "model": "tiny", "created_at": datetime.now(timezone.utc), "attempts": 0}
+                  "seed": 0, "model": "tiny", "created_at": datetime.now(UTC), "attempts": 0}
         old_rows = {  # short id: kind, status, prompt_sent
             "loopify1": ("loopify", "done", "uploads/groove.wav"),
             "replay01": ("replay", "queued", "dusty, 120 bpm"),

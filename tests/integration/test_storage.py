@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -116,7 +116,7 @@ def test_variations_share_one_request_group(database: Database) -> None:
 
 def test_history_filters_searches_and_pages_newest_first(database: Database) -> None:
     prompts = ["LoFi piano", "dark techno", "lofi HIP hop", "100% lofi", "jazz_brush"]
-    start = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    start = datetime(2026, 1, 1, tzinfo=UTC)
     short_ids = []
     with database.session() as session:
         for index, prompt in enumerate(prompts):
@@ -227,7 +227,7 @@ def test_retention_deletes_old_audio_and_its_waveform_and_keeps_metadata(databas
     (data_dir / "loops").mkdir(parents=True)
     outside = tmp_path / "elsewhere.wav"
     outside.write_bytes(b"not ours")
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     paths = {"old": "loops/old.wav", "new": "loops/new.wav", "gone": "loops/gone.wav", "outside": "../elsewhere.wav"}
     ids = {}
     with database.session() as session:

@@ -64,7 +64,7 @@ def test_bad_setting_is_one_line_naming_it_without_secrets(tmp_path: Path, monke
 def test_unknown_setting_and_missing_file_are_refused(tmp_path: Path) -> None:
     config = tmp_path / "typo.toml"
     config.write_text("[queue]\nbatch_sise = 3\n")
-    with pytest.raises(SettingsError, match="queue.batch_sise"):
+    with pytest.raises(SettingsError, match=r"queue\.batch_sise"):
         load_settings(config)
     with pytest.raises(SettingsError, match="not found"):
         load_settings(tmp_path / "missing.toml")

@@ -65,7 +65,7 @@ def test_omegaconf_checkpoint_needs_the_allowlist_and_nothing_more(tmp_path: Pat
 def test_unknown_model_names_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ModelNotFoundError, match="Unknown model"):
         check_model_name("facebook/musicgen-gigantic")
-    with pytest.raises(ModelNotFoundError, match="missing state_dict.bin"):
+    with pytest.raises(ModelNotFoundError, match=r"missing state_dict\.bin"):
         check_model_name(str(tmp_path))
     check_model_name("facebook/musicgen-small")
 

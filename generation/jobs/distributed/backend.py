@@ -21,7 +21,7 @@ import asyncio
 import logging
 import math
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -119,7 +119,7 @@ class SaqBackend:
         self._queue = RedisQueue(Redis.from_url(self.redis_url), name=self.queue_name)
         await self._queue.connect()
         async for job in self._queue.iter_jobs():
-            if job.function == RUN_BATCH:
+            if job.function == RUN_BATCH and job.kwargs is not None:
                 self._batches[job.key] = _Batch(decode_items(job.kwargs["items"]), enqueued=True)
         self._resumed = {key: batch.job_ids for key, batch in self._batches.items()}
         await self._refresh_workers()
@@ -184,7 +184,7 @@ class SaqBackend:
         assert self._sink is not None
         self._sink(event)
 
-    def _spawn(self, work: Coroutine[Any, Any, Any]) -> None:
+    def _spawn(self, work: Awaitable[Any]) -> None:
         task = asyncio.ensure_future(work)
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)

@@ -71,7 +71,7 @@ _NEEDS_SEND_MESSAGES = (
 
 def iso_timestamp(moment: dt.datetime | None = None) -> str:
     """Discord's ISO 8601 timestamp with microseconds and an explicit UTC offset."""
-    return (moment or dt.datetime.now(dt.timezone.utc)).isoformat(timespec="microseconds")
+    return (moment or dt.datetime.now(dt.UTC)).isoformat(timespec="microseconds")
 
 
 def bot_token(bot_id: int) -> str:

@@ -177,7 +177,7 @@ class RestApi:
             json=body,
             files=files,
             at=time.perf_counter(),
-            received=dt.datetime.now(dt.timezone.utc),
+            received=dt.datetime.now(dt.UTC),
             routed=routed,
         )
         request[RECORDED] = recorded
