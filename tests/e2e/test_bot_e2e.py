@@ -87,10 +87,12 @@ async def test_too_many_queued_is_refused_ephemerally(double: DiscordDouble, bot
 
 
 async def test_history_lists_the_loop(double: DiscordDouble, bot: BotProcess) -> None:
-    sent = await double.slash("history", {"scope": "server", "search": "boom bap"}, user="alice")
+    asked = await double.slash("loop", {"prompt": "boom bap for the history", "bpm": 90, "bars": 1}, user="alice")
+    assert "embeds" in (await asked.wait_callback(timeout=3)).json["data"]  # queued, not refused
+    sent = await double.slash("history", {"scope": "server", "search": "boom bap for the"}, user="alice")
     callback = await sent.wait_callback(timeout=3)
     fields = callback.json["data"]["embeds"][0]["fields"]
-    assert any("boom bap" in field["value"] for field in fields)
+    assert any("boom bap for the history" in field["value"] for field in fields)
 
 
 def field(result: RecordedRequest, name: str) -> str:

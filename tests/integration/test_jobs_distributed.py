@@ -316,7 +316,9 @@ async def test_a_worker_killed_mid_batch_loses_nothing(workers, database, tiny_m
         await both_workers_ready(service, workers)
         long, *short = await submit_all(service, [loop(1, **LONG)] + [loop(user) for user in (2, 3, 4)])
         finals = {job_id: asyncio.ensure_future(final_event(service, job_id)) for job_id in (long, *short)}
-        orphans = workers.kill(await running_on(service, long))
+        killed = await running_on(service, long)
+        orphans = workers.kill(killed)
+        workers.start(killed)  # back for the tests after this one, whatever their order
         assert all(isinstance(final, JobDone) for final in await asyncio.gather(*finals.values()))
         if HAS_PROC:
             assert orphans and not await still_running(orphans), "the killed worker's processes are still running"
