@@ -158,11 +158,6 @@ class Workers:
         self.processes[name].wait()
         return children
 
-    def terminate(self, name: str, within_s: float) -> int:
-        """SIGTERM the worker, as systemd or Docker stop it; its exit code."""
-        self.processes[name].terminate()
-        return self.processes[name].wait(within_s)
-
     def stop(self) -> None:
         for process in self.processes.values():
             if process.poll() is None:
@@ -338,40 +333,3 @@ async def test_a_worker_killed_mid_batch_loses_nothing(workers, database, tiny_m
         assert await deliveries(service.backend, [cancelled]) == Counter()
     finally:
         await service.stop()
-
-
-@pytest.mark.redis
-@pytest.mark.postgres
-async def test_a_worker_stopped_mid_batch_exits_cleanly_and_its_batch_finishes_elsewhere(
-    redis_url, database, tiny_model_dir, tmp_path, tmp_path_factory
-) -> None:
-    """SIGTERM (systemd, Docker) mid-batch: past its grace the batch goes back to the queue, the
-    worker exits 0 with its loop-engine processes, and the other worker finishes the batch."""
-    queue_name = f"loopjam-test-{uuid.uuid4().hex[:8]}"
-    workers = Workers(redis_url, queue_name, tiny_model_dir, tmp_path_factory.mktemp("stopping"), {})
-    settings = tiny_settings(tiny_model_dir, tmp_path, batch_size=1)
-    service = distributed_service(settings, database, workers)
-    try:
-        for name in ("gpu-c", "gpu-d"):
-            workers.start(name, "--stop-grace", "0")
-        await service.start()
-        await both_workers_ready(service, workers)
-        job_ids = await submit_all(service, [loop(1, **LONG), loop(2)])
-        finals = [asyncio.ensure_future(final_event(service, job_id)) for job_id in job_ids]
-        stopped = await running_on(service, job_ids[0])
-        children = live_children(workers.processes[stopped].pid)
-        assert workers.terminate(stopped, within_s=60) == 0, workers.logs()
-        assert "Traceback" not in (workers.cwd / f"{stopped}.log").read_text(), workers.logs()
-        if HAS_PROC:
-            assert children and not await still_running(children), "the stopped worker's processes are still running"
-        assert all(isinstance(final, JobDone) for final in await asyncio.gather(*finals)), workers.logs()
-        assert await deliveries(service.backend, job_ids) == Counter(job_ids)
-
-        # Idle, a worker stops at once.
-        (staying,) = set(workers.processes) - {stopped}
-        assert workers.terminate(staying, within_s=10) == 0, workers.logs()
-        assert "Traceback" not in workers.logs()
-    finally:
-        await service.stop()
-        workers.stop()
-        delete_queue(redis_url, queue_name)
