@@ -25,9 +25,6 @@ from pathlib import Path
 import aiohttp
 import numpy as np
 import soundfile as sf
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "support"))
-
 from discord_double import DiscordDouble, RecordedRequest
 
 from bench.burst import bot_environment, burst_options

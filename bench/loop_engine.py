@@ -9,15 +9,11 @@ then the median of 5 warm runs of each stage and of the whole make_loop.
 from __future__ import annotations
 
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "support"))
-
 from corpus import Groove, render
 
 from generation.config import LoopSettings
