@@ -1,8 +1,10 @@
 """The embedded backend: worker processes on this machine, restarted when they die.
 
-Each worker is a spawned process (a fresh interpreter: no fork of the bot's event loop or
-sockets) holding the model. The pool reads its events on the event loop with `add_reader`, so
-no thread of the bot ever blocks on a worker.
+Each worker is a process holding the model, forked from a forkserver: a fresh interpreter that
+imported torch and audiocraft once and holds no event loop or socket of the bot's, so a worker
+that died is replaced in the time it takes to load the model, not to import torch again. The
+pool reads its events on the event loop with `add_reader`, so no thread of the bot ever blocks
+on a worker.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
-from multiprocessing.context import SpawnProcess
+from multiprocessing.context import ForkServerProcess
 from pathlib import Path
 
 from ..config import Settings
@@ -34,6 +36,8 @@ from .worker import CancelJobs, RunBatch, Stop, worker_main
 
 log = logging.getLogger(__name__)
 
+PRELOADED = ["generation.jobs.worker", "generation.engine"]
+"""What the forkserver imports once, for every worker it starts (the bot itself never imports torch)."""
 MONITOR_INTERVAL_S = 0.25
 STOP_GRACE_S = 5.0
 MAX_RESTART_DELAY_S = 30.0
@@ -47,7 +51,7 @@ def timeout_message(seconds: float) -> str:
 class _Worker:
     index: int
     name: str
-    process: SpawnProcess
+    process: ForkServerProcess
     tasks: Connection
     events: Connection
     ready: bool = False
@@ -66,7 +70,8 @@ class ProcessWorkerPool:
         self.count = workers
         self.device = device or settings.model.device
         self.job_timeout_s = settings.queue.job_timeout_s
-        self._context = multiprocessing.get_context("spawn")
+        self._context = multiprocessing.get_context("forkserver")
+        self._context.set_forkserver_preload(PRELOADED)
         self._workers: dict[int, _Worker] = {}
         self._incarnations = 0
         self._quick_deaths: dict[int, int] = {}

@@ -25,6 +25,10 @@ from .runner import BatchRunner, WorkerConfig
 
 log = logging.getLogger(__name__)
 
+NICENESS = 10
+"""The worker and its loop-engine processes (which inherit it) yield the CPU to the bot: on a
+machine where they compute on the CPU, the bot still answers interactions within Discord's 3 s."""
+
 
 @dataclass(frozen=True)
 class RunBatch:
@@ -105,6 +109,7 @@ def worker_main(config: WorkerConfig, tasks: Connection, events: Connection, bot
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {config.name} %(levelname)s %(message)s")
     # Ctrl-C reaches the whole process group; the bot decides when its worker stops.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    os.nice(NICENESS)
     leave_with_parent(bot)
     # The pool starts this process as a daemon, so that it never outlives the bot; multiprocessing
     # then forbids children, lest they be orphaned. The loop-engine processes leave by themselves

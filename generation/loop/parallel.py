@@ -36,15 +36,28 @@ def auto_processes() -> int:
 
 
 def leave_with_parent(parent: int) -> None:
-    """End this process (at once, exit code 0) as soon as `parent` is no longer its parent: it died,
-    even by kill -9. Watched on a daemon thread, so it works whatever the main thread is doing."""
+    """End this process (at once, exit code 0) as soon as `parent` is gone, even by kill -9, or the
+    process that started this one is (a forkserver ends with its owner). Watched on a daemon
+    thread, so it works whatever the main thread is doing."""
+    started_by = os.getppid()
+
     def watch() -> None:
-        while os.getppid() == parent:
+        while os.getppid() == started_by and _alive(parent):
             time.sleep(PARENT_CHECK_S)
         log.info("process %d, which started this one, is gone; leaving", parent)
         os._exit(0)
 
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: the pid was reused, ours is gone
+        return False
+    return True
 
 
 def warm_up() -> None:

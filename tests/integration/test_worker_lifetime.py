@@ -18,11 +18,13 @@ from typing import Any
 import pytest
 from queue_helpers import HAS_PROC, still_running
 
+from generation.jobs.worker import NICENESS
+
 pytestmark = pytest.mark.skipif(not HAS_PROC, reason="finding the worker's children needs Linux's /proc")
 
 SUPPORT_DIR = Path(__file__).resolve().parents[1] / "support"
 BOT = """
-import asyncio, json, sys
+import asyncio, json, os, sys
 from pathlib import Path
 
 from queue_helpers import live_children, tiny_settings
@@ -57,7 +59,7 @@ async def main(model_dir: str, data_dir: str, then: str) -> None:
     pool.run(pool.next_batch_key(), [item])
     await generating.wait()
     worker = pool.worker_pids()[0]
-    say(worker=worker, children=live_children(worker))
+    say(worker=worker, children=live_children(worker), helpers=live_children(os.getpid()))
     if then == "stop":
         await pool.stop()
         say(lost=lost, alive=pool.workers_alive())
@@ -86,6 +88,10 @@ async def test_a_killed_bot_leaves_no_worker_or_loop_engine_process_behind(tiny_
     bot, started = start_bot(tiny_model_dir, tmp_path, then="wait")
     ours = [started["worker"], *started["children"]]
     assert len(started["children"]) >= 2  # the two loop-engine processes (and multiprocessing's resource tracker)
+    # The worker and its loop-engine processes leave the CPU to the bot first.
+    yielding = min(19, os.getpriority(os.PRIO_PROCESS, bot.pid) + NICENESS)
+    assert [os.getpriority(os.PRIO_PROCESS, pid) for pid in ours] == [yielding] * len(ours)
+    ours += started["helpers"]  # the forkserver the worker was started from, and the resource tracker
     os.kill(bot.pid, signal.SIGKILL)
     bot.wait()
     assert not await still_running(ours, within_s=10.0), "processes of the killed bot are still running"
