@@ -5,7 +5,9 @@ is queued stays queued and the limits can be counted exactly)."""
 from __future__ import annotations
 
 import io
+import os
 import re
+import time
 import typing as tp
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -229,6 +231,25 @@ async def test_an_upload_over_a_limit_is_refused_to_its_sender_alone_and_not_kep
     assert shown["flags"] & EPHEMERAL and shown["content"] == message
     assert len(rows_of(bot, double.member("bob").user.id)) == before
     assert kept_uploads(bot) == kept
+
+
+async def test_the_retention_task_deletes_old_uploads_and_keeps_those_of_waiting_jobs(
+    double: DiscordDouble, bot: InProcessBot
+) -> None:
+    erin = double.world.add_member(double.world.guild, "erin")
+    _, queued = await loopify(double, Upload("keep.wav", wav_bytes(), "audio/wav"), user=erin)
+    assert queued["embeds"][0]["title"] == "Queued"
+    uploads = Path(bot.settings.storage.data_dir) / UPLOADS_DIR
+    orphan = uploads / "1.wav"  # left by a crash between the download and the queue
+    orphan.write_bytes(wav_bytes())
+    long_ago = time.time() - 8 * 86400
+    for path in uploads.iterdir():
+        os.utime(path, (long_ago, long_ago))
+    waiting = kept_uploads(bot)
+
+    await bot.delivery.retention.run_once()
+
+    assert kept_uploads(bot) == [name for name in waiting if name != orphan.name] and not bot.delivery.retention.failures
 
 
 async def test_replay_of_an_unknown_id_is_explained(double: DiscordDouble, bot: InProcessBot) -> None:
