@@ -43,7 +43,7 @@ def main() -> None:
             (result,) = measure_loopify([[str(path), "--bpm", "128", "--out", str(tmp / "loop.wav")]], ROOT)
             outcome = "looped" if result.returncode == 0 else f"refused ({result.stderr.strip().splitlines()[-1]})"
             goal = "" if result.returncode else f"  goal: < {GOAL_BYTES // 1024**2} MiB"
-            print(f"{name}: {path.stat().st_size / 1024:,.0f} KiB file, peak RSS {result.peak_mib:,.0f} MiB, {outcome}{goal}")
+            print(f"{name}: {path.stat().st_size / 1024:,.1f} KiB file, peak RSS {result.peak_mib:,.0f} MiB, {outcome}{goal}")
 
 
 if __name__ == "__main__":
