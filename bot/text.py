@@ -13,7 +13,11 @@ def requester_only(user: discord.abc.Snowflake) -> discord.AllowedMentions:
     return discord.AllowedMentions(everyone=False, roles=False, users=[user], replied_user=False)
 
 
+def shortened(text: str, limit: int) -> str:
+    """At most `limit` characters, the last an ellipsis when some were cut."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def quote(text: str, limit: int = 200) -> str:
     """User text made inert for an embed: markdown and mentions escaped, and shortened."""
-    shown = text if len(text) <= limit else text[: limit - 1] + "…"
-    return discord.utils.escape_mentions(discord.utils.escape_markdown(shown))
+    return discord.utils.escape_mentions(discord.utils.escape_markdown(shortened(text, limit)))

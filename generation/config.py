@@ -33,6 +33,14 @@ ALLOWED_BEATS_PER_BAR = (2, 3, 4, 6, 7)
 PROMPT_MAX_CHARS = 500
 MAX_SOURCE_SECONDS = 600.0
 """The longest audio file a loop is cut from (`loopjam loopify`, `/loopify`)."""
+# What a source file's header may declare: checked before a sample is decoded, since a tiny FLAC
+# can declare a huge rate or length and the loop engine's memory grows with both.
+MAX_SOURCE_SAMPLE_RATE = 192_000
+MAX_SOURCE_CHANNELS = 8
+MAX_SOURCE_SAMPLES = int(MAX_SOURCE_SECONDS * 96_000 * 2)
+"""Frames x channels: as many samples as 10 minutes of 96 kHz stereo."""
+ANALYSIS_MAX_SAMPLE_RATE = 48_000
+"""Sources above it are resampled to it (and more than 2 channels folded to stereo) while decoded."""
 
 
 class Section(BaseModel):

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
-from .config import MAX_SOURCE_SECONDS, PROMPT_MAX_CHARS
+from .audio_io import AudioHeader, read_header
+from .config import MAX_SOURCE_CHANNELS, MAX_SOURCE_SAMPLE_RATE, MAX_SOURCE_SAMPLES, MAX_SOURCE_SECONDS, PROMPT_MAX_CHARS
 from .shape import LoopShape, format_bpm
 
 # MusicGen's training captions name tempo as "<number> bpm"; meters as "3/4" and the like.
@@ -13,8 +16,15 @@ METER_BY_BEATS = {2: "2/4", 3: "3/4", 4: "4/4", 6: "6/8", 7: "7/8"}
 _TEMPO = re.compile(r"(\d{2,3}(?:\.\d+)?)\s*(?:bpm|beats per minute)\b", re.IGNORECASE)
 
 
+UNREADABLE_SOURCE = "I can't read that file as audio. Upload WAV, FLAC, OGG or MP3."
+
+
 class InvalidRequest(ValueError):
     """A request a user can fix; the message says how, in one line."""
+
+
+class UnreadableSource(InvalidRequest):
+    """soundfile cannot read the file's header (the cause is soundfile's error)."""
 
 
 @dataclass(frozen=True)
@@ -38,10 +48,33 @@ def validate_request(prompt: str, shape: LoopShape) -> str:
     return text
 
 
-def validate_source_seconds(seconds: float, name: str = "That file") -> None:
-    """Raise `InvalidRequest` when an audio file to loop is longer than `MAX_SOURCE_SECONDS`."""
-    if seconds > MAX_SOURCE_SECONDS:
-        raise InvalidRequest(f"{name} is {seconds / 60:.1f} minutes long; the limit is {MAX_SOURCE_SECONDS / 60:g} minutes.")
+def check_source(path: Path, name: str = "That file") -> AudioHeader:
+    """The header of an audio file to loop, checked before any of it is decoded.
+
+    Raises `UnreadableSource` when soundfile cannot read it, `InvalidRequest` when it holds no
+    audio or is over a limit: the rate, the channels, the length, or the samples decoding it holds.
+    """
+    try:
+        header = read_header(path)
+    except Exception as error:  # soundfile's LibsndfileError (a RuntimeError), OSError for a missing file
+        raise UnreadableSource(UNREADABLE_SOURCE) from error
+    if header.frames <= 0 or header.sample_rate <= 0:
+        raise InvalidRequest(f"{name} contains no audio.")
+    if header.sample_rate > MAX_SOURCE_SAMPLE_RATE:
+        raise InvalidRequest(
+            f"{name} is sampled at {header.sample_rate:,} Hz; the limit is {MAX_SOURCE_SAMPLE_RATE:,} Hz."
+        )
+    if header.channels > MAX_SOURCE_CHANNELS:
+        raise InvalidRequest(f"{name} has {header.channels} channels; the limit is {MAX_SOURCE_CHANNELS}.")
+    if header.seconds > MAX_SOURCE_SECONDS:
+        minutes = math.ceil(header.seconds / 6) / 10  # rounded up: 601 s is over 10 minutes, not "10.0"
+        raise InvalidRequest(f"{name} is {minutes:.1f} minutes long; the limit is {MAX_SOURCE_SECONDS / 60:g} minutes.")
+    if header.samples > MAX_SOURCE_SAMPLES:
+        raise InvalidRequest(
+            f"{name} holds {header.samples:,} samples ({header.channels} channels at {header.sample_rate:,} Hz); "
+            f"the limit is {MAX_SOURCE_SAMPLES:,}, as many as {MAX_SOURCE_SECONDS / 60:g} minutes of 96 kHz stereo."
+        )
+    return header
 
 
 def build_prompt(prompt: str, shape: LoopShape) -> BuiltPrompt:

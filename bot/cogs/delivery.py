@@ -13,7 +13,7 @@ from pathlib import Path
 from discord.ext import commands
 
 from generation.jobs.api import JobCancelled, JobDone, JobEvent, JobFailed, JobProgress
-from generation.storage import redact, sweep_audio
+from generation.storage import redact, sweep_audio, sweep_uploads
 
 from ..background import Periodic, TaskSet, one_line
 from ..delivery import ResultPoster
@@ -33,7 +33,7 @@ class Deliveries(commands.Cog):
         self.outcomes = TaskSet()
         self.redelivery = Periodic("redelivery", self._redeliver, bot.settings.discord.redelivery_interval_s,
                                    describe=self._describe)
-        self.retention = Periodic("retention sweep", self._sweep_old_audio, RETENTION_INTERVAL_S, describe=self._describe)
+        self.retention = Periodic("retention sweep", self._sweep_expired, RETENTION_INTERVAL_S, describe=self._describe)
 
     def start(self) -> None:
         """Follow the queue's events and start the outbox and retention passes (once the bot runs)."""
@@ -66,12 +66,18 @@ class Deliveries(commands.Cog):
         await self.bot.wait_until_ready()
         await self.poster.redeliver_due()
 
-    async def _sweep_old_audio(self) -> None:
-        """Delete loop audio past `[storage] retention_days`; the history keeps the rest and /replay regenerates."""
+    async def _sweep_expired(self) -> None:
+        """Delete loop audio and uploads past `[storage] retention_days`; the history keeps the rest and /replay regenerates.
+
+        An upload is deleted when its job ends; those left by a crash go here, unless a job still needs them.
+        """
         storage = self.bot.settings.storage
         swept = await self.bot.in_db(sweep_audio, Path(storage.data_dir), storage.retention_days)
         if swept.cleared:
             log.info("retention: deleted the audio of %d loop(s)", swept.cleared)
+        uploads = await self.bot.in_db(sweep_uploads, Path(storage.data_dir), storage.retention_days)
+        if uploads:
+            log.info("retention: deleted %d upload(s) no job needs", uploads)
 
     def _describe(self, error: BaseException) -> str:
         return redact(one_line(error), self.bot.database.url)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import re
 import typing as tp
 from pathlib import Path
 
@@ -10,16 +13,15 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from generation.audio_io import audio_duration
 from generation.config import ALLOWED_BARS, BPM_MAX, BPM_MIN, MAX_BARS, MAX_SOURCE_SECONDS, PROMPT_MAX_CHARS
-from generation.jobs.api import MAX_VARIATIONS, Accepted, CancelOutcome, JobKind, JobRequest, Refused
-from generation.prompts import InvalidRequest, validate_source_seconds
-from generation.storage import get_generation, list_history
+from generation.jobs.api import MAX_VARIATIONS, Accepted, CancelOutcome, JobKind, JobRequest, QueueUnavailable, Refused
+from generation.prompts import InvalidRequest, check_source
+from generation.storage import UPLOADS_DIR, get_generation, list_history
 
 from .. import embeds
 from ..errors import RateLimited, UserFacingError
 from ..replies import show_where_it_went
-from ..text import NO_PINGS, quote
+from ..text import NO_PINGS, quote, shortened
 from ..tracker import TrackedJob
 from ..views import cancel_view
 
@@ -30,6 +32,12 @@ BEATS_BY_METER = {"4/4": 4, "3/4": 3, "6/8": 6}
 REQUIRED_PERMISSIONS = discord.Permissions(send_messages=True, attach_files=True, embed_links=True, view_channel=True)
 AUDIO_TYPES = ("audio/", "video/ogg", "application/ogg")
 MAX_UPLOAD_BYTES = 25 * 1024 * 1024
+UPLOAD_NAME_CHARS = 100
+"""Of the file name, in the loop's prompt ("loopify: <name>")."""
+EXTENSION = re.compile(r"\.[a-z0-9]{1,5}")
+DOWNLOAD_CHUNK_BYTES = 64 * 1024
+DOWNLOAD_TIMEOUT = aiohttp.ClientTimeout(total=120, sock_read=30)
+DOWNLOAD_FAILED = "I couldn't download that file from Discord. Please upload it again."
 
 BARS_CHOICES = [app_commands.Choice(name=f"{n} bar{'s' if n > 1 else ''}", value=n) for n in ALLOWED_BARS]
 METER_CHOICES = [app_commands.Choice(name=meter, value=meter) for meter in BEATS_BY_METER]
@@ -71,7 +79,10 @@ class Loops(commands.Cog):
         line = embeds.request_line(request.prompt, request.shape)
         embed = embeds.queued_embed(result.job_id, line, result.position, result.eta_seconds, interaction.user)
         self.bot.tracker.track(TrackedJob(result.job_id, line, interaction))
-        await interaction.response.send_message(embed=embed, view=cancel_view(result.job_id), allowed_mentions=NO_PINGS)
+        if interaction.response.is_done():  # deferred (/loopify, while downloading): the follow-up fills the reply
+            await interaction.followup.send(embed=embed, view=cancel_view(result.job_id), allowed_mentions=NO_PINGS)
+        else:
+            await interaction.response.send_message(embed=embed, view=cancel_view(result.job_id), allowed_mentions=NO_PINGS)
 
     # --- /loop ----------------------------------------------------------------------------------
 
@@ -149,39 +160,46 @@ class Loops(commands.Cog):
         if not content_type.startswith(AUDIO_TYPES):
             raise UserFacingError(f"{quote(file.filename, 80)} is not an audio file. Upload WAV, FLAC, OGG or MP3.")
         if file.size > MAX_UPLOAD_BYTES:
-            raise UserFacingError(f"That file is {file.size // (1024 * 1024)} MB; the limit is {MAX_UPLOAD_BYTES // (1024 * 1024)} MB.")
+            raise UserFacingError(f"That file is {file_size(file.size)}; the limit is {file_size(MAX_UPLOAD_BYTES)}.")
         self.check_channel(interaction)
-        source = await self.download(file)
-        request = JobRequest(
-            user_id=interaction.user.id, prompt=f"loopify: {file.filename}", bpm=bpm, bars=bars,
-            beats_per_bar=BEATS_BY_METER[meter], guild_id=interaction.guild_id, channel_id=interaction.channel_id,
-            role_ids=self.role_ids(interaction), source_audio=source,
-        )
+        # Answered before the download, which can take longer than the 3 seconds Discord waits.
+        await interaction.response.defer(thinking=True)
         try:
-            await self.enqueue(interaction, request)
-        except UserFacingError:
-            Path(source).unlink(missing_ok=True)  # refused: the upload is not kept
+            source = await self.download(file)
+            request = JobRequest(
+                user_id=interaction.user.id, prompt=f"loopify: {shortened(file.filename, UPLOAD_NAME_CHARS)}", bpm=bpm,
+                bars=bars, beats_per_bar=BEATS_BY_METER[meter], guild_id=interaction.guild_id,
+                channel_id=interaction.channel_id, role_ids=self.role_ids(interaction), source_audio=source,
+            )
+            try:
+                await self.enqueue(interaction, request)
+            except (UserFacingError, QueueUnavailable):
+                Path(source).unlink(missing_ok=True)  # not queued: the upload is not kept
+                raise
+        except Exception:
+            # The first follow-up would fill the public "thinking" message: without it the error is the user's alone.
+            with contextlib.suppress(discord.HTTPException):
+                await interaction.delete_original_response()
             raise
 
     async def download(self, attachment: discord.Attachment) -> str:
-        """Fetch an uploaded file into the data directory with aiohttp; returns its path."""
-        uploads = self.bot.settings.storage.data_dir / "uploads"
+        """Stream an uploaded file into the data directory, no more bytes than it declared; returns its path.
+
+        Stored as `<attachment id><extension>`: the user's file name may be any length. The file's
+        header is checked against the limits (`check_source`) before the queue sees it.
+        """
+        uploads = self.bot.settings.storage.data_dir / UPLOADS_DIR
         uploads.mkdir(parents=True, exist_ok=True)
-        target = uploads / f"{attachment.id}-{discord.utils.remove_markdown(attachment.filename).replace('/', '_')}"
-        async with aiohttp.ClientSession() as session, session.get(attachment.url) as response:
-            if response.status != 200:
-                raise UserFacingError("I couldn't download that file from Discord. Please upload it again.")
-            target.write_bytes(await response.read())
+        target = uploads / f"{attachment.id}{audio_extension(attachment.filename)}"
         try:
-            seconds = audio_duration(target)
-        except (RuntimeError, OSError):  # soundfile's error for a file it cannot parse
-            target.unlink(missing_ok=True)
-            raise UserFacingError("I can't read that file as audio. Upload WAV, FLAC, OGG or MP3.") from None
-        try:
-            validate_source_seconds(seconds)
+            await fetch(attachment.url, target, attachment.size)
+            await asyncio.to_thread(check_source, target)
         except InvalidRequest as error:
             target.unlink(missing_ok=True)
             raise UserFacingError(str(error)) from None
+        except BaseException:
+            target.unlink(missing_ok=True)
+            raise
         return str(target)
 
     # --- buttons --------------------------------------------------------------------------------
@@ -232,3 +250,33 @@ def info_embed(row: tp.Any) -> discord.Embed:
             embed.add_field(name=name, value=str(value)[:1024])
     return embed
 
+
+def file_size(size: int) -> str:
+    """A file size as people read it: "63 KB", "24.5 MB"."""
+    return f"{size / 1024:.0f} KB" if size < 1024 * 1024 else f"{size / (1024 * 1024):.1f} MB"
+
+
+def audio_extension(filename: str) -> str:
+    """The file name's extension when it looks like one (".wav"), else none: soundfile reads the header anyway."""
+    suffix = Path(filename).suffix.lower()
+    return suffix if EXTENSION.fullmatch(suffix) else ""
+
+
+async def fetch(url: str, target: Path, max_bytes: int) -> None:
+    """Download `url` into `target` in chunks, refusing it once more than `max_bytes` arrive."""
+    received = 0
+    try:
+        async with aiohttp.ClientSession(timeout=DOWNLOAD_TIMEOUT) as session, session.get(url) as response:
+            if response.status != 200:
+                raise UserFacingError(DOWNLOAD_FAILED)
+            with target.open("wb") as out:
+                async for chunk in response.content.iter_chunked(DOWNLOAD_CHUNK_BYTES):
+                    received += len(chunk)
+                    if received > max_bytes:
+                        raise UserFacingError(
+                            f"Discord sent more of that file than the {file_size(max_bytes)} it announced, "
+                            "so I stopped the download. Please upload it again."
+                        )
+                    out.write(chunk)
+    except (aiohttp.ClientError, TimeoutError):
+        raise UserFacingError(DOWNLOAD_FAILED) from None

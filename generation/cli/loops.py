@@ -121,8 +121,8 @@ def loopify(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object as the last line.")] = False,
 ) -> None:
     """Make an exact-BPM, seamless loop from an audio file you have."""
-    from ..audio_io import EXPLICIT_FORMATS, FORMATS, MP3_WARNING, audio_duration, extension, format_available, read_audio, write_audio
-    from ..prompts import InvalidRequest, validate_source_seconds
+    from ..audio_io import EXPLICIT_FORMATS, FORMATS, MP3_WARNING, extension, format_available, write_audio
+    from ..prompts import InvalidRequest, UnreadableSource, check_source
 
     conf = settings()
     shape = LoopShape(bpm, bars, beats_per_bar)
@@ -133,19 +133,17 @@ def loopify(
     if not format_available(fmt):
         raise fail(f"This libsndfile cannot write {fmt}; use one of {', '.join(FORMATS)}.")
     try:
-        validate_source_seconds(audio_duration(audio), str(audio))
-        samples, rate = read_audio(audio)
+        check_source(audio, str(audio))  # before the loop engine's imports (seconds): a refusal is quick
+        from ..loop.source import loop_file
+
+        result = loop_file(audio, shape, conf.loop, str(audio))
+    except UnreadableSource as error:
+        raise fail(f"Cannot read {audio}: {_first_line(error.__cause__ or error)}") from None
     except InvalidRequest as error:
         raise fail(str(error)) from None
-    except (OSError, RuntimeError) as error:  # soundfile raises LibsndfileError (a RuntimeError)
-        raise fail(f"Cannot read {audio}: {str(error).splitlines()[0]}") from None
-    if samples.shape[1] == 0:
-        raise fail(f"{audio} contains no audio.")
 
-    from ..loop import make_loop
     from ..loop.waveform import waveform_png
 
-    result = make_loop(samples, rate, shape, settings=conf.loop)
     path = out or audio.with_name(f"{audio.stem}.loop.{extension(fmt)}")
     if fmt in EXPLICIT_FORMATS:
         typer.echo(f"Warning: {MP3_WARNING}", err=True)
@@ -163,3 +161,7 @@ def loopify(
     typer.echo(f"wrote {path}: {result.audio.shape[1]} samples at {result.sample_rate} Hz, verdict {report.verdict}")
     if report.reason:
         typer.echo(report.reason)
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).splitlines() or [type(error).__name__])[0]

@@ -19,10 +19,9 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Protocol
 
-from ..audio_io import audio_duration
 from ..config import Settings
 from ..guild_rules import GuildRules
-from ..prompts import InvalidRequest, build_prompt, validate_request, validate_source_seconds
+from ..prompts import InvalidRequest, build_prompt, check_source, validate_request
 from ..seeds import new_seed, variation_seeds
 from ..shape import LoopShape
 from ..storage import (
@@ -38,8 +37,6 @@ from ..storage import (
 )
 from ..storage.queue import count_waiting_requests, guild_settings_of, queued_requests_by_user, request_times_by_user
 from .api import AUDIO_FORMATS, MAX_VARIATIONS, JobKind, JobRequest, RefusalKind, Refused
-
-UNREADABLE_SOURCE = "I can't read that file as audio. Upload WAV, FLAC, OGG or MP3."
 
 
 @dataclass(frozen=True)
@@ -71,17 +68,6 @@ def resolved_kind(request: JobRequest) -> JobKind:
     return JobKind.LOOPIFY if request.source_audio is not None else request.kind
 
 
-def check_source(path: str) -> None:
-    """Raise `InvalidRequest` unless `path` is audio soundfile reads, at most `MAX_SOURCE_SECONDS` long."""
-    try:
-        seconds = audio_duration(Path(path))
-    except Exception:  # soundfile raises its own errors, RuntimeError and OSError for unreadable files
-        raise InvalidRequest(UNREADABLE_SOURCE) from None
-    if seconds <= 0:
-        raise InvalidRequest(UNREADABLE_SOURCE)
-    validate_source_seconds(seconds)
-
-
 def check_parent(request: JobRequest, parent: Generation | None) -> None:
     """Raise `InvalidRequest` when the parent named is missing, or cannot be continued for a variation."""
     if request.parent_loop_id is not None and parent is None:
@@ -105,7 +91,7 @@ def check_options(request: JobRequest) -> None:
     if request.source_audio is not None:
         if request.variations != 1:
             raise InvalidRequest("An uploaded file makes one loop; ask for 1 variation.")
-        check_source(request.source_audio)
+        check_source(Path(request.source_audio))
 
 
 def request_seeds(request: JobRequest) -> list[int]:

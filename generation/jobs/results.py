@@ -11,7 +11,7 @@ import asyncio
 import logging
 from pathlib import Path
 
-from ..storage import GenerationStatus, Session, get_generation, mark_done, mark_failed
+from ..storage import GenerationStatus, Session, delete_upload, get_generation, mark_done, mark_failed
 from ..storage.queue import fail_request
 from .api import JobDone, JobFailed, JobProgress, Stage
 from .backend import (
@@ -52,6 +52,12 @@ def _is_done(session: Session, loop_id: str) -> bool:
     return row is not None and row.status is GenerationStatus.DONE
 
 
+def discard_upload(job: QueuedJob | None, data_dir: Path) -> None:
+    """A loopify's uploaded file is of no more use once its job ended: done, failed or cancelled."""
+    if job is not None:
+        delete_upload(data_dir, job.item.source_audio)
+
+
 class ResultApplier:
     """The backend's event sink (`put`) and the task applying its events (`run`)."""
 
@@ -82,7 +88,8 @@ class ResultApplier:
                     self.bus.publish(JobProgress(job_id, stage, event.percent))
         elif isinstance(event, WorkDone):
             stored = await self.database.retry(store_loops, event)
-            if stored and running.pop(event.job_id, None) is not None:
+            if stored and (job := running.pop(event.job_id, None)) is not None:
+                discard_upload(job, self.data_dir)
                 self.bus.publish(JobDone(
                     event.job_id, [self.data_dir / loop.audio_path for loop in stored], stored[0].report, stored[0].seed,
                     seeds=[loop.seed for loop in stored], reports=[loop.report for loop in stored],
@@ -90,7 +97,9 @@ class ResultApplier:
                 ))
         elif isinstance(event, WorkFailed):
             failed = await self.database.retry(fail_request, event.job_id, event.reason)
-            if running.pop(event.job_id, None) is not None or failed:
+            job = running.pop(event.job_id, None)
+            discard_upload(job, self.data_dir)
+            if job is not None or failed:
                 self.bus.publish(JobFailed(event.job_id, event.reason))
         elif isinstance(event, WorkerLost):
             await self._requeue_lost(event)
@@ -112,6 +121,6 @@ class ResultApplier:
                 self.dispatcher.queue.push(QueuedJob(job.item, job.user_id), front=True)
                 self.bus.publish(JobProgress(job_id, Stage.QUEUED, 0.0, self.dispatcher.queue.position(job_id)))
         for job_id, reason in lost.failed:
-            running.pop(job_id, None)
+            discard_upload(running.pop(job_id, None), self.data_dir)
             self.bus.publish(JobFailed(job_id, reason))
         self.dispatcher.batch_finished()

@@ -242,16 +242,18 @@ class _Batch:
 
     def loopified(self, item: WorkItem) -> Any:
         """The `LoopOutcome` of a loopify item: its source file looped as it is, no model."""
-        from ..audio_io import read_audio
-        from ..loop import make_loop
+        from ..loop.source import loop_file
         from ..pipeline import LoopOutcome, LoopSpec
+        from ..prompts import InvalidRequest, UnreadableSource
 
         assert item.source_audio is not None
         try:
-            audio, rate = read_audio(Path(item.source_audio))
-        except Exception as error:  # soundfile's errors, or the file is gone
+            # Its header is checked here again: whoever queued it, the limits hold before a sample is decoded.
+            loop = loop_file(Path(item.source_audio), item.shape, self.config.loop)
+        except UnreadableSource as error:
             raise LoopUnavailable(UNREADABLE_SOURCE) from error
-        loop = make_loop(audio, rate, item.shape, settings=self.config.loop)
+        except InvalidRequest as error:
+            raise LoopUnavailable(str(error)) from error
         spec = LoopSpec(item.prompt_sent, item.shape, item.seed)
         if loop.report.silent:
             return LoopOutcome(spec, item.seed, error=SILENT_SOURCE)

@@ -46,7 +46,7 @@ from .events import BatchListener, EventBus, Listener
 from .fair import QueuedJob
 from .outage import QueueDatabase
 from .recovery import recover_at_start
-from .results import ResultApplier
+from .results import ResultApplier, discard_upload
 from .rows import work_items
 
 if TYPE_CHECKING:
@@ -202,9 +202,11 @@ class QueueService:
         """
         outcome = await self._units.attempt(cancel_request, job_id, user_id)
         if outcome is CancelOutcome.CANCELLED:
-            self._dispatcher.queue.remove(job_id)
-            if self._dispatcher.running.pop(job_id, None) is not None:
+            waiting = self._dispatcher.queue.remove(job_id)
+            running = self._dispatcher.running.pop(job_id, None)
+            if running is not None:
                 self.backend.cancel(job_id)
+            discard_upload(waiting or running, self.data_dir)
             self._bus.publish(JobCancelled(job_id))
         return CancelResult(outcome, CANCEL_MESSAGES[outcome])
 

@@ -9,7 +9,16 @@ from sqlalchemy.orm import Session
 
 from . import queue
 from .database import Database, database_url, is_unavailable, redact
-from .maintenance import RecoveryResult, SweepResult, hand_back_running, recover_interrupted, sweep_audio
+from .maintenance import (
+    UPLOADS_DIR,
+    RecoveryResult,
+    SweepResult,
+    delete_upload,
+    hand_back_running,
+    recover_interrupted,
+    sweep_audio,
+    sweep_uploads,
+)
 from .models import Base, Delivery, Generation, GenerationKind, GenerationStatus, GuildSettings, InteractionReply, utcnow
 from .replies import StoredReply, store_replies, take_replies
 from .repository import (
@@ -41,12 +50,12 @@ from .repository import (
 )
 
 __all__ = [
-    "MAX_DELIVERY_ATTEMPTS", "Base", "Database", "Delivery", "DeliveryFailure", "Generation", "GenerationKind",
+    "MAX_DELIVERY_ATTEMPTS", "UPLOADS_DIR", "Base", "Database", "Delivery", "DeliveryFailure", "Generation", "GenerationKind",
     "GenerationStatus", "GuildSettings", "GuildSettingsChanges", "InteractionReply", "LoopReportFields", "NewGeneration",
     "RecoveryResult", "Session", "StoredReply", "SweepResult", "count_queued", "create_generation", "create_generations",
-    "create_request_groups", "database_url", "due_deliveries", "get_generation", "get_guild_settings", "hand_back_running",
+    "create_request_groups", "database_url", "delete_upload", "due_deliveries", "get_generation", "get_guild_settings", "hand_back_running",
     "has_pending_delivery", "is_unavailable", "list_history", "list_request_group", "mark_cancelled", "mark_delivered",
     "mark_done", "mark_failed", "mark_request_delivered", "mark_running", "new_short_id", "queue", "record_delivery_failure",
-    "record_request_delivery_failure", "recover_interrupted", "redact", "store_replies", "sweep_audio", "take_replies",
+    "record_request_delivery_failure", "recover_interrupted", "redact", "store_replies", "sweep_audio", "sweep_uploads", "take_replies",
     "upsert_guild_settings", "utcnow",
 ]

@@ -1,4 +1,4 @@
-"""Housekeeping: the audio retention sweep, and recovering jobs a dead process left running."""
+"""Housekeeping: the retention sweeps (loop audio, uploads), and recovering jobs a dead process left running."""
 
 from __future__ import annotations
 
@@ -19,6 +19,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MAX_ATTEMPTS = 2
 INTERRUPTED_ERROR = "The worker stopped twice while making this loop. Please try again."
+UPLOADS_DIR = "uploads"
+"""Under the data directory: the files uploaded to `/loopify`, kept until their job ends."""
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,45 @@ def sweep_audio(
     if cleared_ids:
         session.execute(update(Generation).where(Generation.id.in_(cleared_ids)).values(audio_path=None))
     return SweepResult(cleared=len(cleared_ids), skipped=len(expired) - len(cleared_ids))
+
+
+def delete_upload(data_dir: Path, source_path: str | None) -> bool:
+    """Delete a loopify's uploaded file, its job over; True when it was an upload (gone now).
+
+    Only a file directly in the uploads folder is deleted: a path given some other way is not ours.
+    """
+    if source_path is None:
+        return False
+    path = Path(source_path).resolve()
+    if path.parent != (data_dir / UPLOADS_DIR).resolve():
+        return False
+    path.unlink(missing_ok=True)
+    return True
+
+
+def sweep_uploads(session: Session, data_dir: Path, retention_days: float, *, now: datetime | None = None) -> int:
+    """Delete uploads older than `retention_days` that no waiting or running job reads; returns how many.
+
+    Their jobs' ends delete the others; these are left by a crash between a download and its job.
+    """
+    folder = (data_dir / UPLOADS_DIR).resolve()
+    if not folder.is_dir():
+        return 0
+    cutoff = ((now or utcnow()) - timedelta(days=retention_days)).timestamp()
+    in_use = {
+        Path(source_path).resolve()
+        for source_path in session.scalars(
+            select(Generation.source_path).where(
+                Generation.source_path.is_not(None),
+                Generation.status.in_([GenerationStatus.QUEUED, GenerationStatus.RUNNING]),
+            )
+        )
+        if source_path is not None
+    }
+    expired = [path for path in folder.iterdir() if path.is_file() and path.stat().st_mtime < cutoff and path not in in_use]
+    for path in expired:
+        path.unlink(missing_ok=True)
+    return len(expired)
 
 
 @dataclass(frozen=True)

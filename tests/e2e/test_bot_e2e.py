@@ -156,9 +156,13 @@ async def test_loopify_makes_an_exact_loop_from_an_upload(double: DiscordDouble,
     sent = await double.slash(
         "loopify", {"file": Upload("groove.wav", buffer.getvalue(), "audio/wav"), "bpm": bpm, "bars": 1}, user="alice"
     )
-    assert (await sent.wait_callback(timeout=3)).json["data"]["embeds"][0]["title"] == "Queued"
+    assert (await sent.wait_callback(timeout=3)).json["type"] == 5  # deferred: the download comes after the answer
+    queued = await double.wait_for_request(FOLLOW_UP, lambda r: r.path_params.get("token") == sent.token, since=since)
+    assert queued.json["embeds"][0]["title"] == "Queued"
     result = await result_of(double, sent, since)
     assert wav_samples(result) == exact_samples(bpm, 1)
+    uploads = Path(bot.env["LOOPJAM_STORAGE__DATA_DIR"]) / "uploads"
+    assert not any(uploads.iterdir())  # deleted once its job was done
 
 
 async def test_a_restart_keeps_buttons_working_and_finishes_queued_jobs(double: DiscordDouble, bot: BotProcess) -> None:

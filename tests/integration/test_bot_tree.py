@@ -5,7 +5,9 @@ is queued stays queued and the limits can be counted exactly)."""
 from __future__ import annotations
 
 import io
+import os
 import re
+import time
 import typing as tp
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -15,18 +17,23 @@ import pytest
 import pytest_asyncio
 import soundfile as sf
 from bot_helpers import InProcessBot, NoWorkers
-from discord_double import DiscordDouble, Overwrite, Permission, Upload
+from discord_double import DiscordDouble, FakeMember, Overwrite, Permission, Upload
 from discord_double.inprocess import running_client
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
+from upload_files import bomb
 
 from generation.config import Settings
 from generation.jobs import QueueService
-from generation.storage import Database, list_history, upsert_guild_settings
+from generation.storage import UPLOADS_DIR, Database, list_history, upsert_guild_settings
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 EPHEMERAL = 64
+DEFERRED = 5
+CALLBACK = "POST /interactions/{interaction_id}/{token}/callback"
+FOLLOW_UP = "POST /webhooks/{application_id}/{token}"
+DOWNLOAD = "GET /attachments/{channel_id}/{attachment_id}/{filename}"
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
@@ -136,6 +143,31 @@ async def test_a_channel_where_the_bot_cannot_attach_files_queues_nothing(double
     assert len(rows_of(bot, double.member("bob").user.id)) == before
 
 
+def wav_bytes(seconds: float = 1.0, rate: int = 32000) -> bytes:
+    wav = io.BytesIO()
+    sf.write(wav, np.zeros(round(seconds * rate), dtype=np.float32) + 0.1, rate, format="WAV")
+    return wav.getvalue()
+
+
+async def loopify(double: DiscordDouble, upload: Upload, user: FakeMember | str = "bob", **where: tp.Any) -> tuple[int, dict]:
+    """/loopify with `upload` at 120 BPM: (the index of its first request, the messages the user was shown, as
+    Discord shows them: the immediate answer, or the messages created for the interaction once it was deferred)."""
+    since = len(double.requests)
+    sent = await double.slash("loopify", {"file": upload, "bpm": 120}, user=user, **where)
+    callback = (await sent.wait_callback(timeout=3)).json
+    if callback["type"] != DEFERRED:
+        return since, callback["data"]
+    await double.wait_for_request(FOLLOW_UP, lambda r: r.path_params["token"] == sent.token, since=since, timeout=10)
+    shown = [m for m in double.messages.messages.values() if m.get("interaction_metadata", {}).get("id") == str(sent.id)]
+    assert len(shown) == 1, shown
+    return since, shown[0]
+
+
+def kept_uploads(bot: InProcessBot) -> list[str]:
+    uploads = Path(bot.settings.storage.data_dir) / UPLOADS_DIR
+    return sorted(path.name for path in uploads.iterdir()) if uploads.exists() else []
+
+
 async def test_a_channel_the_server_did_not_allow_queues_nothing_and_keeps_no_upload(
     double: DiscordDouble, bot: InProcessBot
 ) -> None:
@@ -146,18 +178,78 @@ async def test_a_channel_the_server_did_not_allow_queues_nothing_and_keeps_no_up
     try:
         before = len(rows_of(bot, double.member("bob").user.id))
         response = await answer(double, "loop", {"prompt": "house", "bpm": 120}, user="bob")
-        wav = io.BytesIO()
-        sf.write(wav, np.zeros(32000, dtype=np.float32) + 0.1, 32000, format="WAV")
-        upload = await answer(double, "loopify", {"file": Upload("take.wav", wav.getvalue(), "audio/wav"), "bpm": 120}, user="bob")
+        kept = kept_uploads(bot)
+        _, upload = await loopify(double, Upload("take.wav", wav_bytes(), "audio/wav"))
     finally:
         with bot.database.session() as session:
             upsert_guild_settings(session, guild.id, allowed_channel_ids=[])
-    for refused in (response, upload):
-        assert refused["data"]["flags"] & EPHEMERAL
-        assert text_of(refused) == f"Loops are made in <#{jam.id}> on this server."
+    for refused in (response["data"], upload):
+        assert refused["flags"] & EPHEMERAL
+        assert text_of({"data": refused}) == f"Loops are made in <#{jam.id}> on this server."
     assert len(rows_of(bot, double.member("bob").user.id)) == before
-    uploads = Path(bot.settings.storage.data_dir) / "uploads"
-    assert not uploads.exists() or not any(uploads.iterdir())  # the refused upload was deleted
+    assert kept_uploads(bot) == kept  # the refused upload was deleted
+
+
+async def test_loopify_answers_before_it_downloads_and_stores_the_upload_by_attachment_id(
+    double: DiscordDouble, bot: InProcessBot
+) -> None:
+    name = "a" * 296 + ".WAV"  # 300 characters: more than a file name may have
+    dana = double.world.add_member(double.world.guild, "dana")  # nothing queued yet, whatever ran before
+    since, queued = await loopify(double, Upload(name, wav_bytes(), "audio/wav"), user=dana)
+
+    assert queued["embeds"][0]["title"] == "Queued" and not queued["flags"] & EPHEMERAL
+    routes = [r.route for r in double.requests.entries[since:]]
+    deferred, downloaded = routes.index(CALLBACK), routes.index(DOWNLOAD)
+    assert deferred < downloaded, routes
+    (row,) = rows_of(bot, dana.user.id)
+    stored = Path(row.source_path)
+    attachment_id = double.requests.entries[since + downloaded].path_params["attachment_id"]
+    assert stored.name == f"{attachment_id}.wav" and stored.is_file()
+    assert row.prompt == f"loopify: {'a' * 99}…"
+
+
+@pytest.mark.parametrize(
+    ("make_upload", "message"),
+    [
+        (lambda _: Upload("big.wav", wav_bytes(), "audio/wav", declared_size=30 * 1024 * 1024),
+         "That file is 30.0 MB; the limit is 25.0 MB."),
+        (lambda _: Upload("liar.wav", wav_bytes(2.0), "audio/wav", declared_size=len(wav_bytes(1.0))),
+         "Discord sent more of that file than the 63 KB it announced, so I stopped the download. Please upload it again."),
+        (lambda tmp: Upload("bomb.flac", bomb(tmp / "bomb.flac").read_bytes(), "audio/flac"),
+         "That file is sampled at 655,350 Hz; the limit is 192,000 Hz."),
+    ],
+    ids=["declared too big", "more bytes than declared", "decoded-size bomb"],
+)
+async def test_an_upload_over_a_limit_is_refused_to_its_sender_alone_and_not_kept(
+    double: DiscordDouble, bot: InProcessBot, tmp_path: Path, make_upload: tp.Callable[[Path], Upload], message: str
+) -> None:
+    upload = make_upload(tmp_path)
+    before, kept = len(rows_of(bot, double.member("bob").user.id)), kept_uploads(bot)
+
+    _, shown = await loopify(double, upload)
+
+    assert shown["flags"] & EPHEMERAL and shown["content"] == message
+    assert len(rows_of(bot, double.member("bob").user.id)) == before
+    assert kept_uploads(bot) == kept
+
+
+async def test_the_retention_task_deletes_old_uploads_and_keeps_those_of_waiting_jobs(
+    double: DiscordDouble, bot: InProcessBot
+) -> None:
+    erin = double.world.add_member(double.world.guild, "erin")
+    _, queued = await loopify(double, Upload("keep.wav", wav_bytes(), "audio/wav"), user=erin)
+    assert queued["embeds"][0]["title"] == "Queued"
+    uploads = Path(bot.settings.storage.data_dir) / UPLOADS_DIR
+    orphan = uploads / "1.wav"  # left by a crash between the download and the queue
+    orphan.write_bytes(wav_bytes())
+    long_ago = time.time() - 8 * 86400
+    for path in uploads.iterdir():
+        os.utime(path, (long_ago, long_ago))
+    waiting = kept_uploads(bot)
+
+    await bot.delivery.retention.run_once()
+
+    assert kept_uploads(bot) == [name for name in waiting if name != orphan.name] and not bot.delivery.retention.failures
 
 
 async def test_replay_of_an_unknown_id_is_explained(double: DiscordDouble, bot: InProcessBot) -> None:

@@ -18,11 +18,12 @@ from sqlalchemy import update
 
 from generation.audio_io import read_audio, write_audio
 from generation.config import GenerationSettings
-from generation.jobs import Accepted, JobDone, JobKind, JobRequest, QueueService, RefusalKind, Refused
-from generation.jobs.admission import UNREADABLE_SOURCE
+from generation.jobs import Accepted, JobDone, JobFailed, JobKind, JobRequest, QueueService, RefusalKind, Refused
 from generation.jobs.backend import BatchFinished, EventSink, MadeLoop, WorkDone, WorkerReady, WorkItem
+from generation.jobs.runner import SILENT_SOURCE
+from generation.prompts import UNREADABLE_SOURCE
 from generation.shape import LoopShape
-from generation.storage import Generation, GenerationKind, get_generation, list_request_group
+from generation.storage import UPLOADS_DIR, Generation, GenerationKind, get_generation, list_request_group
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -147,6 +148,21 @@ async def test_loopify_loops_an_upload_to_the_exact_length_without_a_model(servi
     variation = await finish(service, loop(5, kind=JobKind.VARIATION, parent_loop_id=done.job_id))
     audio, rate = read_audio(variation.files[0])
     assert (rate, audio.shape) == (32000, (1, LoopShape(100.0, 2, 4).samples(32000)))
+
+
+async def test_an_upload_is_deleted_once_its_job_is_done_or_failed(service: QueueService) -> None:
+    uploads = Path(service.settings.storage.data_dir) / UPLOADS_DIR
+    uploads.mkdir(exist_ok=True)
+    groove = clicks(uploads / "1001.wav", bpm=100.0, bars=6)
+    silent = write_audio(uploads / "1002.wav", np.zeros((1, 4 * 44100), dtype=np.float32), 44100)
+
+    await finish(service, loop(7, prompt="loopify: groove.wav", bpm=100.0, bars=2, source_audio=str(groove)))
+    assert not groove.exists()
+
+    accepted = await service.submit(loop(7, prompt="loopify: silence.wav", source_audio=str(silent)))
+    assert isinstance(accepted, Accepted)
+    assert await final_event(service, accepted.job_id) == JobFailed(accepted.job_id, SILENT_SOURCE)
+    assert not silent.exists()
 
 
 async def test_requests_the_queue_cannot_make_are_refused_with_what_to_change(service: QueueService, tmp_path: Path) -> None:

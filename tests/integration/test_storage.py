@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
@@ -14,6 +15,7 @@ from storage_helpers import LOOP_REQUEST, loop_request
 
 from generation.config import StorageSettings
 from generation.storage import (
+    UPLOADS_DIR,
     Database,
     Generation,
     GenerationKind,
@@ -37,6 +39,7 @@ from generation.storage import (
     recover_interrupted,
     repository,
     sweep_audio,
+    sweep_uploads,
     upsert_guild_settings,
 )
 from generation.storage.repository import MAX_DELIVERY_ATTEMPTS
@@ -255,6 +258,30 @@ def test_retention_deletes_old_audio_and_its_waveform_and_keeps_metadata(databas
     assert stored["gone"] is not None and stored["gone"].audio_path is None
     assert stored["new"] is not None and stored["new"].audio_path == paths["new"]
     assert stored["outside"] is not None and stored["outside"].audio_path == paths["outside"]
+
+
+def test_retention_deletes_old_uploads_that_no_waiting_or_running_job_reads(database: Database, tmp_path: Path) -> None:
+    uploads = tmp_path / "data" / UPLOADS_DIR
+    uploads.mkdir(parents=True)
+    files = {name: uploads / f"{name}.wav" for name in ("orphan", "waiting", "running", "finished", "fresh")}
+    for path in files.values():
+        path.write_bytes(b"RIFF")
+    week_ago = (datetime.now(UTC) - timedelta(days=8)).timestamp()
+    for name in ("orphan", "waiting", "running", "finished"):
+        os.utime(files[name], (week_ago, week_ago))
+    with database.session() as session:
+        for name in ("waiting", "running", "finished"):
+            job = create_generation(session, loop_request(kind=GenerationKind.LOOPIFY, source_path=str(files[name]))).short_id
+            if name != "waiting":
+                mark_running(session, job, "gpu-1")
+            if name == "finished":
+                mark_done(session, job, audio_path="loops/x.wav", report=REPORT)
+
+    with database.session() as session:
+        swept = sweep_uploads(session, tmp_path / "data", retention_days=7)
+
+    assert swept == 2
+    assert sorted(path.stem for path in uploads.iterdir()) == ["fresh", "running", "waiting"]
 
 
 def test_restart_requeues_interrupted_jobs_once_then_fails_them(database: Database) -> None:

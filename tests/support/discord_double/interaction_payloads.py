@@ -30,6 +30,8 @@ class Upload:
     filename: str
     data: bytes
     content_type: str | None = None
+    declared_size: int | None = None
+    """The `size` the attachment object states, when it is to differ from the bytes served."""
 
 
 def interaction_token() -> str:
@@ -145,6 +147,8 @@ class InteractionFactory:
         if option_type == ATTACHMENT:
             attachment = self._messages.store_file(channel.id, value.filename, value.data, value.content_type)
             attachment["ephemeral"] = True
+            if value.declared_size is not None:
+                attachment["size"] = value.declared_size
             resolved.setdefault("attachments", {})[attachment["id"]] = attachment
             value = attachment["id"]
         elif option_type in (USER, MENTIONABLE) and isinstance(value, (FakeMember, FakeUser)):
