@@ -14,7 +14,7 @@ from generation.audio_io import audio_duration
 from generation.config import ALLOWED_BARS, BPM_MAX, BPM_MIN, MAX_BARS, MAX_SOURCE_SECONDS, PROMPT_MAX_CHARS
 from generation.jobs.api import MAX_VARIATIONS, Accepted, CancelOutcome, JobKind, JobRequest, Refused
 from generation.prompts import InvalidRequest, validate_source_seconds
-from generation.storage import get_generation, list_history
+from generation.storage import Generation, get_guild_generation, list_history
 
 from .. import embeds
 from ..errors import RateLimited, UserFacingError
@@ -54,6 +54,15 @@ class Loops(commands.Cog):
         if missing:
             words = ", ".join(name.replace("_", " ") for name in missing)
             raise UserFacingError(f"I can't post loops in this channel: I need the {words} permission here.")
+
+    async def find_loop(self, interaction: discord.Interaction, job_id: str) -> Generation:
+        """The loop `job_id` of this server: another server's loop is refused as an unknown id is."""
+        row = None
+        if interaction.guild_id is not None:  # in a DM no id resolves: loops belong to servers
+            row = await self.bot.read_db(get_guild_generation, job_id, interaction.guild_id)
+        if row is None:
+            raise UserFacingError(f"There is no loop with the id {quote(job_id, 40)}. /history lists them.")
+        return row
 
     def role_ids(self, interaction: discord.Interaction) -> frozenset[int]:
         roles = getattr(interaction.user, "roles", None) or []
@@ -121,7 +130,8 @@ class Loops(commands.Cog):
     @loop.autocomplete("prompt")
     async def recent_prompts(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
         rows = await self.bot.read_db(
-            lambda session: list_history(session, user_id=interaction.user.id, search=current or None, limit=25)
+            lambda session: list_history(session, user_id=interaction.user.id, guild_id=interaction.guild_id,
+                                         search=current or None, limit=25)
         )
         unique = list(dict.fromkeys(row.prompt for row in rows))[:25]
         return [app_commands.Choice(name=prompt[:100], value=prompt[:PROMPT_MAX_CHARS]) for prompt in unique]
@@ -188,9 +198,7 @@ class Loops(commands.Cog):
 
     async def on_loop_action(self, interaction: discord.Interaction, action: str, job_id: str) -> None:
         """Variation, Re-roll, Double (queue a new job, charged to whoever pressed) or Info."""
-        row = await self.bot.read_db(get_generation, job_id)
-        if row is None:
-            raise UserFacingError("I can't find that loop any more.")
+        row = await self.find_loop(interaction, job_id)
         if action == "info":
             await interaction.response.send_message(embed=info_embed(row), ephemeral=True)
             return
@@ -207,10 +215,10 @@ class Loops(commands.Cog):
         await self.enqueue(interaction, request)
 
     async def on_cancel(self, interaction: discord.Interaction, job_id: str) -> None:
-        result = await self.bot.service.cancel(job_id, interaction.user.id)
+        result = await self.bot.service.cancel(job_id, interaction.user.id, guild_id=interaction.guild_id)
         if result.outcome is CancelOutcome.ALREADY_FINISHED:
             # A reply whose token expired (e.g. across a restart) still shows Cancel: point it at the loop.
-            if await show_where_it_went(interaction, await self.bot.read_db(get_generation, job_id)):
+            if await show_where_it_went(interaction, await self.find_loop(interaction, job_id)):
                 return
         if not result.ok:
             raise UserFacingError(result.message)

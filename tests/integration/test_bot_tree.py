@@ -15,12 +15,13 @@ import pytest
 import pytest_asyncio
 import soundfile as sf
 from bot_helpers import InProcessBot, NoWorkers
-from discord_double import DiscordDouble, Overwrite, Permission, Upload
+from discord_double import DiscordDouble, FakeMember, Overwrite, Permission, Upload
 from discord_double.inprocess import running_client
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
+from bot.text import quote
 from generation.config import Settings
 from generation.jobs import QueueService
 from generation.storage import Database, list_history, upsert_guild_settings
@@ -212,3 +213,52 @@ async def test_settings_show_each_rule_as_the_server_set_it_or_the_default(doubl
         with bot.database.session() as session:
             for guild in bot.guilds:
                 upsert_guild_settings(session, guild.id, max_bars=None, default_model=None)
+
+
+async def test_ids_resolve_only_in_the_server_their_loop_was_made_in(double: DiscordDouble, bot: InProcessBot) -> None:
+    world = double.world
+    dana = world.add_member(world.guild, "dana")
+    away = world.add_guild("Other Jam", owner=world.owner)
+    away_channel = world.add_channel(away, "loops")
+    away.members[dana.user.id] = FakeMember(dana.user)  # the same user in both servers
+    sent = await double.slash("loop", {"prompt": "a private jam", "bpm": 100}, user=dana)
+    job_id = (await sent.wait_callback(timeout=3)).json["data"]["embeds"][0]["footer"]["text"].split()[0]
+    home_message = double.original_message(sent)
+
+    def carrying(message: dict, custom_ids: list[str], channel_id: int) -> dict:
+        row = {"type": 1, "components": [{"type": 2, "style": 1, "label": c, "custom_id": c} for c in custom_ids]}
+        return {**message, "channel_id": str(channel_id), "components": [row]}
+
+    async def pressed(message: dict, custom_id: str) -> dict:
+        return (await (await double.click(message, custom_id, user=dana)).wait_callback(timeout=3)).json
+
+    def read_alike(custom_id: str) -> str:
+        return custom_id.replace(job_id, "unknown0")
+
+    # In another server the id reads exactly like an unknown one: /replay, every button, and no prompt suggested.
+    before = rows_of(bot, dana.user.id)
+    commands = [f"replay:{job_id}"] + [f"lj:{action}:{job_id}" for action in ("variation", "reroll", "double", "info", "cancel")]
+    for command in commands:
+        if command.startswith("replay:"):
+            answers = [await answer(double, "replay", {"id": id_}, user=dana, channel=away_channel)
+                       for id_ in (job_id, "unknown0")]
+        else:
+            away_message = carrying(home_message, [command, read_alike(command)], away_channel.id)
+            answers = [await pressed(away_message, custom_id) for custom_id in (command, read_alike(command))]
+        shown, unknown = answers
+        assert shown["data"]["flags"] & EPHEMERAL, command
+        assert text_of(shown).replace(quote(job_id), "unknown0") == text_of(unknown) and "no loop with" in text_of(unknown), command
+    suggested = await double.autocomplete("loop", "prompt", {"prompt": "private"}, user=dana, channel=away_channel)
+    assert (await suggested.wait_callback(timeout=3)).json["data"]["choices"] == []
+    after = rows_of(bot, dana.user.id)
+    assert [(r.short_id, r.status.value) for r in after] == [(r.short_id, r.status.value) for r in before]
+    assert [r.status.value for r in after] == ["queued"]  # not cancelled from the other server
+
+    # In its own server the same id works.
+    replayed = await answer(double, "replay", {"id": job_id}, user=dana)
+    assert replayed["data"]["embeds"][0]["title"] == "Queued"
+    rerolled = await pressed(carrying(home_message, [f"lj:reroll:{job_id}"], world.channel.id), f"lj:reroll:{job_id}")
+    assert rerolled["data"]["embeds"][0]["title"] == "Queued"
+    suggested = await double.autocomplete("loop", "prompt", {"prompt": "private"}, user=dana)
+    assert [c["value"] for c in (await suggested.wait_callback(timeout=3)).json["data"]["choices"]] == ["a private jam"]
+    assert len(rows_of(bot, dana.user.id)) == 3
