@@ -34,7 +34,7 @@ NO_LOOPS_YET = "No loops yet: the loops made with /loop and /loopify in Discord 
 @contextmanager
 def _open_database() -> Iterator[Database]:
     """The configured database; its errors become one clear line (exit code 2)."""
-    database = Database.from_settings(settings().storage)
+    database = Database.from_settings(settings(database=True).storage)
     try:
         yield database
     except SQLAlchemyError as error:

@@ -100,6 +100,30 @@ def test_an_unreachable_database_is_one_line_without_the_password(use_database) 
     assert PASSWORD not in output
 
 
+@pytest.mark.parametrize(
+    ("url", "why"),
+    [
+        (f"postgresql://loopjam:{PASSWORD}@:bad/loopjam", "its port is not a number"),
+        (f"mysql://loopjam:{PASSWORD}@db/loopjam", "'mysql' is not supported"),
+        (f"postgresql+asyncpg://loopjam:{PASSWORD}@db/loopjam", "the driver 'postgresql+asyncpg' is not installed"),
+        (f"loopjam:{PASSWORD} at db", "it is not a URL like postgresql://"),
+    ],
+)
+@pytest.mark.parametrize("command", [["history"], ["db", "current"], ["run"]])
+def test_a_malformed_database_url_is_one_line_without_the_password(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, url: str, why: str, command: list[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("LOOPJAM_CONFIG", raising=False)
+    monkeypatch.delenv("DISCORD_TOKEN", raising=False)  # were the URL let through, `run` stops at the token
+    monkeypatch.setenv("LOOPJAM_STORAGE__DATABASE_URL", url)
+    code, output = run(*command)
+    assert code == 2
+    (line,) = output.strip().splitlines()
+    assert line.startswith(f"Error: Invalid setting storage.database_url: {why}")
+    assert PASSWORD not in output and not (tmp_path / "data").exists()
+
+
 @pytest.fixture
 def fresh_data_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     """A first run: no config file, no database URL, an empty directory."""
