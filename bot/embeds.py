@@ -6,7 +6,7 @@ import typing as tp
 
 import discord
 
-from generation.prompts import METER_BY_BEATS
+from generation.prompts import METER_BY_BEATS, printable
 from generation.shape import LoopShape, format_bpm
 
 from .text import quote
@@ -44,7 +44,7 @@ def request_line(prompt: str, shape: LoopShape) -> str:
 def queued_embed(job_id: str, request: str, position: int, eta: float | None, requester: discord.abc.User) -> discord.Embed:
     embed = discord.Embed(title="Queued", description=request, colour=COLOUR)
     embed.add_field(name="Position", value=f"{position}{describe_eta(eta)}")
-    embed.set_footer(text=f"{job_id} · asked by {requester.display_name}")
+    embed.set_footer(text=f"{job_id} · asked by {printable(requester.display_name)}")
     return embed
 
 

@@ -1,8 +1,10 @@
-"""Showing user text safely: no pings, no markdown surprises."""
+"""Showing user text safely: no pings, no markdown surprises, no hidden or reordering characters."""
 
 from __future__ import annotations
 
 import discord
+
+from generation.prompts import printable
 
 NO_PINGS = discord.AllowedMentions.none()
 """For every message that echoes user text: `@everyone` in a prompt pings nobody."""
@@ -14,6 +16,10 @@ def requester_only(user: discord.abc.Snowflake) -> discord.AllowedMentions:
 
 
 def quote(text: str, limit: int = 200) -> str:
-    """User text made inert for an embed: markdown and mentions escaped, and shortened."""
-    shown = text if len(text) <= limit else text[: limit - 1] + "…"
+    """User text made inert for an embed: control and format characters (right-to-left overrides,
+    zero-width ones) removed, markdown and mentions escaped, and shortened."""
+    shown = printable(text)
+    if len(shown) > limit:
+        shown = shown[: limit - 1] + "…"
+    # After `printable`: escaping a mention puts a zero-width space in it.
     return discord.utils.escape_mentions(discord.utils.escape_markdown(shown))

@@ -104,6 +104,19 @@ async def test_everyone_in_a_prompt_is_escaped_and_pings_nobody(double: DiscordD
     assert "@everyone" not in description and "\\_\\_loud\\_\\_" in description
 
 
+async def test_hidden_and_reordering_characters_never_reach_an_embed(double: DiscordDouble, bot: InProcessBot) -> None:
+    erin = double.world.add_member(double.world.guild, "erin")
+    hidden = "\u202e\u200b\u200c\u200d\u2066\u2067\u2068\u2069\ufeff\x1b"
+    words = "deep house with a \u00e9lan vital and no tricks at all".split()
+    prompt = " ".join(f"{char}{word}" for char, word in zip(hidden, words)) + " " + words[-1]
+    queued = await answer(double, "loop", {"prompt": prompt, "bpm": 120}, user=erin)
+    listed = await answer(double, "history", {"search": "house"}, user=erin)
+    shown = [queued["data"]["embeds"][0]["description"], listed["data"]["embeds"][0]["fields"][0]["value"]]
+    for text in shown:
+        assert " ".join(words) in text
+        assert not set(hidden) & set(text), text
+
+
 async def test_too_many_queued_then_refused_exactly(double: DiscordDouble, bot: InProcessBot) -> None:
     user = double.member("carol").user
     waiting = len([r for r in rows_of(bot, user.id) if r.status.value == "queued"])

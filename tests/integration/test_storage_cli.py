@@ -159,6 +159,27 @@ def test_history_lists_what_a_fresh_embedded_database_holds(fresh_data_dir: Path
     assert code == 0 and "dub" in output and "No loops" not in output
 
 
+def test_history_shows_prompts_as_typed_and_sends_none_of_their_terminal_codes(
+    fresh_data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FORCE_COLOR", "1")  # Rich writes styles and links as to a terminal
+    monkeypatch.setenv("COLUMNS", "250")  # wide enough that no prompt wraps
+    prompts = ["[/oops] techno", "[link=https://evil.example]x[/link] house", "\x1b[31mred \x1b]8;;https://evil.example\x1b\\dub",
+               "\u202erab \u200bmoob"]
+    assert run("history", "--json") == (0, "[]\n")
+    database = Database(URL.create("sqlite+pysqlite", database=str(fresh_data_dir / "loopjam.db")))
+    with database.session() as session:
+        create_generations(session, [loop_request(prompt=prompt) for prompt in prompts])
+    database.dispose()
+
+    code, output = run("history")
+    assert code == 0, output
+    assert "[/oops] techno" in output and "[link=https://evil.example]x[/link] house" in output
+    assert "[31mred ]8;;https://evil.example\\dub" in output and "rab moob" in output  # the codes' printable rest
+    assert "evil.example\x1b" not in output and "\x1b]8;" not in output and "\x1b[31m" not in output
+    assert "\u202e" not in output and "\u200b" not in output
+
+
 @pytest.mark.postgres
 def test_history_on_an_empty_postgresql_still_asks_for_db_upgrade(postgres_url: URL, use_database) -> None:
     use_database(postgres_url)
