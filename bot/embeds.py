@@ -9,7 +9,7 @@ import discord
 from generation.prompts import METER_BY_BEATS, printable
 from generation.shape import LoopShape, format_bpm
 
-from .text import quote
+from .text import model_label, quote
 
 COLOUR = discord.Colour.from_rgb(88, 101, 242)
 FAILED_COLOUR = discord.Colour.red()
@@ -84,7 +84,7 @@ def result_embed(
     embed.add_field(name="Length", value=f"{duration_s:.2f} s")
     embed.add_field(name="Verdict", value=verdict if verdict == "good" else f"{verdict}: {report.get('reason') or ''}")
     embed.add_field(name="Seed", value=str(seed))
-    embed.add_field(name="Model", value=quote(model, 60))
+    embed.add_field(name="Model", value=quote(model_label(model), 60))
     if note:
         embed.add_field(name="Note", value=note, inline=False)
     embed.add_field(name="Made", value=credit, inline=False)

@@ -19,7 +19,7 @@ from generation.storage import Generation, get_guild_generation, list_history
 from .. import embeds
 from ..errors import RateLimited, UserFacingError
 from ..replies import show_where_it_went
-from ..text import NO_PINGS, quote
+from ..text import NO_PINGS, model_label, quote
 from ..tracker import TrackedJob
 from ..views import cancel_view
 
@@ -118,7 +118,7 @@ class Loops(commands.Cog):
         format: str = "wav",
     ) -> None:
         if model is not None:
-            self.bot.require_allowed_model(model)
+            model = self.bot.allowed_model(model)
         request = JobRequest(
             user_id=interaction.user.id, prompt=prompt, bpm=bpm, bars=bars, beats_per_bar=BEATS_BY_METER[meter],
             guild_id=interaction.guild_id, channel_id=interaction.channel_id, role_ids=self.role_ids(interaction),
@@ -229,7 +229,7 @@ def info_embed(row: tp.Any) -> discord.Embed:
     embed = discord.Embed(title=f"Loop {row.short_id}", description=quote(row.prompt, 1000))
     fields = {
         "Sent to the model": quote(row.prompt_sent, 1000), "BPM": f"{row.bpm:g}", "Bars": row.bars,
-        "Beats per bar": row.beats_per_bar, "Seed": row.seed, "Model": quote(row.model, 100),
+        "Beats per bar": row.beats_per_bar, "Seed": row.seed, "Model": quote(model_label(row.model), 100),
         "Temperature": row.temperature, "Top-k": row.top_k, "Top-p": row.top_p, "CFG": row.cfg_coef,
         "Kind": row.kind.value, "Status": row.status.value, "Source tempo": row.source_bpm,
         "Stretch": row.stretch_ratio, "Seam score": row.seam_score, "Tempo stability": row.tempo_stability,

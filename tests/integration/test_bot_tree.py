@@ -5,6 +5,7 @@ is queued stays queued and the limits can be counted exactly)."""
 from __future__ import annotations
 
 import io
+import json
 import re
 import typing as tp
 from collections.abc import AsyncIterator
@@ -39,9 +40,11 @@ async def double() -> AsyncIterator[DiscordDouble]:
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def bot(double: DiscordDouble, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[InProcessBot]:
     data = tmp_path_factory.mktemp("tree")
+    finetune = data / "models" / "jam-finetune"  # a local checkpoint: users see its name, never its path
+    finetune.mkdir(parents=True)
     settings = Settings(
         storage={"data_dir": data}, queue={"max_queued_per_user": 3, "rate_limit_jobs": 50, "max_queue": 1000},
-        model={"name": "facebook/musicgen-small", "allowed": ["facebook/musicgen-small", "facebook/musicgen-medium"]},
+        model={"name": "facebook/musicgen-small", "allowed": ["facebook/musicgen-small", "facebook/musicgen-medium", str(finetune)]},
     )
     database = Database.from_settings(settings.storage)
     database.upgrade()
@@ -60,6 +63,12 @@ async def answer(double: DiscordDouble, command: str, options: dict[str, tp.Any]
 def text_of(response: dict) -> str:
     data = response["data"]
     return data.get("content") or " ".join(e.get("description", "") + e.get("title", "") for e in data.get("embeds", []))
+
+
+def with_buttons(message: dict, custom_ids: list[str], channel_id: int) -> dict:
+    """`message` as if it were in `channel_id` with these buttons, to press ids the bot would post under a result."""
+    row = {"type": 1, "components": [{"type": 2, "style": 1, "label": c, "custom_id": c} for c in custom_ids]}
+    return {**message, "channel_id": str(channel_id), "components": [row]}
 
 
 def rows_of(bot: InProcessBot, user_id: int) -> list:
@@ -238,10 +247,6 @@ async def test_ids_resolve_only_in_the_server_their_loop_was_made_in(double: Dis
     job_id = (await sent.wait_callback(timeout=3)).json["data"]["embeds"][0]["footer"]["text"].split()[0]
     home_message = double.original_message(sent)
 
-    def carrying(message: dict, custom_ids: list[str], channel_id: int) -> dict:
-        row = {"type": 1, "components": [{"type": 2, "style": 1, "label": c, "custom_id": c} for c in custom_ids]}
-        return {**message, "channel_id": str(channel_id), "components": [row]}
-
     async def pressed(message: dict, custom_id: str) -> dict:
         return (await (await double.click(message, custom_id, user=dana)).wait_callback(timeout=3)).json
 
@@ -256,7 +261,7 @@ async def test_ids_resolve_only_in_the_server_their_loop_was_made_in(double: Dis
             answers = [await answer(double, "replay", {"id": id_}, user=dana, channel=away_channel)
                        for id_ in (job_id, "unknown0")]
         else:
-            away_message = carrying(home_message, [command, read_alike(command)], away_channel.id)
+            away_message = with_buttons(home_message, [command, read_alike(command)], away_channel.id)
             answers = [await pressed(away_message, custom_id) for custom_id in (command, read_alike(command))]
         shown, unknown = answers
         assert shown["data"]["flags"] & EPHEMERAL, command
@@ -270,8 +275,35 @@ async def test_ids_resolve_only_in_the_server_their_loop_was_made_in(double: Dis
     # In its own server the same id works.
     replayed = await answer(double, "replay", {"id": job_id}, user=dana)
     assert replayed["data"]["embeds"][0]["title"] == "Queued"
-    rerolled = await pressed(carrying(home_message, [f"lj:reroll:{job_id}"], world.channel.id), f"lj:reroll:{job_id}")
+    rerolled = await pressed(with_buttons(home_message, [f"lj:reroll:{job_id}"], world.channel.id), f"lj:reroll:{job_id}")
     assert rerolled["data"]["embeds"][0]["title"] == "Queued"
     suggested = await double.autocomplete("loop", "prompt", {"prompt": "private"}, user=dana)
     assert [c["value"] for c in (await suggested.wait_callback(timeout=3)).json["data"]["choices"]] == ["a private jam"]
     assert len(rows_of(bot, dana.user.id)) == 3
+
+
+async def test_a_local_model_is_shown_by_its_name_never_its_path(double: DiscordDouble, bot: InProcessBot) -> None:
+    path = bot.settings.model.allowed[-1]
+    frank = double.world.add_member(double.world.guild, "frank")
+    suggested = await double.autocomplete("loop", "model", {"prompt": "dub", "bpm": 100, "model": "jam"}, user=frank)
+    assert (await suggested.wait_callback(timeout=3)).json["data"]["choices"] == [{"name": "jam-finetune", "value": "jam-finetune"}]
+    unknown = await answer(double, "loop", {"prompt": "dub", "bpm": 100, "model": "jam-remix"}, user=frank)
+    assert "jam-finetune" in text_of(unknown)
+
+    sent = await double.slash("loop", {"prompt": "dub", "bpm": 100, "model": "jam-finetune"}, user=frank)
+    job_id = (await sent.wait_callback(timeout=3)).json["data"]["embeds"][0]["footer"]["text"].split()[0]
+    (row,) = rows_of(bot, frank.user.id)
+    assert row.model == path  # the worker loads the path
+    message = with_buttons(double.original_message(sent), [f"lj:info:{job_id}"], double.world.channel.id)
+    info = (await (await double.click(message, f"lj:info:{job_id}", user=frank)).wait_callback(timeout=3)).json
+    assert {f["name"]: f["value"] for f in info["data"]["embeds"][0]["fields"]}["Model"] == "jam-finetune"
+
+    try:
+        await answer(double, "settings model", {"name": "jam-finetune"}, user="owner")
+        shown = await answer(double, "settings show", {}, user="owner")
+        assert {f["name"]: f["value"] for f in shown["data"]["embeds"][0]["fields"]}["Default model"] == "jam-finetune"
+    finally:
+        with bot.database.session() as session:
+            upsert_guild_settings(session, double.world.guild.id, default_model=None)
+    every_answer = [r.json for r in double.requests.matching(lambda r: r.json is not None)]
+    assert path not in json.dumps(every_answer)
