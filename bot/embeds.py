@@ -17,6 +17,7 @@ BAR_CELLS = 20
 STAGE_WORDS = {
     "queued": "Queued",
     "generating": "Generating",
+    "retrying": "Trying again for a cleaner loop",
     "looping": "Cutting the loop",
     "uploading": "Uploading",
 }
