@@ -17,7 +17,7 @@ from generation.config import Settings
 from generation.storage import Database
 
 from .errors import LoopJamTree, UserFacingError
-from .text import NO_PINGS
+from .text import NO_PINGS, model_label
 from .tracker import JobTracker
 
 if tp.TYPE_CHECKING:
@@ -46,16 +46,19 @@ class BotCore(commands.Bot):
         self.sync_guild = sync_guild or settings.discord.sync_guild
         self.tracker = JobTracker()
 
-    def require_allowed_model(self, name: str) -> None:
-        """Refuse a model the operator did not configure in `[model] allowed`."""
+    def allowed_model(self, name: str) -> str:
+        """The model of `[model] allowed` that users call `name` (as configured, or by its label); refuses others."""
         allowed = self.settings.model.allowed
-        if name not in allowed:
-            raise UserFacingError(f"Unknown model. Choose one of: {', '.join(allowed)}.")
+        chosen = name if name in allowed else next((m for m in allowed if model_label(m) == name), None)
+        if chosen is None:
+            raise UserFacingError(f"Unknown model. Choose one of: {', '.join(model_label(m) for m in allowed)}.")
+        return chosen
 
     def model_choices(self, current: str) -> list[app_commands.Choice[str]]:
-        """Autocomplete for a model option: the configured models containing what was typed."""
-        matching = [m for m in self.settings.model.allowed if current.lower() in m.lower()]
-        return [app_commands.Choice(name=m[:100], value=m) for m in matching][:25]
+        """Autocomplete for a model option: the labels of the configured models containing what was typed
+        (`allowed_model` takes a label back)."""
+        labels = dict.fromkeys(model_label(m) for m in self.settings.model.allowed)
+        return [app_commands.Choice(name=label[:100], value=label) for label in labels if current.lower() in label.lower()][:25]
 
     async def in_db(self, work: tp.Callable[..., tp.Any], *args: tp.Any, **kwargs: tp.Any) -> tp.Any:
         """Run `work(session, *args, **kwargs)` in one database unit of work, off the event loop."""

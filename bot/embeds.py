@@ -6,10 +6,10 @@ import typing as tp
 
 import discord
 
-from generation.prompts import METER_BY_BEATS
+from generation.prompts import METER_BY_BEATS, printable
 from generation.shape import LoopShape, format_bpm
 
-from .text import quote
+from .text import model_label, quote
 
 COLOUR = discord.Colour.from_rgb(88, 101, 242)
 FAILED_COLOUR = discord.Colour.red()
@@ -17,6 +17,7 @@ BAR_CELLS = 20
 STAGE_WORDS = {
     "queued": "Queued",
     "generating": "Generating",
+    "retrying": "Trying again for a cleaner loop",
     "looping": "Cutting the loop",
     "uploading": "Uploading",
 }
@@ -44,7 +45,7 @@ def request_line(prompt: str, shape: LoopShape) -> str:
 def queued_embed(job_id: str, request: str, position: int, eta: float | None, requester: discord.abc.User) -> discord.Embed:
     embed = discord.Embed(title="Queued", description=request, colour=COLOUR)
     embed.add_field(name="Position", value=f"{position}{describe_eta(eta)}")
-    embed.set_footer(text=f"{job_id} · asked by {requester.display_name}")
+    embed.set_footer(text=f"{job_id} · asked by {printable(requester.display_name)}")
     return embed
 
 
@@ -84,7 +85,7 @@ def result_embed(
     embed.add_field(name="Length", value=f"{duration_s:.2f} s")
     embed.add_field(name="Verdict", value=verdict if verdict == "good" else f"{verdict}: {report.get('reason') or ''}")
     embed.add_field(name="Seed", value=str(seed))
-    embed.add_field(name="Model", value=quote(model, 60))
+    embed.add_field(name="Model", value=quote(model_label(model), 60))
     if note:
         embed.add_field(name="Note", value=note, inline=False)
     embed.add_field(name="Made", value=credit, inline=False)

@@ -1,8 +1,12 @@
-"""Showing user text safely: no pings, no markdown surprises."""
+"""Showing user text safely: no pings, no markdown surprises, no hidden or reordering characters."""
 
 from __future__ import annotations
 
+from pathlib import Path, PurePath
+
 import discord
+
+from generation.prompts import printable
 
 NO_PINGS = discord.AllowedMentions.none()
 """For every message that echoes user text: `@everyone` in a prompt pings nobody."""
@@ -19,5 +23,16 @@ def shortened(text: str, limit: int) -> str:
 
 
 def quote(text: str, limit: int = 200) -> str:
-    """User text made inert for an embed: markdown and mentions escaped, and shortened."""
-    return discord.utils.escape_mentions(discord.utils.escape_markdown(shortened(text, limit)))
+    """User text made inert for an embed: control and format characters (right-to-left overrides,
+    zero-width ones) removed, markdown and mentions escaped, and shortened."""
+    shown = shortened(printable(text), limit)
+    # After `printable`: escaping a mention puts a zero-width space in it.
+    return discord.utils.escape_mentions(discord.utils.escape_markdown(shown))
+
+
+def model_label(name: str) -> str:
+    """How users see a configured model: a Hugging Face id (`facebook/musicgen-small`) as it is, a
+    local checkpoint by its directory's name: the operator's paths are nobody else's business."""
+    path = PurePath(name)
+    local = path.is_absolute() or name.startswith((".", "~")) or len(path.parts) > 2 or Path(name).is_dir()
+    return path.name if local and path.name else name

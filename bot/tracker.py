@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import discord
 
-from generation.jobs.api import JobProgress
+from generation.jobs.api import JobProgress, Stage
 
 from . import embeds
 from .background import TaskSet
@@ -37,6 +37,8 @@ class TrackedJob:
     started: float = field(default_factory=time.monotonic)
     last_edit: float = 0.0
     latest: JobProgress | None = None
+    highest: dict[Stage, float] = field(default_factory=dict)
+    """The highest percent heard per stage: an event that arrives late never moves the bar back."""
     edit_task: asyncio.Task | None = None
 
     def token_alive(self) -> bool:
@@ -69,6 +71,11 @@ class JobTracker:
         job = self.jobs.get(event.job_id)
         if job is None or event == job.latest:  # e.g. the same queue position again: nothing to show
             return
+        if event.stage is Stage.QUEUED:
+            job.highest.clear()  # back in the queue (its worker died): the work starts over
+        elif event.percent < job.highest.get(event.stage, 0.0):
+            return  # overtaken by a later event of the same stage
+        job.highest[event.stage] = event.percent
         job.latest = event
         if job.edit_task is None or job.edit_task.done():
             job.edit_task = self.edits.spawn(self._flush_progress(job), name=f"progress-{job.job_id}")

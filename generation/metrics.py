@@ -41,7 +41,7 @@ VERDICTS = ("good", "usable", "unusable")
 BATCH_SIZE_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64)
 GENERATION_SECONDS_BUCKETS = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600)
 LOOP_SECONDS_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60)
-TIMED_STAGES = (Stage.GENERATING, Stage.LOOPING)
+TIMED_STAGES = (Stage.GENERATING, Stage.RETRYING, Stage.LOOPING)
 
 BatchListener = Callable[[int, float], object]
 """Called with a finished batch's job count and wall seconds."""
@@ -164,7 +164,7 @@ class MetricsRecorder:
         if clock is None:
             return
         clock.move_to(clock.stage, self._clock())
-        self.generation_seconds.observe(clock.seconds.get(Stage.GENERATING, 0.0))
+        self.generation_seconds.observe(clock.seconds.get(Stage.GENERATING, 0.0) + clock.seconds.get(Stage.RETRYING, 0.0))
         self.loop_seconds.observe(clock.seconds.get(Stage.LOOPING, 0.0))
 
 

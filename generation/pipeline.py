@@ -20,7 +20,8 @@ from .loop.parallel import LoopProcesses
 from .shape import LoopShape
 
 StageCallback = tp.Callable[[str, float], None]
-"""Called with a stage ("generating", "looping") and its progress in percent."""
+"""Called with a stage ("generating", "retrying", "looping") and its progress in percent, which
+never goes back within a stage: the retry rounds share one "retrying" bar."""
 
 VERDICT_RANK = {"good": 2, "usable": 1, "unusable": 0}
 SILENCE_ERROR = "The model produced only silence for this prompt. Try describing instruments or a genre."
@@ -135,8 +136,7 @@ class LoopMaker:
             if not batch:
                 break
             requests = [self._request(outcome.spec, seed) for outcome, seed in batch]
-            stage = "generating" if round_index == 0 else "retrying"
-            progress = functools.partial(on_stage, stage) if on_stage else None
+            progress = self._round_progress(on_stage, round_index)
             clips = _looping_from_first(
                 self.engine.generate_each(requests, pending[0].spec.params, progress, should_cancel), on_stage
             )
@@ -150,6 +150,16 @@ class LoopMaker:
         if on_stage:
             on_stage("looping", 100.0)
         return outcomes
+
+    def _round_progress(self, on_stage: StageCallback | None, round_index: int) -> tp.Callable[[float], None] | None:
+        """The engine's progress in one round as the request's: "generating" for the first round; the
+        retry rounds fill one "retrying" bar in turn, so a new round never starts it over."""
+        if on_stage is None:
+            return None
+        if round_index == 0:
+            return functools.partial(on_stage, "generating")
+        rounds_before, retries = round_index - 1, self.generation.retry_budget
+        return lambda percent: on_stage("retrying", (100.0 * rounds_before + percent) / retries)
 
     def _request(self, spec: LoopSpec, seed: int) -> GenerationRequest:
         seconds = spec.shape.seconds + self.generation.extra_seconds

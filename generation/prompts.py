@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +34,15 @@ class BuiltPrompt:
     """What the model is conditioned on."""
     tempo_note: str | None
     """Set when the prompt named another tempo than the `bpm` option, which won."""
+
+
+def printable(text: str) -> str:
+    """`text` without control (Cc) and format (Cf) characters, for quoting it to a terminal or in Discord.
+
+    Terminal escapes could restyle or link the output; right-to-left overrides and zero-width
+    characters could reorder or hide what is quoted around them.
+    """
+    return "".join(char for char in text if unicodedata.category(char) not in ("Cc", "Cf"))
 
 
 def validate_request(prompt: str, shape: LoopShape) -> str:

@@ -14,6 +14,7 @@ from generation.storage import get_guild_settings, upsert_guild_settings
 
 from .. import embeds
 from ..errors import UserFacingError
+from ..text import model_label
 
 if tp.TYPE_CHECKING:
     from ..core import BotCore
@@ -56,7 +57,7 @@ class Settings(commands.GroupCog, group_name="settings", group_description="Loop
         embed.add_field(name="Loops per user", value=f"{value('rate_limit_jobs')} every {value('rate_limit_window_s')} s")
         embed.add_field(name="Queued per user", value=value("max_queued_per_user"))
         embed.add_field(name="Longest loop", value=value("max_bars") + " bars")
-        embed.add_field(name="Default model", value=rules.default_model)
+        embed.add_field(name="Default model", value=model_label(rules.default_model))
         embed.add_field(name="Channels", value=", ".join(f"<#{c}>" for c in rules.allowed_channel_ids) or "all", inline=False)
         roles = ", ".join(f"<@&{r}>" for r in sorted(rules.exempt_role_ids))
         embed.add_field(name="Roles without limits", value=roles or "none", inline=False)
@@ -96,8 +97,7 @@ class Settings(commands.GroupCog, group_name="settings", group_description="Loop
 
     @app_commands.command(name="model", description="The model /loop uses when none is chosen.")
     async def model(self, interaction: discord.Interaction, name: str) -> None:
-        self.bot.require_allowed_model(name)
-        await self._change(interaction, default_model=name)
+        await self._change(interaction, default_model=self.bot.allowed_model(name))
 
     @model.autocomplete("name")
     async def model_names(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:

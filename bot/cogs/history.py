@@ -9,10 +9,9 @@ from discord import app_commands
 from discord.ext import commands
 
 from generation.jobs.api import JobKind, JobRequest
-from generation.storage import get_generation, list_history
+from generation.storage import list_history
 
 from .. import embeds
-from ..errors import UserFacingError
 from ..text import NO_PINGS, quote
 from ..views import HistoryPages
 from .loops import Loops
@@ -54,9 +53,7 @@ class History(commands.Cog):
     @app_commands.describe(id="The loop's id, as shown under it and in /history", seed="Another seed (default: the same)")
     async def replay(self, interaction: discord.Interaction, id: app_commands.Range[str, 1, 32],
                      seed: app_commands.Range[int, 0, 2**53 - 1] | None = None) -> None:
-        row = await self.bot.read_db(get_generation, id.strip())
-        if row is None:
-            raise UserFacingError(f"There is no loop with the id {quote(id, 40)}. /history lists them.")
+        row = await self.loops.find_loop(interaction, id.strip())
         request = JobRequest(
             user_id=interaction.user.id, prompt=row.prompt, bpm=row.bpm, bars=row.bars, beats_per_bar=row.beats_per_bar,
             guild_id=interaction.guild_id, channel_id=interaction.channel_id,

@@ -16,12 +16,12 @@ from discord.ext import commands
 from generation.config import ALLOWED_BARS, BPM_MAX, BPM_MIN, MAX_BARS, MAX_SOURCE_SECONDS, PROMPT_MAX_CHARS
 from generation.jobs.api import MAX_VARIATIONS, Accepted, CancelOutcome, JobKind, JobRequest, QueueUnavailable, Refused
 from generation.prompts import InvalidRequest, check_source
-from generation.storage import UPLOADS_DIR, get_generation, list_history
+from generation.storage import UPLOADS_DIR, Generation, get_guild_generation, list_history
 
 from .. import embeds
 from ..errors import RateLimited, UserFacingError
 from ..replies import show_where_it_went
-from ..text import NO_PINGS, quote, shortened
+from ..text import NO_PINGS, model_label, quote, shortened
 from ..tracker import TrackedJob
 from ..views import cancel_view
 
@@ -62,6 +62,15 @@ class Loops(commands.Cog):
         if missing:
             words = ", ".join(name.replace("_", " ") for name in missing)
             raise UserFacingError(f"I can't post loops in this channel: I need the {words} permission here.")
+
+    async def find_loop(self, interaction: discord.Interaction, job_id: str) -> Generation:
+        """The loop `job_id` of this server: another server's loop is refused as an unknown id is."""
+        row = None
+        if interaction.guild_id is not None:  # in a DM no id resolves: loops belong to servers
+            row = await self.bot.read_db(get_guild_generation, job_id, interaction.guild_id)
+        if row is None:
+            raise UserFacingError(f"There is no loop with the id {quote(job_id, 40)}. /history lists them.")
+        return row
 
     def role_ids(self, interaction: discord.Interaction) -> frozenset[int]:
         roles = getattr(interaction.user, "roles", None) or []
@@ -120,7 +129,7 @@ class Loops(commands.Cog):
         format: str = "wav",
     ) -> None:
         if model is not None:
-            self.bot.require_allowed_model(model)
+            model = self.bot.allowed_model(model)
         request = JobRequest(
             user_id=interaction.user.id, prompt=prompt, bpm=bpm, bars=bars, beats_per_bar=BEATS_BY_METER[meter],
             guild_id=interaction.guild_id, channel_id=interaction.channel_id, role_ids=self.role_ids(interaction),
@@ -132,7 +141,8 @@ class Loops(commands.Cog):
     @loop.autocomplete("prompt")
     async def recent_prompts(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
         rows = await self.bot.read_db(
-            lambda session: list_history(session, user_id=interaction.user.id, search=current or None, limit=25)
+            lambda session: list_history(session, user_id=interaction.user.id, guild_id=interaction.guild_id,
+                                         search=current or None, limit=25)
         )
         unique = list(dict.fromkeys(row.prompt for row in rows))[:25]
         return [app_commands.Choice(name=prompt[:100], value=prompt[:PROMPT_MAX_CHARS]) for prompt in unique]
@@ -206,9 +216,7 @@ class Loops(commands.Cog):
 
     async def on_loop_action(self, interaction: discord.Interaction, action: str, job_id: str) -> None:
         """Variation, Re-roll, Double (queue a new job, charged to whoever pressed) or Info."""
-        row = await self.bot.read_db(get_generation, job_id)
-        if row is None:
-            raise UserFacingError("I can't find that loop any more.")
+        row = await self.find_loop(interaction, job_id)
         if action == "info":
             await interaction.response.send_message(embed=info_embed(row), ephemeral=True)
             return
@@ -225,10 +233,10 @@ class Loops(commands.Cog):
         await self.enqueue(interaction, request)
 
     async def on_cancel(self, interaction: discord.Interaction, job_id: str) -> None:
-        result = await self.bot.service.cancel(job_id, interaction.user.id)
+        result = await self.bot.service.cancel(job_id, interaction.user.id, guild_id=interaction.guild_id)
         if result.outcome is CancelOutcome.ALREADY_FINISHED:
             # A reply whose token expired (e.g. across a restart) still shows Cancel: point it at the loop.
-            if await show_where_it_went(interaction, await self.bot.read_db(get_generation, job_id)):
+            if await show_where_it_went(interaction, await self.find_loop(interaction, job_id)):
                 return
         if not result.ok:
             raise UserFacingError(result.message)
@@ -239,7 +247,7 @@ def info_embed(row: tp.Any) -> discord.Embed:
     embed = discord.Embed(title=f"Loop {row.short_id}", description=quote(row.prompt, 1000))
     fields = {
         "Sent to the model": quote(row.prompt_sent, 1000), "BPM": f"{row.bpm:g}", "Bars": row.bars,
-        "Beats per bar": row.beats_per_bar, "Seed": row.seed, "Model": quote(row.model, 100),
+        "Beats per bar": row.beats_per_bar, "Seed": row.seed, "Model": quote(model_label(row.model), 100),
         "Temperature": row.temperature, "Top-k": row.top_k, "Top-p": row.top_p, "CFG": row.cfg_coef,
         "Kind": row.kind.value, "Status": row.status.value, "Source tempo": row.source_bpm,
         "Stretch": row.stretch_ratio, "Seam score": row.seam_score, "Tempo stability": row.tempo_stability,

@@ -9,6 +9,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from .. import embeds
+from ..text import model_label
 
 if tp.TYPE_CHECKING:
     from ..core import BotCore
@@ -27,6 +28,6 @@ class Status(commands.Cog):
         embed.add_field(name="Workers", value=str(status.workers_alive))
         eta = status.eta_by_position[status.depth] if len(status.eta_by_position) > status.depth else None
         embed.add_field(name="A new loop now", value=embeds.describe_eta(eta).lstrip(", ") or "no timing yet")
-        embed.add_field(name="Models", value=", ".join(status.models) or "loading…", inline=False)
+        embed.add_field(name="Models", value=", ".join(model_label(m) for m in status.models) or "loading…", inline=False)
         await interaction.response.send_message(embed=embed, ephemeral=True)
 

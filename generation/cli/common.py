@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from ..config import Settings, SettingsError, load_settings
+from ..storage.database import InvalidDatabaseUrl, database_url
 
 
 class CliState:
@@ -21,9 +22,18 @@ def fail(message: str) -> typer.Exit:
     return typer.Exit(2)
 
 
-def settings() -> Settings:
-    """The settings, or exit 2 with one line naming the invalid one."""
+def settings(*, database: bool = False) -> Settings:
+    """The settings, or exit 2 with one line naming the invalid one.
+
+    `database`: the command opens the history database, so its URL must be usable too.
+    """
     try:
-        return load_settings(CliState.config_file)
+        conf = load_settings(CliState.config_file)
     except SettingsError as error:
         raise fail(str(error)) from None
+    if database:
+        try:
+            database_url(conf.storage)
+        except InvalidDatabaseUrl as error:
+            raise fail(f"Invalid setting storage.database_url: {error}") from None
+    return conf

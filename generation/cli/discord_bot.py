@@ -14,7 +14,7 @@ def run(
     sync_guild: Annotated[int | None, typer.Option(help="Sync commands to this guild only (instant; for development).")] = None,
 ) -> None:
     """Start the Discord bot (and, in embedded mode, its GPU worker)."""
-    conf = settings()
+    conf = settings(database=True)
     if conf.token is None:
         from bot.runner import NO_TOKEN
 

@@ -20,6 +20,7 @@ import typer
 from alembic.util import CommandError
 from sqlalchemy.exc import SQLAlchemyError
 
+from ..prompts import printable
 from ..storage import Database, Generation, list_history, redact
 from ..storage.migrate import head_revision
 from ..storage.repository import DEFAULT_HISTORY_LIMIT
@@ -34,7 +35,7 @@ NO_LOOPS_YET = "No loops yet: the loops made with /loop and /loopify in Discord 
 @contextmanager
 def _open_database() -> Iterator[Database]:
     """The configured database; its errors become one clear line (exit code 2)."""
-    database = Database.from_settings(settings().storage)
+    database = Database.from_settings(settings(database=True).storage)
     try:
         yield database
     except SQLAlchemyError as error:
@@ -128,13 +129,15 @@ def _json_value(value: object) -> str:
 
 def _print_table(generations: list[Generation]) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table("id", "created (UTC)", "user", "bpm", "bars", "kind", "status", "verdict", "prompt")
     for generation in generations:
-        prompt = generation.prompt
+        prompt = printable(generation.prompt)
         if len(prompt) > PROMPT_COLUMN_CHARS:
             prompt = prompt[: PROMPT_COLUMN_CHARS - 1] + "…"
+        prompt = escape(prompt)  # a prompt is shown as typed, never read as Rich markup
         table.add_row(
             generation.short_id,
             f"{generation.created_at:%Y-%m-%d %H:%M}",

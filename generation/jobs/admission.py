@@ -32,7 +32,7 @@ from ..storage import (
     NewGeneration,
     Session,
     create_request_groups,
-    get_generation,
+    get_guild_generation,
     utcnow,
 )
 from ..storage.queue import count_waiting_requests, guild_settings_of, queued_requests_by_user, request_times_by_user
@@ -262,7 +262,7 @@ def check_requests(session: Session, settings: Settings, requests: Sequence[JobR
     checked: list[Checked | Refused] = []
     for request in requests:
         guild = guilds.get(request.guild_id) if request.guild_id is not None else None
-        parent = get_generation(session, request.parent_loop_id) if request.parent_loop_id is not None else None
+        parent = None if request.parent_loop_id is None else get_guild_generation(session, request.parent_loop_id, request.guild_id)
         rows = check_request(settings, request, guild, parent)
         checked.append(rows if isinstance(rows, Refused) else Checked(request, rows, Limits.resolve(settings, guild, request.role_ids)))
     return checked

@@ -133,6 +133,8 @@ class CancelResult:
 class Stage(str, enum.Enum):
     QUEUED = "queued"
     GENERATING = "generating"
+    RETRYING = "retrying"
+    """Generating new takes because no earlier one looped well (best-of-N's further rounds)."""
     LOOPING = "looping"
     UPLOADING = "uploading"
 

@@ -170,7 +170,7 @@ class _Batch:
         def on_stage(stage: str, percent: float) -> None:
             if stage != last[0] or percent - last[1] >= PROGRESS_STEP or percent >= 100.0:
                 last[:] = [stage, percent]
-                self.send(WorkProgress(job_ids, "generating" if stage == "retrying" else stage, percent))
+                self.send(WorkProgress(job_ids, stage, percent))
 
         def should_cancel() -> bool:
             # Stop the batch only when all its jobs are cancelled; otherwise the others still need it.

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..config import Settings
-from ..storage import Database, Session, get_generation, hand_back_running, list_request_group, mark_cancelled
+from ..storage import Database, Session, get_guild_generation, hand_back_running, list_request_group, mark_cancelled
 from .admission import RateCounter, admit_group
 from .api import (
     Accepted,
@@ -195,12 +195,12 @@ class QueueService:
     def _admit_group(self, session: Session, requests: Sequence[JobRequest], counter: RateCounter | None) -> list[WorkItem | Refused]:
         return work_items(admit_group(session, self.settings, requests, counter))
 
-    async def cancel(self, job_id: str, user_id: int) -> CancelResult:
-        """Cancel a waiting or running job; only the user who asked for it may.
+    async def cancel(self, job_id: str, user_id: int, *, guild_id: int | None) -> CancelResult:
+        """Cancel a waiting or running job; only the user who asked for it may, in the server it was asked in.
 
         Raises `QueueUnavailable` (nothing cancelled) while the database is unreachable.
         """
-        outcome = await self._units.attempt(cancel_request, job_id, user_id)
+        outcome = await self._units.attempt(cancel_request, job_id, user_id, guild_id)
         if outcome is CancelOutcome.CANCELLED:
             waiting = self._dispatcher.queue.remove(job_id)
             running = self._dispatcher.running.pop(job_id, None)
@@ -245,9 +245,9 @@ def _report_death(task: asyncio.Task[None]) -> None:
         log.error("queue task %s stopped", task.get_name(), exc_info=error)
 
 
-def cancel_request(session: Session, job_id: str, user_id: int) -> CancelOutcome:
-    """Cancel every row of the request `job_id` still waiting or running, when `user_id` owns it."""
-    row = get_generation(session, job_id)
+def cancel_request(session: Session, job_id: str, user_id: int, guild_id: int | None) -> CancelOutcome:
+    """Cancel every row of the request `job_id` of `guild_id` still waiting or running, when `user_id` owns it."""
+    row = get_guild_generation(session, job_id, guild_id)
     if row is None:
         return CancelOutcome.NOT_FOUND
     if row.user_id != user_id:

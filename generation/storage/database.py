@@ -9,7 +9,7 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import ArgumentError, DBAPIError, InterfaceError, NoSuchModuleError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -17,19 +17,39 @@ from ..config import StorageSettings
 from . import migrate
 
 SQLITE_FILE_NAME = "loopjam.db"
+SUPPORTED_BACKENDS = ("sqlite", "postgresql")
+EXAMPLE_URL = "postgresql://user:password@host:5432/loopjam"
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 READ_ONLY = "loopjam_read_only"
 """Execution option of `Database.reading()` connections: SQLite begins them without the write lock."""
 
 
+class InvalidDatabaseUrl(ValueError):
+    """`storage.database_url` cannot be used; the message says why in one line, never with the URL's password."""
+
+
 def database_url(storage: StorageSettings) -> URL:
-    """The configured URL, or the SQLite file in the data directory when none is set."""
+    """The configured URL, or the SQLite file in the data directory when none is set.
+
+    Raises `InvalidDatabaseUrl` for a URL that does not parse or names no database LoopJam can use.
+    """
     if storage.database_url is None:
         return URL.create("sqlite+pysqlite", database=str(storage.data_dir / SQLITE_FILE_NAME))
-    url = make_url(storage.database_url.get_secret_value())
+    try:
+        url = make_url(storage.database_url.get_secret_value())
+    except ArgumentError:
+        raise InvalidDatabaseUrl(f"it is not a URL like {EXAMPLE_URL}") from None
+    except ValueError:  # SQLAlchemy's int() of the port; its message holds only the port, but say it plainly
+        raise InvalidDatabaseUrl(f"its port is not a number (expected a URL like {EXAMPLE_URL})") from None
     if url.drivername in ("postgresql", "postgres"):
         # psycopg 3 is the driver we ship; SQLAlchemy's default for bare "postgresql" is psycopg2.
         url = url.set(drivername="postgresql+psycopg")
+    if url.get_backend_name() not in SUPPORTED_BACKENDS:
+        raise InvalidDatabaseUrl(f"{url.get_backend_name()!r} is not supported: use PostgreSQL ({EXAMPLE_URL}) or SQLite")
+    try:
+        url.get_dialect().import_dbapi()
+    except (NoSuchModuleError, ImportError):
+        raise InvalidDatabaseUrl(f"the driver {url.drivername!r} is not installed: use postgresql:// (psycopg 3) or sqlite://") from None
     return url
 
 

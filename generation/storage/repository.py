@@ -137,7 +137,18 @@ def create_generation(session: Session, request: NewGeneration) -> Generation:
 
 
 def get_generation(session: Session, short_id: str) -> Generation | None:
+    """The generation `short_id`, wherever it was made: for the queue's own ids, never for an id a user gave."""
     return session.scalar(select(Generation).where(Generation.short_id == short_id))
+
+
+def get_guild_generation(session: Session, short_id: str, guild_id: int | None) -> Generation | None:
+    """The generation `short_id` as named in the server `guild_id`; None when unknown or made elsewhere.
+
+    Ids users give (commands, buttons) resolve only where their loop was made, so another
+    server's loop reads exactly like an unknown id. `guild_id` None names the loops made
+    outside any server (by the CLI).
+    """
+    return session.scalar(select(Generation).where(Generation.short_id == short_id, Generation.guild_id == guild_id))
 
 
 def list_request_group(session: Session, request_group: str) -> list[Generation]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -41,7 +42,9 @@ async def result_of(double: DiscordDouble, sent, since: int) -> RecordedRequest:
     )
 
 
-async def test_loop_is_acknowledged_fast_shows_progress_and_posts_an_exact_wav(double: DiscordDouble, bot: BotProcess) -> None:
+async def test_loop_is_acknowledged_fast_shows_progress_and_posts_an_exact_wav(
+    double: DiscordDouble, bot: BotProcess, tiny_model_dir: Path
+) -> None:
     since = len(double.requests)
     sent = await double.slash("loop", {"prompt": "dusty boom bap, vinyl crackle", "bpm": 92, "bars": 1}, user="alice")
     callback = await sent.wait_callback(timeout=3)
@@ -61,6 +64,11 @@ async def test_loop_is_acknowledged_fast_shows_progress_and_posts_an_exact_wav(d
     assert labels == ["Variation", "Re-roll", "Double", "Info"]
     footer = result.json["embeds"][0]["footer"]["text"]
     assert footer.startswith("id ")
+    # The model is a local checkpoint: users see its directory's name, never its path.
+    assert field(result, "Model") == "tiny"
+    status = (await (await double.slash("status", {}, user="alice")).wait_callback(timeout=3)).json
+    assert {f["name"]: f["value"] for f in status["data"]["embeds"][0]["fields"]}["Models"] == "tiny"
+    assert str(tiny_model_dir) not in json.dumps([r.json for r in double.requests.matching(lambda r: r.json is not None)])
 
 
 async def test_everyone_in_a_prompt_pings_nobody(double: DiscordDouble, bot: BotProcess) -> None:

@@ -5,6 +5,7 @@ is queued stays queued and the limits can be counted exactly)."""
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
 import time
@@ -24,6 +25,7 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from upload_files import bomb
 
+from bot.text import quote
 from generation.config import Settings
 from generation.jobs import QueueService
 from generation.storage import UPLOADS_DIR, Database, list_history, upsert_guild_settings
@@ -45,9 +47,11 @@ async def double() -> AsyncIterator[DiscordDouble]:
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def bot(double: DiscordDouble, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[InProcessBot]:
     data = tmp_path_factory.mktemp("tree")
+    finetune = data / "models" / "jam-finetune"  # a local checkpoint: users see its name, never its path
+    finetune.mkdir(parents=True)
     settings = Settings(
         storage={"data_dir": data}, queue={"max_queued_per_user": 3, "rate_limit_jobs": 50, "max_queue": 1000},
-        model={"name": "facebook/musicgen-small", "allowed": ["facebook/musicgen-small", "facebook/musicgen-medium"]},
+        model={"name": "facebook/musicgen-small", "allowed": ["facebook/musicgen-small", "facebook/musicgen-medium", str(finetune)]},
     )
     database = Database.from_settings(settings.storage)
     database.upgrade()
@@ -66,6 +70,12 @@ async def answer(double: DiscordDouble, command: str, options: dict[str, tp.Any]
 def text_of(response: dict) -> str:
     data = response["data"]
     return data.get("content") or " ".join(e.get("description", "") + e.get("title", "") for e in data.get("embeds", []))
+
+
+def with_buttons(message: dict, custom_ids: list[str], channel_id: int) -> dict:
+    """`message` as if it were in `channel_id` with these buttons, to press ids the bot would post under a result."""
+    row = {"type": 1, "components": [{"type": 2, "style": 1, "label": c, "custom_id": c} for c in custom_ids]}
+    return {**message, "channel_id": str(channel_id), "components": [row]}
 
 
 def rows_of(bot: InProcessBot, user_id: int) -> list:
@@ -108,6 +118,19 @@ async def test_everyone_in_a_prompt_is_escaped_and_pings_nobody(double: DiscordD
     assert data["allowed_mentions"] == {"parse": []} or data["allowed_mentions"]["parse"] == []
     description = data["embeds"][0]["description"]
     assert "@everyone" not in description and "\\_\\_loud\\_\\_" in description
+
+
+async def test_hidden_and_reordering_characters_never_reach_an_embed(double: DiscordDouble, bot: InProcessBot) -> None:
+    erin = double.world.add_member(double.world.guild, "erin")
+    hidden = "\u202e\u200b\u200c\u200d\u2066\u2067\u2068\u2069\ufeff\x1b"
+    words = "deep house with a \u00e9lan vital and no tricks at all".split()
+    prompt = " ".join(f"{char}{word}" for char, word in zip(hidden, words)) + " " + words[-1]
+    queued = await answer(double, "loop", {"prompt": prompt, "bpm": 120}, user=erin)
+    listed = await answer(double, "history", {"search": "house"}, user=erin)
+    shown = [queued["data"]["embeds"][0]["description"], listed["data"]["embeds"][0]["fields"][0]["value"]]
+    for text in shown:
+        assert " ".join(words) in text
+        assert not set(hidden) & set(text), text
 
 
 async def test_too_many_queued_then_refused_exactly(double: DiscordDouble, bot: InProcessBot) -> None:
@@ -304,3 +327,75 @@ async def test_settings_show_each_rule_as_the_server_set_it_or_the_default(doubl
         with bot.database.session() as session:
             for guild in bot.guilds:
                 upsert_guild_settings(session, guild.id, max_bars=None, default_model=None)
+
+
+async def test_ids_resolve_only_in_the_server_their_loop_was_made_in(double: DiscordDouble, bot: InProcessBot) -> None:
+    world = double.world
+    dana = world.add_member(world.guild, "dana")
+    away = world.add_guild("Other Jam", owner=world.owner)
+    away_channel = world.add_channel(away, "loops")
+    away.members[dana.user.id] = FakeMember(dana.user)  # the same user in both servers
+    sent = await double.slash("loop", {"prompt": "a private jam", "bpm": 100}, user=dana)
+    job_id = (await sent.wait_callback(timeout=3)).json["data"]["embeds"][0]["footer"]["text"].split()[0]
+    home_message = double.original_message(sent)
+
+    async def pressed(message: dict, custom_id: str) -> dict:
+        return (await (await double.click(message, custom_id, user=dana)).wait_callback(timeout=3)).json
+
+    def read_alike(custom_id: str) -> str:
+        return custom_id.replace(job_id, "unknown0")
+
+    # In another server the id reads exactly like an unknown one: /replay, every button, and no prompt suggested.
+    before = rows_of(bot, dana.user.id)
+    commands = [f"replay:{job_id}"] + [f"lj:{action}:{job_id}" for action in ("variation", "reroll", "double", "info", "cancel")]
+    for command in commands:
+        if command.startswith("replay:"):
+            answers = [await answer(double, "replay", {"id": id_}, user=dana, channel=away_channel)
+                       for id_ in (job_id, "unknown0")]
+        else:
+            away_message = with_buttons(home_message, [command, read_alike(command)], away_channel.id)
+            answers = [await pressed(away_message, custom_id) for custom_id in (command, read_alike(command))]
+        shown, unknown = answers
+        assert shown["data"]["flags"] & EPHEMERAL, command
+        assert text_of(shown).replace(quote(job_id), "unknown0") == text_of(unknown) and "no loop with" in text_of(unknown), command
+    suggested = await double.autocomplete("loop", "prompt", {"prompt": "private"}, user=dana, channel=away_channel)
+    assert (await suggested.wait_callback(timeout=3)).json["data"]["choices"] == []
+    after = rows_of(bot, dana.user.id)
+    assert [(r.short_id, r.status.value) for r in after] == [(r.short_id, r.status.value) for r in before]
+    assert [r.status.value for r in after] == ["queued"]  # not cancelled from the other server
+
+    # In its own server the same id works.
+    replayed = await answer(double, "replay", {"id": job_id}, user=dana)
+    assert replayed["data"]["embeds"][0]["title"] == "Queued"
+    rerolled = await pressed(with_buttons(home_message, [f"lj:reroll:{job_id}"], world.channel.id), f"lj:reroll:{job_id}")
+    assert rerolled["data"]["embeds"][0]["title"] == "Queued"
+    suggested = await double.autocomplete("loop", "prompt", {"prompt": "private"}, user=dana)
+    assert [c["value"] for c in (await suggested.wait_callback(timeout=3)).json["data"]["choices"]] == ["a private jam"]
+    assert len(rows_of(bot, dana.user.id)) == 3
+
+
+async def test_a_local_model_is_shown_by_its_name_never_its_path(double: DiscordDouble, bot: InProcessBot) -> None:
+    path = bot.settings.model.allowed[-1]
+    frank = double.world.add_member(double.world.guild, "frank")
+    suggested = await double.autocomplete("loop", "model", {"prompt": "dub", "bpm": 100, "model": "jam"}, user=frank)
+    assert (await suggested.wait_callback(timeout=3)).json["data"]["choices"] == [{"name": "jam-finetune", "value": "jam-finetune"}]
+    unknown = await answer(double, "loop", {"prompt": "dub", "bpm": 100, "model": "jam-remix"}, user=frank)
+    assert "jam-finetune" in text_of(unknown)
+
+    sent = await double.slash("loop", {"prompt": "dub", "bpm": 100, "model": "jam-finetune"}, user=frank)
+    job_id = (await sent.wait_callback(timeout=3)).json["data"]["embeds"][0]["footer"]["text"].split()[0]
+    (row,) = rows_of(bot, frank.user.id)
+    assert row.model == path  # the worker loads the path
+    message = with_buttons(double.original_message(sent), [f"lj:info:{job_id}"], double.world.channel.id)
+    info = (await (await double.click(message, f"lj:info:{job_id}", user=frank)).wait_callback(timeout=3)).json
+    assert {f["name"]: f["value"] for f in info["data"]["embeds"][0]["fields"]}["Model"] == "jam-finetune"
+
+    try:
+        await answer(double, "settings model", {"name": "jam-finetune"}, user="owner")
+        shown = await answer(double, "settings show", {}, user="owner")
+        assert {f["name"]: f["value"] for f in shown["data"]["embeds"][0]["fields"]}["Default model"] == "jam-finetune"
+    finally:
+        with bot.database.session() as session:
+            upsert_guild_settings(session, double.world.guild.id, default_model=None)
+    every_answer = [r.json for r in double.requests.matching(lambda r: r.json is not None)]
+    assert path not in json.dumps(every_answer)

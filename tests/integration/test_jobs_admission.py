@@ -14,6 +14,7 @@ from generation.jobs import (
     CancelOutcome,
     JobCancelled,
     JobEvent,
+    JobKind,
     JobProgress,
     JobRequest,
     QueueService,
@@ -69,7 +70,7 @@ async def test_rate_limit_counts_every_job_in_the_window(make_service) -> None:
     assert refusal.message == "You've made 4 loops recently; you can ask for another in 10 minutes."
     # A job leaving the queue (here: cancelled) does not give its place in the window back.
     accepted = next(r for r in results if isinstance(r, Accepted))
-    assert (await service.cancel(accepted.job_id, 1)).ok
+    assert (await service.cancel(accepted.job_id, 1, guild_id=GUILD)).ok
     assert (await service.submit(loop(1))).reason is RefusalKind.RATE_LIMITED
 
 
@@ -121,18 +122,28 @@ async def test_only_the_owner_can_cancel(make_service) -> None:
     service = make_service()
     accepted = await service.submit(loop(1))
     events = service.subscribe(accepted.job_id)
-    refused = await service.cancel(accepted.job_id, user_id=2)
+    refused = await service.cancel(accepted.job_id, user_id=2, guild_id=GUILD)
     assert refused.outcome is CancelOutcome.NOT_OWNER
     assert refused.message == "Only the person who asked for this loop can cancel it."
+    # Its owner, in another server: the id names no loop there.
+    assert (await service.cancel(accepted.job_id, user_id=1, guild_id=GUILD + 1)).outcome is CancelOutcome.NOT_FOUND
     assert (await service.status()).depth == 1
 
-    assert (await service.cancel(accepted.job_id, user_id=1)).outcome is CancelOutcome.CANCELLED
+    assert (await service.cancel(accepted.job_id, user_id=1, guild_id=GUILD)).outcome is CancelOutcome.CANCELLED
     assert events.get_nowait() == JobCancelled(accepted.job_id)
     assert (await service.status()).depth == 0
     with service.database.session() as session:
         assert get_generation(session, accepted.job_id).status is GenerationStatus.CANCELLED
-    assert (await service.cancel(accepted.job_id, user_id=1)).outcome is CancelOutcome.ALREADY_FINISHED
-    assert (await service.cancel("nope1234", user_id=1)).outcome is CancelOutcome.NOT_FOUND
+    assert (await service.cancel(accepted.job_id, user_id=1, guild_id=GUILD)).outcome is CancelOutcome.ALREADY_FINISHED
+    assert (await service.cancel("nope1234", user_id=1, guild_id=GUILD)).outcome is CancelOutcome.NOT_FOUND
+
+
+async def test_a_parent_loop_of_another_server_is_unknown_there(make_service) -> None:
+    service = make_service()
+    parent = await service.submit(loop(1))
+    elsewhere = await service.submit(loop(1, guild_id=GUILD + 1, kind=JobKind.REPLAY, parent_loop_id=parent.job_id))
+    assert elsewhere == Refused(RefusalKind.INVALID, f"There is no loop with the id {parent.job_id!r}.")
+    assert isinstance(await service.submit(loop(1, kind=JobKind.REPLAY, parent_loop_id=parent.job_id)), Accepted)
 
 
 async def test_fair_positions_interleave_users(make_service) -> None:

@@ -324,7 +324,7 @@ async def test_a_worker_killed_mid_batch_loses_nothing(workers, database, tiny_m
         cancelled = (await submit_all(service, [loop(5, **LONG)]))[0]
         events = service.subscribe(cancelled)
         await running_on(service, cancelled)
-        assert (await service.cancel(cancelled, user_id=5)).ok
+        assert (await service.cancel(cancelled, user_id=5, guild_id=None)).ok
         assert await final_event(service, cancelled, events) == JobCancelled(cancelled)
         after = (await submit_all(service, [loop(5)]))[0]
         assert isinstance(await final_event(service, after), JobDone)

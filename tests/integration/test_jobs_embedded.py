@@ -132,8 +132,8 @@ async def worker_killed_mid_job(service: QueueService) -> None:
     while not (isinstance(event := await asyncio.wait_for(events.get(), 60), JobProgress)
                and event.stage is Stage.GENERATING and event.percent > 0):
         pass
-    assert (await service.cancel(long.job_id, user_id=2)).outcome is CancelOutcome.NOT_OWNER
-    assert (await service.cancel(long.job_id, user_id=1)).ok
+    assert (await service.cancel(long.job_id, user_id=2, guild_id=None)).outcome is CancelOutcome.NOT_OWNER
+    assert (await service.cancel(long.job_id, user_id=1, guild_id=None)).ok
     assert await final_event(service, long.job_id, events) == JobCancelled(long.job_id)
     after = await service.submit(loop(1))
     assert isinstance(await final_event(service, after.job_id), JobDone)

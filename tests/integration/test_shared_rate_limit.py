@@ -117,9 +117,9 @@ async def test_refused_requests_are_not_counted_and_the_other_checks_come_first(
             assert (await second.submit(loop(7))).reason is RefusalKind.TOO_MANY_QUEUED  # type: ignore[union-attr]
         assert await window_count(redis_url, prefix, 7) == 1
 
-        assert (await second.cancel(accepted.job_id, 7)).ok  # its place in the queue, not in the window, is free
+        assert (await second.cancel(accepted.job_id, 7, guild_id=None)).ok  # its place in the queue, not in the window, is free
         again = await second.submit(loop(7))
-        assert isinstance(again, Accepted) and (await first.cancel(again.job_id, 7)).ok
+        assert isinstance(again, Accepted) and (await first.cancel(again.job_id, 7, guild_id=None)).ok
         limited = await first.submit(loop(7))
         assert isinstance(limited, Refused) and limited.reason is RefusalKind.RATE_LIMITED
         assert limited.retry_after is not None and 0 < limited.retry_after <= WINDOW_S

@@ -100,6 +100,30 @@ def test_an_unreachable_database_is_one_line_without_the_password(use_database) 
     assert PASSWORD not in output
 
 
+@pytest.mark.parametrize(
+    ("url", "why"),
+    [
+        (f"postgresql://loopjam:{PASSWORD}@:bad/loopjam", "its port is not a number"),
+        (f"mysql://loopjam:{PASSWORD}@db/loopjam", "'mysql' is not supported"),
+        (f"postgresql+asyncpg://loopjam:{PASSWORD}@db/loopjam", "the driver 'postgresql+asyncpg' is not installed"),
+        (f"loopjam:{PASSWORD} at db", "it is not a URL like postgresql://"),
+    ],
+)
+@pytest.mark.parametrize("command", [["history"], ["db", "current"], ["run"]])
+def test_a_malformed_database_url_is_one_line_without_the_password(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, url: str, why: str, command: list[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("LOOPJAM_CONFIG", raising=False)
+    monkeypatch.delenv("DISCORD_TOKEN", raising=False)  # were the URL let through, `run` stops at the token
+    monkeypatch.setenv("LOOPJAM_STORAGE__DATABASE_URL", url)
+    code, output = run(*command)
+    assert code == 2
+    (line,) = output.strip().splitlines()
+    assert line.startswith(f"Error: Invalid setting storage.database_url: {why}")
+    assert PASSWORD not in output and not (tmp_path / "data").exists()
+
+
 @pytest.fixture
 def fresh_data_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     """A first run: no config file, no database URL, an empty directory."""
@@ -133,6 +157,27 @@ def test_history_lists_what_a_fresh_embedded_database_holds(fresh_data_dir: Path
     assert code == 0 and [record["prompt"] for record in json.loads(output)] == ["dub techno chords"]
     code, output = run("history")
     assert code == 0 and "dub" in output and "No loops" not in output
+
+
+def test_history_shows_prompts_as_typed_and_sends_none_of_their_terminal_codes(
+    fresh_data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FORCE_COLOR", "1")  # Rich writes styles and links as to a terminal
+    monkeypatch.setenv("COLUMNS", "250")  # wide enough that no prompt wraps
+    prompts = ["[/oops] techno", "[link=https://evil.example]x[/link] house", "\x1b[31mred \x1b]8;;https://evil.example\x1b\\dub",
+               "\u202erab \u200bmoob"]
+    assert run("history", "--json") == (0, "[]\n")
+    database = Database(URL.create("sqlite+pysqlite", database=str(fresh_data_dir / "loopjam.db")))
+    with database.session() as session:
+        create_generations(session, [loop_request(prompt=prompt) for prompt in prompts])
+    database.dispose()
+
+    code, output = run("history")
+    assert code == 0, output
+    assert "[/oops] techno" in output and "[link=https://evil.example]x[/link] house" in output
+    assert "[31mred ]8;;https://evil.example\\dub" in output and "rab moob" in output  # the codes' printable rest
+    assert "evil.example\x1b" not in output and "\x1b]8;" not in output and "\x1b[31m" not in output
+    assert "\u202e" not in output and "\u200b" not in output
 
 
 @pytest.mark.postgres

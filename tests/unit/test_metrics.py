@@ -134,7 +134,7 @@ async def test_generation_and_loop_seconds_follow_stage_changes_across_a_retry(s
         (0.0, JobProgress("a", Stage.GENERATING, 0.0)),
         (1.0, JobProgress("a", Stage.GENERATING, 50.0)),
         (3.0, JobProgress("a", Stage.LOOPING, 0.0)),
-        (4.0, JobProgress("a", Stage.GENERATING, 0.0)),  # a retry round
+        (4.0, JobProgress("a", Stage.RETRYING, 0.0)),  # a retry round: generating too
         (6.0, JobProgress("a", Stage.LOOPING, 0.0)),
         (6.5, JobProgress("a", Stage.LOOPING, 100.0)),
         (6.5, done("a")),

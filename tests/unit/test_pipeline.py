@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from generation.config import GenerationSettings, LoopSettings
 from generation.engine import MusicGenEngine, SamplingParams
+from generation.jobs.api import Stage
+from generation.jobs.backend import WorkDone, WorkItem, WorkProgress
+from generation.jobs.runner import BatchRunner, WorkerConfig
 from generation.pipeline import LoopMaker, LoopOutcome, LoopSpec
 from generation.shape import LoopShape
 
@@ -52,3 +57,35 @@ def test_a_batch_must_share_sampling_parameters(tiny_engine: MusicGenEngine) -> 
     specs = [LoopSpec("a", LoopShape(120.0, 1, 4), 1), LoopSpec("b", LoopShape(120.0, 1, 4), 2, params=SamplingParams(temperature=0.5))]
     with pytest.raises(ValueError, match="sampling parameters"):
         maker(tiny_engine, 1, 0).make(specs)
+
+
+def test_progress_never_goes_back_when_best_of_n_tries_again(tiny_engine: MusicGenEngine) -> None:
+    # A stretch limit no take can meet: no take is "good", so all three rounds run.
+    strict = LoopMaker(tiny_engine, GenerationSettings(candidates=1, retry_budget=2, extra_seconds=2.0), LoopSettings(max_stretch=1e-6))
+    stages: list[tuple[str, float]] = []
+    (outcome,) = strict.make([LoopSpec("dub, 120 bpm", LoopShape(120.0, 1, 4), seed=3)], on_stage=lambda s, p: stages.append((s, p)))
+    assert outcome.candidates_tried == 3
+    named = [s for s, _ in stages]
+    assert named.index("retrying") > len(named) - 1 - named[::-1].index("generating")  # the first round comes first
+    for stage in ("generating", "retrying", "looping"):
+        percents = [p for s, p in stages if s == stage]
+        assert percents and percents == sorted(percents), (stage, percents)
+    retrying = [p for s, p in stages if s == "retrying"]
+    assert retrying[0] < 50 < retrying[-1] <= 100  # both retry rounds fill one bar
+
+
+def test_a_batch_that_tries_again_reports_stages_the_queue_knows_and_never_goes_back(
+    tiny_engine: MusicGenEngine, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(MusicGenEngine, "load", lambda *_: tiny_engine)  # the session's tiny model, loaded once
+    generation = GenerationSettings(candidates=1, retry_budget=1, extra_seconds=2.0)
+    runner = BatchRunner(WorkerConfig("w", "tiny", "cpu", generation, LoopSettings(max_stretch=1e-6, processes=1), tmp_path))
+    events: list = []
+    item = WorkItem("progress", "tiny", "dub, 120 bpm", 120.0, 1, 4, 1.0, 250, 0.0, 3.0, ("progress",), (3,))
+    runner.run([item], events.append, set())
+    assert isinstance(events[-1], WorkDone)
+    shown = [(Stage(e.stage), e.percent) for e in events if isinstance(e, WorkProgress)]
+    assert Stage.RETRYING in dict(shown)
+    for stage in Stage:
+        percents = [p for s, p in shown if s is stage]
+        assert percents == sorted(percents), (stage, percents)
