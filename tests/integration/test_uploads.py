@@ -80,7 +80,7 @@ async def test_a_cancelled_loopify_leaves_no_upload(tmp_path: Path) -> None:
                                                    source_audio=str(upload)))
         assert isinstance(accepted, Accepted) and upload.exists()
         events = service.subscribe(accepted.job_id)
-        assert (await service.cancel(accepted.job_id, user_id=1)).ok
+        assert (await service.cancel(accepted.job_id, user_id=1, guild_id=None)).ok
         assert isinstance(await final_event(service, accepted.job_id, events), JobCancelled)
         assert not upload.exists()
     finally:
