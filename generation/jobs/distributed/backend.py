@@ -22,6 +22,7 @@ import logging
 import math
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -110,12 +111,14 @@ class SaqBackend:
         self._workers: dict[str, dict[str, Any]] = {}
         self._next_key: str | None = None
         self._loops: list[asyncio.Task[None]] = []
+        self._stopping = asyncio.Event()
         self._pending: set[asyncio.Task[None]] = set()
 
     # --- JobBackend ---------------------------------------------------------------------------
 
     async def start(self, sink: EventSink) -> None:
         self._sink = sink
+        self._stopping.clear()
         self._queue = RedisQueue(Redis.from_url(self.redis_url), name=self.queue_name)
         await self._queue.connect()
         async for job in self._queue.iter_jobs():
@@ -132,6 +135,7 @@ class SaqBackend:
 
     async def stop(self) -> None:
         """Stop following; the batches go on in Redis and the next `start` resumes them."""
+        self._stopping.set()
         for task in self._loops:
             task.cancel()
         await asyncio.gather(*self._loops, return_exceptions=True)
@@ -190,15 +194,21 @@ class SaqBackend:
         task.add_done_callback(self._pending.discard)
 
     async def _repeat(self, step: Callable[[], Awaitable[None]], interval_s: float) -> None:
-        """Run `step` every `interval_s`; a Redis outage is logged and waited out."""
-        while True:
+        """Run `step` every `interval_s` until `stop`; a Redis outage is logged and waited out.
+
+        `stop` cancels these loops, but redis-py can lose a cancellation that lands during a
+        command (redis/redis-py#2028): the step then returns normally, so the loop also ends on
+        `_stopping`, or `stop` would wait for it forever.
+        """
+        while not self._stopping.is_set():
             try:
                 await step()
             except (RedisError, OSError) as error:
                 log.warning("saq queue %s: %s", self.queue_name, error)
             except Exception:
                 log.exception("saq queue %s: %s failed", self.queue_name, step.__name__)
-            await asyncio.sleep(interval_s)
+            with suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), interval_s)
 
     async def _enqueue(self, key: str, batch: _Batch) -> None:
         assert self._queue is not None

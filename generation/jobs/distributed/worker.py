@@ -92,11 +92,17 @@ class _DrainingWorker(Worker):
 
     async def stop(self) -> None:
         self.event.set()  # no new batch is taken
-        if batches := self.tasks - self._upkeep:
-            log.info("stopping: no new batch is taken; a running one may finish for %g s", self.grace_s)
-            _, unfinished = await asyncio.wait(batches, timeout=self.grace_s)
+        takers = self.tasks - self._upkeep
+        if takers and self.job_task_contexts:
+            log.info("stopping: no new batch is taken; the running one may finish for %g s", self.grace_s)
+            _, unfinished = await asyncio.wait(takers, timeout=self.grace_s)
             if unfinished:
                 log.warning("the running batch did not finish within %g s; handing it back", self.grace_s)
+        elif takers:
+            # Idle: the wait on the queue ends by itself within DEQUEUE_S. Cancelling it instead could
+            # take a batch and lose it: redis-py can drop a cancellation during a command (redis/redis-py#2028).
+            log.info("stopping: no new batch is taken")
+            await asyncio.wait(takers, timeout=2 * DEQUEUE_S)
         for task in self._upkeep:
             task.cancel()
         await asyncio.gather(*self._upkeep, return_exceptions=True)
