@@ -30,6 +30,7 @@ from generation.jobs import Accepted, JobCancelled, JobDone, JobEvent, JobProgre
 from generation.jobs.backend import MadeLoop, ParentLoop, WorkDone, WorkFailed, WorkItem
 from generation.jobs.distributed import RedisRateLimiter, SaqBackend, Timing
 from generation.jobs.distributed.wire import (
+    COLLECTED_TTL_S,
     RUN_BATCH,
     decode_event,
     decode_items,
@@ -40,6 +41,7 @@ from generation.jobs.distributed.wire import (
     unpack_files,
     with_local_inputs,
 )
+from generation.jobs.files import UnsafeFile
 from generation.storage import Base, Database, GenerationStatus, get_generation
 
 WORKER_START_TIMEOUT_S = 180.0  # importing torch and loading the model, two at once, on a busy 2-core machine
@@ -100,11 +102,29 @@ def test_uploads_and_parent_loops_travel_to_the_worker(tmp_path: Path) -> None:
     upload.write_bytes(b"OggS and the rest")
     items = (item("varvarva", parent=ParentLoop("loops/parent.wav", remake=None)),
              item("loopifyy", source_audio=str(upload)))
-    unpack_files(worker, input_files(bot, items))
-    local = with_local_inputs(items, worker)
-    assert (worker / "loops" / "parent.wav").is_file() and local[0] == items[0]
-    assert local[1].source_audio == str(worker / "inputs" / "loopifyy.ogg")
+    local = with_local_inputs(items, worker, input_files(bot, items))
+    assert local[0].parent == ParentLoop("inputs/varvarva.parent.wav", remake=None)
+    assert (worker / "inputs" / "varvarva.parent.wav").is_file()
+    assert local[1].source_audio == str(worker / "inputs" / "loopifyy.source.ogg")
     assert Path(local[1].source_audio).read_bytes() == upload.read_bytes()
+
+
+def test_a_worker_opens_no_path_a_job_names(tmp_path: Path) -> None:
+    """A crafted job (anything that can write to Redis) names files on the worker's machine: none is opened."""
+    secret = tmp_path / "secret.wav"
+    secret.write_bytes(b"RIFF not for you")
+    worker = tmp_path / "worker"
+    crafted = (
+        item("absolute", source_audio=str(secret)),
+        item("relative", parent=ParentLoop("../secret.wav", remake=item("remake", source_audio=str(secret)))),
+    )
+    local = with_local_inputs(crafted, worker, {"absolute": {"source": {"as": "raw", "data": "", "suffix": ".sh"}}})
+    named = [local[0].source_audio, local[1].parent.audio_path, local[1].parent.remake.source_audio]
+    assert local[1].parent.audio_path is None
+    assert all(path is None or Path(worker, path).resolve().is_relative_to(worker.resolve()) for path in named), named
+    assert not any(path.is_file() for path in worker.rglob("*"))  # nothing was sent as audio, so nothing is there
+    with pytest.raises(UnsafeFile):
+        with_local_inputs((item("../../etc"),), worker, {})
 
 
 # --- services ---------------------------------------------------------------------------------
@@ -275,6 +295,8 @@ async def deliveries(backend: SaqBackend, job_ids: list[str]) -> Counter[str]:
     delivered: Counter[str] = Counter()
     async for job in queue.iter_jobs([Status.COMPLETE]):
         if job.function == RUN_BATCH:
+            assert 0 < await queue.redis.ttl(job.id) <= COLLECTED_TTL_S, "a collected batch expires, soon"
+            assert job.result["files"] == {}, "its audio does not wait in Redis"
             delivered.update(event["data"]["job_id"] for event in job.result["events"]
                              if event["type"] == "WorkDone" and event["data"]["job_id"] in job_ids)
     await queue.disconnect()
