@@ -316,3 +316,20 @@ async def test_a_batch_given_up_and_then_finished_by_its_first_worker_is_noticed
     assert all(0 < ttl <= COLLECTED_TTL_S for ttl in ttls.values()), ttls
     late = await fake_worker.queue.job(first.key)
     assert late is not None and late.result is None, "its audio does not wait in Redis"
+
+
+async def test_a_batch_a_worker_is_just_taking_is_not_swept(redis_url: str, queue_name: str) -> None:
+    """saq moves a batch to the active list a moment before its worker marks it active; a sweep in
+    that moment took it for abandoned and ran it twice. Only one still not active a sweep later is."""
+    queue = BatchQueue(redis_client(redis_url), name=queue_name, outage=Outage("Redis", "", ""))
+    await queue.connect()
+    try:
+        await queue.enqueue(Job(RUN_BATCH, kwargs={"items": [], "inputs": {}}, key="batch-taken", heartbeat=30))
+        await queue.redis.lmove(queue.namespace("queued"), queue.namespace("active"), "LEFT", "RIGHT")  # dequeue's move
+        assert await queue.sweep(lock=1) == []
+        assert (await queue.job("batch-taken")).error is None
+        await asyncio.sleep(1.1)  # the sweep lock passes
+        assert await queue.sweep(lock=1, abort=0.1) == [queue.job_id("batch-taken")]
+        assert (await queue.job("batch-taken")).error == queue.swept_error_message
+    finally:
+        await queue.disconnect()

@@ -29,6 +29,17 @@ REDIS_ERRORS = (RedisError, OSError)
 AFTER_OUTAGE_S = 2 * LONGEST_RETRY_S
 """No sweep for this long after an outage: every live worker has touched its batch again by then."""
 CONNECT_TIMEOUT_S = 5.0
+ACTIVE_JOBS = """
+local found = {}
+if redis.call('EXISTS', KEYS[1]) == 0 then
+    redis.call('SETEX', KEYS[1], ARGV[1], 1)
+    for i, id in ipairs(redis.call('LRANGE', KEYS[2], 0, -1)) do
+        found[i] = {id, redis.call('GET', id)}
+    end
+end
+return found
+"""
+"""saq's sweep script: unless another process swept within `lock` seconds, each active batch id with its record."""
 
 
 def redis_client(url: str) -> Redis:
@@ -73,7 +84,8 @@ class BatchQueue(RedisQueue):
         super().__init__(redis, name=name)
         self.outage = outage
         self._dequeue_delays = retry_delays()
-        self._taking: set[bytes | str] = set()
+        self._taking: set[bytes] = set()
+        self._active_jobs = redis.register_script(ACTIVE_JOBS)
 
     async def dequeue(self, timeout: float = 0.0, poll_interval: float = 0.0) -> Job | None:
         """saq's dequeue; during an outage, None after a pause that grows (saq would try again at once, silently)."""
@@ -100,19 +112,39 @@ class BatchQueue(RedisQueue):
                 await asyncio.sleep(next(delays))
 
     async def sweep(self, lock: int = 60, abort: float = 5.0) -> list[str]:
-        """saq's sweep, unless a batch may look lost only because its worker could not say otherwise.
+        """saq's sweep (hand back the batches of dead workers), unless a batch may look lost only
+        because its worker could not say otherwise.
 
         Right after an outage, workers have not touched their batches for a while. And saq moves a
-        batch to the active list a moment before its worker marks it active: saq's sweep would
+        batch to the active list a moment before its worker marks it active: saq's own sweep would
         take such a batch for abandoned, abort it and run it again. A batch seen not yet active is
-        left for the next sweep; still not active then, it is swept.
+        left for the next sweep (of this process); still not active then, it is swept.
         """
-        ids = await self.redis.lrange(self._active, 0, -1)
-        if not self.outage.calm_for(AFTER_OUTAGE_S):
+        snapshot = await self._active_jobs(keys=[self._sweep, self._active], args=[lock], client=self.redis)
+        if not snapshot or not self.outage.calm_for(AFTER_OUTAGE_S):  # none active, or another process sweeps
             return []
-        jobs = [self.deserialize(data) for data in await self.redis.mget(ids)] if ids else []
-        taking = {job_id for job_id, job in zip(ids, jobs) if job is not None and job.status is not Status.ACTIVE}
-        just_taken, self._taking = taking - self._taking, taking
-        if just_taken:
-            return []
-        return await super().sweep(lock, abort)
+        swept, taking = [], set()
+        for job_id, data in snapshot:
+            job = self.deserialize(data)
+            if job is None:  # its record expired: forget it
+                async with self.redis.pipeline(transaction=True) as pipe:
+                    pipe.lrem(self._active, 0, job_id)
+                    pipe.zrem(self._incomplete, job_id)
+                    await pipe.execute()
+            elif job.status is not Status.ACTIVE and job_id not in self._taking:
+                taking.add(job_id)
+                continue
+            elif job.status is Status.ACTIVE and not job.stuck:
+                continue
+            else:
+                log.info("sweeping %s", job.info())
+                await self.abort(job, error=self.swept_error_message)
+                with suppress(asyncio.TimeoutError):
+                    await job.refresh(abort)
+                if job.retryable:
+                    await self.retry(job, error=self.swept_error_message)
+                else:
+                    await self.finish(job, Status.ABORTED, error=self.swept_error_message)
+            swept.append(job_id.decode())
+        self._taking = taking
+        return swept
