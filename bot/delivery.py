@@ -18,6 +18,7 @@ from pathlib import Path
 import discord
 
 from generation.jobs.api import JobDone
+from generation.jobs.files import AUDIO_SUFFIXES, WAVEFORM_SUFFIX, UnsafeFile, inside
 from generation.storage import (
     Generation,
     due_deliveries,
@@ -47,6 +48,7 @@ GIVE_UP_AT_ONCE = frozenset({10003, 10008, 50001, 50013})
 """Discord error codes that retrying cannot mend: unknown channel or message, missing access or permissions."""
 REDELIVERY_BATCH = 200
 """Outbox rows read per pass; new ones come first, so old failing ones never hide them."""
+UNSAFE_FILE = "This loop's file is not one I can post. Please make it again."
 
 
 def permanent(error: BaseException) -> bool:
@@ -121,12 +123,18 @@ class ResultPoster:
         if found is None or found[0].channel_id is None:
             return
         row, credit = found
+        try:  # the files a result names are data from elsewhere (a worker, the history): checked again here
+            files = [inside(Path(self.bot.settings.storage.data_dir), path, AUDIO_SUFFIXES) for path in done.files]
+        except UnsafeFile as error:
+            log.warning("refused to post the loop of %s: %s", job_id, error)
+            await self._post_failure(job_id, UNSAFE_FILE, tracked)
+            return
         channel = await self.bot.channel_for(row.channel_id)
         guild = getattr(channel, "guild", None)
         request = embeds.request_line(row.prompt, row.shape)
         seconds = row.shape.seconds
         post = LoopPost(
-            job_id=job_id, files=done.files, request_line=request,
+            job_id=job_id, files=files, request_line=request,
             embed=embeds.result_embed(job_id, request, done.report, done.seed, row.model, seconds, credit),
             channel=channel, filesize_limit=guild.filesize_limit if guild is not None else discord.utils.DEFAULT_FILE_SIZE_LIMIT_BYTES,
             requester_id=row.user_id, tracked=tracked,
@@ -193,8 +201,8 @@ async def send_result(
     notes = {upload.note for upload in uploads if upload.note}
     if notes:
         embed.add_field(name="Format", value=" ".join(sorted(notes)), inline=False)
-    picture = files[0].with_suffix(".png")
-    if picture.is_file():
+    picture = waveform_of(files[0])
+    if picture is not None:
         attachments.append(discord.File(picture, filename="waveform.png"))
         embed.set_image(url="attachment://waveform.png")
     content = f"<@{mention.id}>" if mention is not None else None
@@ -203,6 +211,15 @@ async def send_result(
     if isinstance(destination, discord.Webhook):
         return await destination.send(wait=True, **kwargs)
     return await destination.send(**kwargs)
+
+
+def waveform_of(audio: Path) -> Path | None:
+    """The loop's waveform PNG beside its audio (same stem), if there is one there and not elsewhere."""
+    try:
+        picture = inside(audio.parent, audio.with_suffix(WAVEFORM_SUFFIX).name, {WAVEFORM_SUFFIX})
+    except UnsafeFile:
+        return None
+    return picture if picture.is_file() else None
 
 
 # --- units of work (run in a thread by `BotCore.in_db` / `read_db`) ------------------------------

@@ -17,6 +17,8 @@ AUDIO_FORMATS = ("wav", "flac", "ogg")
 """The formats a loop can be written in (gapless ones only: no MP3)."""
 MAX_VARIATIONS = 4
 QUEUE_UNAVAILABLE = "The queue's database is unreachable right now; please try again in a minute."
+QUEUE_UNREACHABLE = "The queue is unreachable right now; please try again in a minute."
+"""Distributed mode: the bot cannot reach the queue's Redis."""
 
 
 class JobKind(str, enum.Enum):
@@ -31,7 +33,7 @@ class JobKind(str, enum.Enum):
 
 
 class QueueUnavailable(Exception):
-    """The queue cannot take or change work now (its database is unreachable); nothing was changed.
+    """The queue cannot take or change work now (its database or Redis is unreachable); nothing was changed.
 
     `str()` of it is a sentence to show the user as it is.
     """

@@ -1,10 +1,10 @@
-"""The queue's way to the database: units of work in a thread, with database outages waited out.
+"""Outages of what the queue depends on, and the queue's way to the database through them.
 
 PostgreSQL restarting, a lost connection or SQLite's "database is locked" (another writer held
 the lock past the busy timeout) pass. The queue's background tasks keep what they could not
 record and retry it (`retry`), waiting 0.5 s, then twice as long each time up to 10 s; a user's
 request gets `QueueUnavailable` at once instead (`attempt`). One warning when an outage begins
-and one line when it ends, not a traceback per try.
+and one line when it ends, not a traceback per try (`Outage`, for Redis as well).
 """
 
 from __future__ import annotations
@@ -42,12 +42,52 @@ def first_line(error: BaseException) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
+class Outage:
+    """Says once that `what` is unreachable and once that it is back, however many tries fail meanwhile."""
+
+    def __init__(self, what: str, meanwhile: str, afterwards: str, logger: logging.Logger = log) -> None:
+        self.what = what
+        self.meanwhile = meanwhile
+        """What goes on while it is away, for the warning."""
+        self.afterwards = afterwards
+        self.log = logger
+        self.since: float | None = None
+        self.ended_at: float | None = None
+
+    @property
+    def ongoing(self) -> bool:
+        return self.since is not None
+
+    def began(self, reason: str, tried_at: float | None = None) -> None:
+        """A try (begun at `tried_at`, `time.monotonic()`) failed because `what` is unreachable.
+
+        Only the first failure of an outage is logged; a try begun before the last outage ended
+        (a slow one, in another task) tells nothing new.
+        """
+        if tried_at is not None and self.ended_at is not None and tried_at < self.ended_at:
+            return
+        if self.since is None:
+            self.since = time.monotonic()
+            self.log.warning("%s unreachable (%s): %s", self.what, reason, self.meanwhile)
+
+    def ended(self) -> None:
+        """A try went through."""
+        if self.since is not None:
+            self.ended_at = time.monotonic()
+            self.log.info("%s reachable again after %.0f s; %s", self.what, self.ended_at - self.since, self.afterwards)
+            self.since = None
+
+    def calm_for(self, seconds: float) -> bool:
+        """Reachable, and for at least `seconds` since the last outage (or never away)."""
+        return self.since is None and (self.ended_at is None or time.monotonic() - self.ended_at >= seconds)
+
+
 class QueueDatabase:
     """Runs `work(session, *args)` as one unit of work in a thread, and notices outages."""
 
     def __init__(self, database: Database) -> None:
         self.database = database
-        self._outage_since: float | None = None
+        self._outage = Outage("database", "the queue keeps its results and retries until it is back", "the queue carries on")
 
     async def retry(self, work: Callable[Concatenate[Session, P], R], *args: P.args, **kwargs: P.kwargs) -> R:
         """Run the unit of work until the database takes it; errors other than an outage are raised."""
@@ -65,22 +105,11 @@ class QueueDatabase:
         except Exception as error:
             if not is_unavailable(error):
                 raise
-            self._began(error)
+            self._outage.began(redact(first_line(error), self.database.url))
             raise QueueUnavailable() from error
-        self._ended()
+        self._outage.ended()
         return result
 
     def _unit_of_work(self, work: Callable[Concatenate[Session, P], R], *args: P.args, **kwargs: P.kwargs) -> R:
         with self.database.session() as session:
             return work(session, *args, **kwargs)
-
-    def _began(self, error: BaseException) -> None:
-        if self._outage_since is None:
-            self._outage_since = time.monotonic()
-            log.warning("database unreachable (%s): the queue keeps its results and retries until it is back",
-                        redact(first_line(error), self.database.url))
-
-    def _ended(self) -> None:
-        if self._outage_since is not None:
-            log.info("database reachable again after %.0f s; the queue carries on", time.monotonic() - self._outage_since)
-            self._outage_since = None

@@ -28,10 +28,10 @@ from .backend import (
     WorkItem,
     WorkProgress,
 )
+from .files import AUDIO_SUFFIXES, WAVEFORM_SUFFIX, UnsafeFile, inside, loop_file
 
 log = logging.getLogger(__name__)
 
-LOOPS_DIR = "loops"
 GPU_BATCH_SIZE, CPU_BATCH_SIZE = 8, 2
 PROGRESS_STEP = 5.0  # percent; finer updates would only flood the event stream
 CRASH_MESSAGE = "Something went wrong while making this loop. Please try again."
@@ -219,8 +219,8 @@ class _Batch:
         """A variation's parent loop ([C, N] audio, sample rate): its file, or made again from its seed."""
         from ..audio_io import read_audio
 
-        if parent.audio_path is not None and (self.config.data_dir / parent.audio_path).is_file():
-            return read_audio(self.config.data_dir / parent.audio_path)
+        if parent.audio_path is not None and (kept := self.kept(parent.audio_path)) is not None:
+            return read_audio(kept)
         remake = parent.remake
         if remake is None:
             raise LoopUnavailable(LOST_PARENT)
@@ -232,6 +232,15 @@ class _Batch:
         if outcome.loop is None:
             raise LoopUnavailable(LOST_PARENT)
         return outcome.loop.audio, outcome.loop.sample_rate
+
+    def kept(self, audio_path: str) -> Path | None:
+        """A kept loop's audio file: strictly under the data directory, or None."""
+        try:
+            path = inside(self.config.data_dir, audio_path, AUDIO_SUFFIXES)
+        except UnsafeFile:
+            log.warning("a parent loop's audio is not a loop file of the data directory: %r", audio_path[:200])
+            return None
+        return path if path.is_file() else None
 
     def remade(self, item: WorkItem) -> Any:
         """The `LoopOutcome` of the item's first loop, generated again (an exact-seed item reproduces it)."""
@@ -276,7 +285,7 @@ class _Batch:
         from ..audio_io import extension, write_audio
         from ..loop.waveform import waveform_png
 
-        relative = Path(LOOPS_DIR) / f"{loop_id}.{extension(item.audio_format)}"
+        relative = loop_file(loop_id, f".{extension(item.audio_format)}")
         path = write_audio(self.config.data_dir / relative, outcome.loop.audio, outcome.loop.sample_rate, item.audio_format)
-        path.with_suffix(".png").write_bytes(waveform_png(outcome.loop.audio, item.shape))
-        return MadeLoop(loop_id, relative.as_posix(), outcome.loop.report.as_dict(), outcome.seed)
+        path.with_suffix(WAVEFORM_SUFFIX).write_bytes(waveform_png(outcome.loop.audio, item.shape))
+        return MadeLoop(loop_id, relative, outcome.loop.report.as_dict(), outcome.seed)

@@ -81,11 +81,10 @@ class QueueService:
 
             backend = ProcessWorkerPool(settings)
         if rate_limiter is None and distributed:
-            from redis.asyncio import Redis
-
             from .distributed import RedisRateLimiter
+            from .distributed.queue import redis_client
 
-            rate_limiter = RedisRateLimiter(Redis.from_url(settings.queue.redis_url))
+            rate_limiter = RedisRateLimiter(redis_client(settings.queue.redis_url))
         self.settings = settings
         self.database = database
         self.backend = backend

@@ -34,6 +34,7 @@ from generation.jobs import QueueService
 from generation.storage import (
     Database,
     Delivery,
+    Generation,
     LoopReportFields,
     create_request_groups,
     due_deliveries,
@@ -136,6 +137,36 @@ async def test_an_unknown_channel_is_given_up_at_once_logged_once_and_shown_in_h
     assert delivery_error is not None and "Unknown Channel" in delivery_error
     (entry,) = [f for f in listed if jobs[0] in f["name"]]
     assert "done, not posted" in entry["name"]
+
+
+async def test_a_row_naming_a_file_outside_the_data_directory_gets_a_failure_not_that_file(
+    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The outbox posts what a row names: checked again right before the upload (a row can carry any path)."""
+    caplog.set_level(logging.INFO)
+    secret = tmp_path_factory.mktemp("outside") / "secret.wav"
+    sf.write(secret, np.zeros(3200, dtype=np.float32), 32000)
+    async with DiscordDouble() as double:
+        where = {"channel_id": double.channel.id, "guild_id": double.world.guild.id, "user_id": double.member("carol").user.id}
+        jobs: list[str] = []
+
+        def seed(db: Database) -> None:
+            jobs.extend(finished_jobs(db, tmp_path, 3, **where))
+            names = [str(secret), f"../{secret.parent.name}/secret.wav", "loop.txt"]
+            (tmp_path / "loop.txt").write_text("not audio")
+            with db.session() as session:
+                for job_id, name in zip(jobs, names):
+                    session.execute(update(Generation).where(Generation.short_id == job_id).values(audio_path=name))
+
+        async with outbox_bot(tmp_path, seed, 0.2) as bot:
+            async with running_client(bot, double, timeout=20):
+                await asyncio.sleep(1.5)
+                posts = double.requests.matching(lambda r: r.route == CHANNEL_MESSAGE)
+    assert sorted(post.json["embeds"][0]["footer"]["text"] for post in posts) == sorted(jobs), "each outcome posted once"
+    assert not [post.files for post in posts if post.files], "no file uploaded"
+    assert all("not one I can post" in post.json["embeds"][0]["description"] for post in posts)
+    refused = [r for r in caplog.records if "refused to post" in r.getMessage()]
+    assert len(refused) == 3 and all(any(job in r.getMessage() for r in refused) for job in jobs), "one line per job"
 
 
 async def test_two_hundred_dead_deliveries_do_not_hold_back_a_new_result(tmp_path: Path) -> None:

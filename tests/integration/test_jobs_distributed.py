@@ -30,6 +30,7 @@ from generation.jobs import Accepted, JobCancelled, JobDone, JobEvent, JobProgre
 from generation.jobs.backend import MadeLoop, ParentLoop, WorkDone, WorkFailed, WorkItem
 from generation.jobs.distributed import RedisRateLimiter, SaqBackend, Timing
 from generation.jobs.distributed.wire import (
+    COLLECTED_TTL_S,
     RUN_BATCH,
     decode_event,
     decode_items,
@@ -40,6 +41,7 @@ from generation.jobs.distributed.wire import (
     unpack_files,
     with_local_inputs,
 )
+from generation.jobs.files import UnsafeFile
 from generation.storage import Base, Database, GenerationStatus, get_generation
 
 WORKER_START_TIMEOUT_S = 180.0  # importing torch and loading the model, two at once, on a busy 2-core machine
@@ -100,11 +102,29 @@ def test_uploads_and_parent_loops_travel_to_the_worker(tmp_path: Path) -> None:
     upload.write_bytes(b"OggS and the rest")
     items = (item("varvarva", parent=ParentLoop("loops/parent.wav", remake=None)),
              item("loopifyy", source_audio=str(upload)))
-    unpack_files(worker, input_files(bot, items))
-    local = with_local_inputs(items, worker)
-    assert (worker / "loops" / "parent.wav").is_file() and local[0] == items[0]
-    assert local[1].source_audio == str(worker / "inputs" / "loopifyy.ogg")
+    local = with_local_inputs(items, worker, input_files(bot, items))
+    assert local[0].parent == ParentLoop("inputs/varvarva.parent.wav", remake=None)
+    assert (worker / "inputs" / "varvarva.parent.wav").is_file()
+    assert local[1].source_audio == str(worker / "inputs" / "loopifyy.source.ogg")
     assert Path(local[1].source_audio).read_bytes() == upload.read_bytes()
+
+
+def test_a_worker_opens_no_path_a_job_names(tmp_path: Path) -> None:
+    """A crafted job (anything that can write to Redis) names files on the worker's machine: none is opened."""
+    secret = tmp_path / "secret.wav"
+    secret.write_bytes(b"RIFF not for you")
+    worker = tmp_path / "worker"
+    crafted = (
+        item("absolute", source_audio=str(secret)),
+        item("relative", parent=ParentLoop("../secret.wav", remake=item("remake", source_audio=str(secret)))),
+    )
+    local = with_local_inputs(crafted, worker, {"absolute": {"source": {"as": "raw", "data": "", "suffix": ".sh"}}})
+    named = [local[0].source_audio, local[1].parent.audio_path, local[1].parent.remake.source_audio]
+    assert local[1].parent.audio_path is None
+    assert all(path is None or Path(worker, path).resolve().is_relative_to(worker.resolve()) for path in named), named
+    assert not any(path.is_file() for path in worker.rglob("*"))  # nothing was sent as audio, so nothing is there
+    with pytest.raises(UnsafeFile):
+        with_local_inputs((item("../../etc"),), worker, {})
 
 
 # --- services ---------------------------------------------------------------------------------
@@ -139,7 +159,7 @@ class Workers:
     cwd: Path
     processes: dict[str, subprocess.Popen[bytes]]
 
-    def start(self, name: str, *options: str) -> None:
+    def start(self, name: str) -> None:
         env = {
             **os.environ, "OMP_NUM_THREADS": "1",  # two workers on two cores: no oversubscription
             "LOOPJAM_MODEL__NAME": str(self.model_dir), "LOOPJAM_MODEL__DEVICE": "cpu", "LOOPJAM_MODEL__WARMUP": "false",
@@ -147,8 +167,8 @@ class Workers:
             "LOOPJAM_GENERATION__RETRY_BUDGET": "0",
         }
         command = [sys.executable, "-m", "generation", "worker", "--redis", self.redis_url,
-                   "--queue", self.queue_name, "--name", name, *options]
-        log = (self.cwd / f"{name}.log").open("wb")
+                   "--queue", self.queue_name, "--name", name, "--stop-grace", "0"]
+        log = (self.cwd / f"{name}.log").open("ab")
         self.processes[name] = subprocess.Popen(command, cwd=self.cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
 
     def kill(self, name: str) -> list[int]:
@@ -157,6 +177,14 @@ class Workers:
         os.kill(self.processes[name].pid, signal.SIGKILL)
         self.processes[name].wait()
         return children
+
+    def terminate(self, name: str, within_s: float) -> int:
+        """SIGTERM the worker, as systemd or Docker stop it; its exit code."""
+        self.processes[name].terminate()
+        return self.processes[name].wait(within_s)
+
+    def log_of(self, name: str) -> str:
+        return (self.cwd / f"{name}.log").read_text()
 
     def stop(self) -> None:
         for process in self.processes.values():
@@ -174,7 +202,10 @@ class Workers:
 
 @pytest.fixture(scope="module")
 def workers(redis_url: str, queue_name: str, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workers]:
-    """Two workers, started once for the module (each pays for importing torch and loading the model)."""
+    """Two workers, started once for the module (each pays for importing torch and loading the model).
+
+    With `--stop-grace 0`: SIGTERM hands a running batch back at once.
+    """
     workers = Workers(redis_url, queue_name, tiny_model_dir, tmp_path_factory.mktemp("workers"), {})
     for name in ("gpu-a", "gpu-b"):
         workers.start(name)
@@ -264,6 +295,8 @@ async def deliveries(backend: SaqBackend, job_ids: list[str]) -> Counter[str]:
     delivered: Counter[str] = Counter()
     async for job in queue.iter_jobs([Status.COMPLETE]):
         if job.function == RUN_BATCH:
+            assert 0 < await queue.redis.ttl(job.id) <= COLLECTED_TTL_S, "a collected batch expires, soon"
+            assert job.result["files"] == {}, "its audio does not wait in Redis"
             delivered.update(event["data"]["job_id"] for event in job.result["events"]
                              if event["type"] == "WorkDone" and event["data"]["job_id"] in job_ids)
     await queue.disconnect()
@@ -333,3 +366,38 @@ async def test_a_worker_killed_mid_batch_loses_nothing(workers, database, tiny_m
         assert await deliveries(service.backend, [cancelled]) == Counter()
     finally:
         await service.stop()
+
+
+@pytest.mark.redis
+@pytest.mark.postgres
+async def test_a_worker_stopped_mid_batch_exits_cleanly_and_its_batch_finishes_elsewhere(
+    workers, database, tiny_model_dir, tmp_path
+) -> None:
+    """SIGTERM (systemd, Docker) mid-batch: past its grace the batch goes back to the queue, the
+    worker exits 0 with its loop-engine processes, and the other worker finishes the batch."""
+    settings = tiny_settings(tiny_model_dir, tmp_path, batch_size=1)
+    service = distributed_service(settings, database, workers)
+    await service.start()
+    try:
+        await both_workers_ready(service, workers)
+        job_ids = await submit_all(service, [loop(1, **LONG), loop(2)])
+        finals = [asyncio.ensure_future(final_event(service, job_id)) for job_id in job_ids]
+        stopped = await running_on(service, job_ids[0])
+        children = live_children(workers.processes[stopped].pid)
+        assert workers.terminate(stopped, within_s=60) == 0, workers.logs()
+        assert "Traceback" not in workers.log_of(stopped), workers.logs()
+        if HAS_PROC:
+            assert children and not await still_running(children), "the stopped worker's processes are still running"
+        assert all(isinstance(final, JobDone) for final in await asyncio.gather(*finals)), workers.logs()
+        assert_each_done_once(database, tmp_path, job_ids, attempts=[1, 1])
+        assert await deliveries(service.backend, job_ids) == Counter(job_ids)
+
+        # Idle, a worker stops at once.
+        (staying,) = set(workers.processes) - {stopped}
+        assert workers.terminate(staying, within_s=10) == 0, workers.logs()
+        assert "Traceback" not in workers.log_of(staying), workers.logs()
+    finally:
+        await asyncio.wait_for(service.stop(), 30)  # it hung once: a redis-py call lost its cancellation
+        for name, process in workers.processes.items():
+            if process.poll() is not None:
+                workers.start(name)  # back for the tests after this one, whatever their order

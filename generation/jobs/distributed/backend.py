@@ -20,16 +20,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
 from saq.job import Job, Status
-from saq.queue.redis import RedisQueue
 
 from ...config import Settings
 from ..backend import (
@@ -42,15 +40,18 @@ from ..backend import (
     WorkItem,
     WorkProgress,
 )
+from ..outage import Outage, first_line, retry_delays
 from ..pool import timeout_message
+from .queue import REDIS_ERRORS, BatchQueue, redis_client, repeat
 from .wire import (
     COLLECTED_TTL_S,
     DEFAULT_QUEUE,
     RESULT_TTL_S,
     RUN_BATCH,
     SWEEP_S,
+    RogueResult,
     cancel_key,
-    decode_event,
+    check_result,
     decode_items,
     encode_items,
     input_files,
@@ -59,8 +60,8 @@ from .wire import (
 
 log = logging.getLogger(__name__)
 
-ENQUEUE_RETRY_S = 1.0
 STOP_GRACE_S = 5.0
+ROGUE_RESULT = "The worker that ran this loop sent back something I can't use, so there is no loop. Please try again."
 
 
 def timed_out(job: Job) -> bool:
@@ -103,35 +104,46 @@ class SaqBackend:
         self.data_dir = Path(settings.storage.data_dir).resolve()
         self.job_timeout_s = math.ceil(settings.queue.job_timeout_s)
         self.timing = timing
-        self._queue: RedisQueue | None = None
+        self._queue: BatchQueue | None = None
         self._sink: EventSink | None = None
         self._batches: dict[str, _Batch] = {}
         self._resumed: dict[str, tuple[str, ...]] = {}
+        self._given_up: dict[str, float] = {}
+        """Batches declared lost or failed, watched until their job timeout is past (monotonic deadline):
+        should their first worker finish one after all, that is noticed, and its result dropped."""
         self._workers: dict[str, dict[str, Any]] = {}
         self._next_key: str | None = None
         self._loops: list[asyncio.Task[None]] = []
+        self._stopping = asyncio.Event()
+        self.outage = Outage("Redis", "the queue waits for it; batches in flight go on", "the queue carries on", log)
         self._pending: set[asyncio.Task[None]] = set()
 
     # --- JobBackend ---------------------------------------------------------------------------
 
     async def start(self, sink: EventSink) -> None:
         self._sink = sink
-        self._queue = RedisQueue(Redis.from_url(self.redis_url), name=self.queue_name)
+        self._stopping.clear()
+        self._queue = BatchQueue(redis_client(self.redis_url), name=self.queue_name, outage=self.outage)
         await self._queue.connect()
         async for job in self._queue.iter_jobs():
             if job.function == RUN_BATCH and job.kwargs is not None:
                 self._batches[job.key] = _Batch(decode_items(job.kwargs["items"]), enqueued=True)
         self._resumed = {key: batch.job_ids for key, batch in self._batches.items()}
         await self._refresh_workers()
+        loops = {  # name: (step, every_s, always asks Redis)
+            "saq-batches": (self._follow_batches, self.timing.poll_s, False),
+            "saq-workers": (self._refresh_workers, self.timing.workers_poll_s, True),
+            "saq-sweep": (self._sweep, self.timing.sweep_s, True),
+        }
         self._loops = [
-            asyncio.create_task(self._repeat(self._follow_batches, self.timing.poll_s), name="saq-batches"),
-            asyncio.create_task(self._repeat(self._refresh_workers, self.timing.workers_poll_s), name="saq-workers"),
-            asyncio.create_task(self._repeat(self._sweep, self.timing.sweep_s), name="saq-sweep"),
+            asyncio.create_task(repeat(name, step, every_s, self.outage, self._stopping, always_asks_redis=asks), name=name)
+            for name, (step, every_s, asks) in loops.items()
         ]
         log.info("saq queue %s: %d worker(s), %d batch(es) resumed", self.queue_name, len(self._workers), len(self._resumed))
 
     async def stop(self) -> None:
         """Stop following; the batches go on in Redis and the next `start` resumes them."""
+        self._stopping.set()
         for task in self._loops:
             task.cancel()
         await asyncio.gather(*self._loops, return_exceptions=True)
@@ -161,7 +173,7 @@ class SaqBackend:
 
     def cancel(self, job_id: str) -> None:
         if self._queue is not None and any(job_id in batch.job_ids for batch in self._batches.values()):
-            self._spawn(self._queue.redis.set(cancel_key(self.queue_name, job_id), 1, ex=self.job_timeout_s + 60))
+            self._spawn(self._flag_cancelled(job_id))
 
     def workers_alive(self) -> int:
         return len(self._workers)
@@ -189,16 +201,13 @@ class SaqBackend:
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
-    async def _repeat(self, step: Callable[[], Awaitable[None]], interval_s: float) -> None:
-        """Run `step` every `interval_s`; a Redis outage is logged and waited out."""
-        while True:
-            try:
-                await step()
-            except (RedisError, OSError) as error:
-                log.warning("saq queue %s: %s", self.queue_name, error)
-            except Exception:
-                log.exception("saq queue %s: %s failed", self.queue_name, step.__name__)
-            await asyncio.sleep(interval_s)
+    async def _flag_cancelled(self, job_id: str) -> None:
+        """Tell the worker; while Redis is away the job's result is dropped instead (the service forgot the job)."""
+        assert self._queue is not None
+        try:
+            await self._queue.redis.set(cancel_key(self.queue_name, job_id), 1, ex=self.job_timeout_s + 60)
+        except REDIS_ERRORS as error:
+            self.outage.began(first_line(error))
 
     async def _enqueue(self, key: str, batch: _Batch) -> None:
         assert self._queue is not None
@@ -207,20 +216,26 @@ class SaqBackend:
             RUN_BATCH, kwargs={"items": encode_items(batch.items), "inputs": inputs}, key=key, timeout=self.job_timeout_s,
             heartbeat=self.timing.heartbeat_s, retries=1, ttl=RESULT_TTL_S,
         )
+        delays = retry_delays()
         while not batch.enqueued:
+            tried_at = time.monotonic()
             try:
                 await self._queue.enqueue(job)
                 batch.enqueued = True
-            except (RedisError, OSError) as error:  # Redis is down: the batch waits for it
-                log.warning("cannot enqueue batch %s yet: %s", key, error)
-                await asyncio.sleep(ENQUEUE_RETRY_S)
+            except REDIS_ERRORS as error:  # Redis is down: the batch waits for it
+                self.outage.began(first_line(error), tried_at)
+                await asyncio.sleep(next(delays))
 
     async def _follow_batches(self) -> None:
         assert self._queue is not None
         keys = [key for key, batch in self._batches.items() if batch.enqueued]
-        if keys:
-            for key, job in zip(keys, await self._queue.jobs(keys)):
+        given_up = list(self._given_up)
+        if keys or given_up:
+            jobs = await self._queue.jobs(keys + given_up)
+            for key, job in zip(keys, jobs):
                 await self._observe(key, job)
+            for key, job in zip(given_up, jobs[len(keys):]):
+                await self._watch_given_up(key, job)
 
     async def _observe(self, key: str, job: Job | None) -> None:
         batch = self._batches[key]
@@ -234,32 +249,67 @@ class SaqBackend:
         elif job.status is Status.COMPLETE:
             await self._collect(key, job)
         elif job.status is Status.FAILED and timed_out(job):
+            await self._set_collected(job)
+            self._give_up(key)
             for job_id in batch.job_ids:
                 self._emit(WorkFailed(job_id, timeout_message(job.timeout)))
             self._finish(key, WorkerLost(key, ()))
-            await self._set_collected(job)
         elif job.status in (Status.FAILED, Status.ABORTED):
+            await self._set_collected(job)
+            self._give_up(key)
             log.warning("batch %s %s: %s", key, job.status.value, (job.error or "").strip().splitlines()[-1:])
             self._finish(key, WorkerLost(key, batch.job_ids))
-            await self._set_collected(job)
 
     async def _collect(self, key: str, job: Job) -> None:
-        """Write the batch's files under the data directory, then pass its events on."""
-        result: dict[str, Any] = job.result
-        await asyncio.to_thread(unpack_files, self.data_dir, result.get("files", {}))
-        for event in result["events"]:
-            self._emit(decode_event(event))
-        self._finish(key, BatchFinished(result["worker"], len(self._batches[key].items), result["seconds"]))
-        result["files"] = {}  # written: the audio need not wait in Redis any longer
+        """Check the batch's result, write its files under the data directory, then pass its events on.
+
+        The result expires (without its audio) before its events go: an outage in between leaves
+        it to be collected again, and never without an expiry. A result that no worker would send
+        is refused whole, with one line, and its jobs fail.
+        """
+        items = self._batches[key].items
+        try:
+            result = check_result(job.result, items)
+            await asyncio.to_thread(unpack_files, self.data_dir, result.files)
+        except RogueResult as rogue:
+            log.warning("batch %s: refused the result from worker %s (%s); its jobs fail", key, job.worker_id, rogue)
+            await self._set_collected(job, dropped=f"result refused: {rogue}")
+            for item in items:
+                self._emit(WorkFailed(item.job_id, ROGUE_RESULT))
+            self._finish(key, WorkerLost(key, ()))
+            return
+        job.result["files"] = {}  # written: the audio need not wait in Redis any longer
         await self._set_collected(job)
+        for event in result.events:
+            self._emit(event)
+        self._finish(key, BatchFinished(result.worker, len(items), result.seconds))
+
+    def _give_up(self, key: str) -> None:
+        self._given_up[key] = time.monotonic() + self.job_timeout_s + STOP_GRACE_S
+
+    async def _watch_given_up(self, key: str, job: Job | None) -> None:
+        """A batch given up on: its first worker may still finish it (it was away, not dead). Its jobs
+        have been retried or failed since, so its result is dropped, with one line, and expires."""
+        if job is not None and job.status is Status.COMPLETE:
+            log.warning("batch %s was finished by worker %s after it was given up; its jobs went on without it, "
+                        "so its result is dropped", key, job.worker_id)
+            await self._set_collected(job, dropped="finished after it was given up")
+        elif job is not None and time.monotonic() < self._given_up[key]:
+            return
+        del self._given_up[key]
 
     def _finish(self, key: str, event: BackendEvent) -> None:
         del self._batches[key]
         self._emit(event)
 
-    async def _set_collected(self, job: Job) -> None:
-        """Keep a collected batch (without audio) a while: a restart before the service stored it replays it."""
+    async def _set_collected(self, job: Job, *, dropped: str | None = None) -> None:
+        """Keep a collected batch (without audio) a while: a restart before the service stored it replays it.
+
+        A result `dropped` is kept as an aborted batch with the reason: a replay changes nothing.
+        """
         assert self._queue is not None
+        if dropped is not None:
+            job.status, job.error, job.result = Status.ABORTED, dropped, None
         await self._queue.redis.set(job.id, self._queue.serialize(job), ex=COLLECTED_TTL_S)
 
     # --- workers ------------------------------------------------------------------------------

@@ -10,9 +10,17 @@ sorted set of the times of the requests it let through; it expires with the wind
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 import uuid
 
 from redis.asyncio import Redis
+
+from ..api import QUEUE_UNREACHABLE, QueueUnavailable
+from ..outage import Outage, first_line
+from .queue import REDIS_ERRORS
+
+log = logging.getLogger(__name__)
 
 _TAKE = """
 local now = redis.call('TIME')
@@ -38,15 +46,23 @@ class RedisRateLimiter:
         self.redis = redis
         self.prefix = prefix
         self._take = redis.register_script(_TAKE)
+        self.outage = Outage("Redis", "new requests are refused until it is back", "requests are taken again", log)
 
     async def take(self, key: str, limit: int, window_s: float) -> float | None:
         """Count one request and return None, or return the seconds until one would be allowed.
 
         Call it last, once every other check has passed: a refused request is not counted.
+        Raises `QueueUnavailable` (a sentence for the user) while Redis is unreachable.
         """
-        wait_ms = await self._take(
-            keys=[f"{self.prefix}:{key}"], args=[max(1, round(window_s * 1000)), limit, uuid.uuid4().hex]
-        )
+        tried_at = time.monotonic()
+        try:
+            wait_ms = await self._take(
+                keys=[f"{self.prefix}:{key}"], args=[max(1, round(window_s * 1000)), limit, uuid.uuid4().hex]
+            )
+        except REDIS_ERRORS as error:
+            self.outage.began(first_line(error), tried_at)
+            raise QueueUnavailable(QUEUE_UNREACHABLE) from error
+        self.outage.ended()
         return None if wait_ms < 0 else wait_ms / 1000
 
 

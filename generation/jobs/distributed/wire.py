@@ -19,7 +19,9 @@ import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ..backend import BackendEvent, ModelUnavailable, WorkDone, WorkFailed, WorkItem
+from ...storage import LoopReportFields
+from ..backend import BackendEvent, ModelUnavailable, ParentLoop, WorkDone, WorkFailed, WorkItem
+from ..files import AUDIO_SUFFIXES, WAVEFORM_SUFFIX, checked_id, inside, is_loop_file
 
 RUN_BATCH = "run_batch"
 """The saq function name of a batch."""
@@ -40,6 +42,8 @@ SHUTDOWN_GRACE_S = 60.0
 RESULT_EVENTS: dict[str, type[BackendEvent]] = {cls.__name__: cls for cls in (WorkDone, WorkFailed, ModelUnavailable)}
 """The batch runner's events that travel in a result; progress travels in the job's `meta`."""
 LOSSLESS_WAV = ("PCM_16", "PCM_24")
+MAX_REASON = 500
+"""The longest failure reason a result may give (users read it)."""
 
 T = TypeVar("T")
 
@@ -118,48 +122,181 @@ def _pack(path: Path) -> dict[str, str]:
     return {"as": "raw", "data": base64.b64encode(path.read_bytes()).decode()}
 
 
-def input_files(data_dir: Path, items: typing.Sequence[WorkItem]) -> dict[str, dict[str, str]]:
-    """The files the items start from, packed under their worker-side paths: parent loops and uploads.
+INPUTS_DIR = "inputs"
+INPUT_ROLES = ("source", "parent")
+"""What a job starts from: its upload (`source_audio`), its parent loop's audio. A parent's remake
+has inputs of its own, named after it: `parent.source`, `parent.parent`, ..."""
 
-    A worker on another machine has neither; `with_local_inputs` points the items at the copies.
+
+def input_files(data_dir: Path, items: typing.Sequence[WorkItem]) -> dict[str, dict[str, dict[str, str]]]:
+    """The audio the items start from, as data by job id and role: uploads and parent loops.
+
+    A worker on another machine has neither, and a worker must never open a path a job names:
+    `with_local_inputs` writes these copies under its scratch directory and points the items at them.
     """
-    packed = {}
+    return {item.job_id: packed for item in items if (packed := {
+        role: {**_pack(path), "suffix": path.suffix.lower()} for role, path in _inputs_of(data_dir, item)
+    })}
+
+
+def _inputs_of(data_dir: Path, item: WorkItem, role: str = "") -> typing.Iterator[tuple[str, Path]]:
+    if item.source_audio is not None and (source := _audio(data_dir, item.source_audio)) is not None:
+        yield f"{role}source", source
+    if item.parent is not None:
+        if item.parent.audio_path is not None and (parent := _audio(data_dir, item.parent.audio_path)) is not None:
+            yield f"{role}parent", parent
+        if item.parent.remake is not None:
+            yield from _inputs_of(data_dir, item.parent.remake, f"{role}parent.")
+
+
+def _audio(data_dir: Path, name: str) -> Path | None:
+    """An audio file the bot keeps: a parent loop (relative to the data directory) or an upload (absolute)."""
+    path = data_dir / name
+    return path if path.suffix.lower() in AUDIO_SUFFIXES and path.is_file() else None
+
+
+def with_local_inputs(
+    items: tuple[WorkItem, ...], root: Path, inputs: dict[str, dict[str, dict[str, str]]]
+) -> tuple[WorkItem, ...]:
+    """The items with every file they name replaced by the copy sent in `inputs`, written under `root`.
+
+    Copies are named by job id and role, never by a path from the item; a file that was not sent
+    is one that is not there (a missing upload, a parent loop to make again).
+    """
+    local = []
     for item in items:
-        if item.parent is not None and item.parent.audio_path and (data_dir / item.parent.audio_path).is_file():
-            packed[item.parent.audio_path] = _pack(data_dir / item.parent.audio_path)
-        if item.source_audio is not None and Path(item.source_audio).is_file():
-            packed[_upload_path(item)] = _pack(Path(item.source_audio))
-    return packed
+        sent = inputs.get(item.job_id)
+        local.append(_localized(item, root, sent if isinstance(sent, dict) else {}, checked_id(item.job_id)))
+    return tuple(local)
 
 
-def with_local_inputs(items: tuple[WorkItem, ...], root: Path) -> tuple[WorkItem, ...]:
-    """The items reading their uploads from the copies `input_files` sent (parent loops keep their paths)."""
-    return tuple(
-        dataclasses.replace(item, source_audio=str(root / _upload_path(item)))
-        if item.source_audio is not None and (root / _upload_path(item)).is_file() else item
-        for item in items
-    )
+def _localized(item: WorkItem, root: Path, sent: dict[str, dict[str, str]], job_id: str, role: str = "") -> WorkItem:
+    def copy(name: str) -> str | None:
+        entry = sent.get(role + name)
+        if not isinstance(entry, dict) or entry.get("suffix") not in AUDIO_SUFFIXES:
+            return None
+        relative = f"{INPUTS_DIR}/{job_id}.{role}{name}{entry['suffix']}"
+        _unpack(root / relative, entry)
+        return relative
 
-
-def _upload_path(item: WorkItem) -> str:
-    return f"inputs/{item.job_id}{Path(typing.cast(str, item.source_audio)).suffix.lower()}"
+    source = None if item.source_audio is None else str(root / (copy("source") or f"{INPUTS_DIR}/missing"))
+    parent = None
+    if item.parent is not None:
+        remake = item.parent.remake and _localized(item.parent.remake, root, sent, job_id, f"{role}parent.")
+        parent = ParentLoop(audio_path=copy("parent"), remake=remake)
+    return dataclasses.replace(item, source_audio=source, parent=parent)
 
 
 def unpack_files(root: Path, packed: dict[str, dict[str, str]]) -> None:
-    """Write `pack_files`' output under `root`; each file appears whole (written aside, then renamed)."""
+    """Write `pack_files`' output under `root`; each file appears whole (written aside, then renamed).
+
+    Only loop audio and waveforms, strictly under `root` (`check_result` has checked the names);
+    `RogueResult` for a file that is not that, or whose data cannot be decoded.
+    """
+    for relative, entry in packed.items():
+        try:
+            _unpack(inside(root, relative, AUDIO_SUFFIXES | {WAVEFORM_SUFFIX}), entry)
+        except (ValueError, RuntimeError, KeyError) as error:  # UnsafeFile, bad base64, not FLAC (soundfile's errors)
+            raise RogueResult(f"file {relative!r}: {error}") from None
+
+
+def _unpack(path: Path, entry: dict[str, str]) -> None:
     import soundfile as sf
 
-    root = root.resolve()
-    for relative, entry in packed.items():
-        path = (root / relative).resolve()
-        if not path.is_relative_to(root):
-            raise ValueError(f"a worker sent a file outside the data directory: {relative!r}")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        data = base64.b64decode(entry["data"])
-        partial = path.with_name(f".{path.name}.partial")
-        if entry["as"] == "flac":
-            samples, rate = sf.read(io.BytesIO(data), dtype="int32")
-            sf.write(str(partial), samples, rate, format="WAV", subtype=entry["wav_subtype"])
-        else:
-            partial.write_bytes(data)
-        os.replace(partial, path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = base64.b64decode(entry["data"])
+    partial = path.with_name(f".{path.name}.partial")
+    if entry["as"] == "flac":
+        samples, rate = sf.read(io.BytesIO(data), dtype="int32")
+        sf.write(str(partial), samples, rate, format="WAV", subtype=entry["wav_subtype"])
+    else:
+        partial.write_bytes(data)
+    os.replace(partial, path)
+
+
+# --- results from Redis -----------------------------------------------------------------------
+
+
+class RogueResult(ValueError):
+    """A batch's result that no `loopjam worker` would send: refused whole."""
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchResult:
+    worker: str
+    seconds: float
+    events: tuple[BackendEvent, ...]
+    files: dict[str, dict[str, str]]
+
+
+def check_result(result: Any, items: typing.Sequence[WorkItem]) -> BatchResult:
+    """The result of the batch of `items`, every field checked; `RogueResult` says what is wrong.
+
+    Events are about the batch's own jobs and loops only, name each loop's file by its loop id
+    (`files.loop_file`), with an audio suffix; the files sent are those loops' audio and waveforms.
+    """
+    if not isinstance(result, dict):
+        raise RogueResult(f"not a result: {type(result).__name__}")
+    worker, seconds, events, files = (result.get(key) for key in ("worker", "seconds", "events", "files"))
+    _expect(isinstance(worker, str) and isinstance(seconds, (int, float)) and isinstance(events, list)
+            and isinstance(files, dict), "malformed result")
+    jobs = {item.job_id: item for item in items}
+    loop_ids = {loop_id for item in items for loop_id in item.loop_ids}
+    decoded = tuple(_checked_event(event, jobs) for event in typing.cast(list[Any], events))
+    reported = [event.job_id for event in decoded if isinstance(event, (WorkDone, WorkFailed))]
+    _expect(len(reported) == len(set(reported)), "a job reported twice")
+    for name, entry in typing.cast(dict[Any, Any], files).items():
+        _expect(any(is_loop_file(name, loop_id, AUDIO_SUFFIXES | {WAVEFORM_SUFFIX}) for loop_id in loop_ids),
+                f"a file that is no loop of the batch: {str(name)[:200]!r}")
+        _expect(isinstance(entry, dict) and entry.get("as") in ("flac", "raw") and isinstance(entry.get("data"), str)
+                and (entry["as"] == "raw" or entry.get("wav_subtype") in LOSSLESS_WAV), f"malformed file {name!r}")
+    return BatchResult(typing.cast(str, worker), float(typing.cast(float, seconds)), decoded,
+                       typing.cast(dict[str, dict[str, str]], files))
+
+
+def _expect(condition: bool, problem: str) -> None:
+    if not condition:
+        raise RogueResult(problem)
+
+
+def _checked_event(data: Any, jobs: dict[str, WorkItem]) -> BackendEvent:
+    _expect(isinstance(data, dict) and data.get("type") in RESULT_EVENTS and isinstance(data.get("data"), dict),
+            "malformed event")
+    try:
+        event = decode_event(data)
+    except Exception as error:  # missing or extra fields, wrong shapes
+        raise RogueResult(f"malformed {data['type']}: {error}") from None
+    if isinstance(event, ModelUnavailable):
+        _expect(all(isinstance(text, str) for text in (event.worker, event.model, event.reason)), "malformed ModelUnavailable")
+        return event
+    assert isinstance(event, (WorkDone, WorkFailed))  # RESULT_EVENTS
+    _expect(isinstance(event.job_id, str) and event.job_id in jobs, f"a job not in the batch: {str(event.job_id)[:80]!r}")
+    item = jobs[event.job_id]
+    if isinstance(event, WorkFailed):
+        _expect(_is_reason(event.reason), "malformed WorkFailed")
+        return event
+    _expect(bool(event.loops) and all(isinstance(failure, WorkFailed) and failure.job_id in item.loop_ids
+                                      and _is_reason(failure.reason) for failure in event.failures),
+            f"malformed WorkDone for {event.job_id}")
+    for loop in event.loops:
+        _expect(isinstance(loop.loop_id, str) and loop.loop_id in item.loop_ids,
+                f"a loop not of job {event.job_id}: {str(loop.loop_id)[:80]!r}")
+        _expect(is_loop_file(loop.audio_path, loop.loop_id, AUDIO_SUFFIXES),
+                f"loop {loop.loop_id}'s audio is not its loop file: {str(loop.audio_path)[:200]!r}")
+        _expect(isinstance(loop.seed, int) and _is_report(loop.report), f"malformed loop {loop.loop_id}")
+    return event
+
+
+def _is_reason(reason: object) -> bool:
+    return isinstance(reason, str) and 0 < len(reason) <= MAX_REASON
+
+
+def _is_report(report: object) -> bool:
+    """A loop report of JSON scalars, the fields the history stores (`rows.report_fields`) of its types."""
+    if not isinstance(report, dict) or not all(isinstance(value, (str, int, float, type(None))) for value in report.values()):
+        return False
+    stored = typing.get_type_hints(LoopReportFields)
+    return all(
+        value is None or isinstance(value, str if str in typing.get_args(stored[field]) else (int, float))
+        for field in stored if (value := report.get("reason" if field == "verdict_reason" else field)) is not None
+    )

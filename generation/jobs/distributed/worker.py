@@ -17,20 +17,22 @@ import signal
 import socket
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
 from saq import Worker
 from saq.job import Job
-from saq.queue.redis import RedisQueue
 
 from ...config import Settings
 from ..backend import BackendEvent, ModelUnavailable, WorkItem, WorkProgress
+from ..outage import Outage
 from ..runner import BatchRunner, WorkerConfig
+from .queue import BatchQueue, redis_client, repeat
 from .wire import (
     BEAT_S,
+    INPUTS_DIR,
     RUN_BATCH,
     SHUTDOWN_GRACE_S,
     SWEEP_S,
@@ -39,7 +41,6 @@ from .wire import (
     decode_items,
     encode_event,
     pack_files,
-    unpack_files,
     with_local_inputs,
 )
 
@@ -80,23 +81,43 @@ class _DrainingWorker(Worker):
     always pass in full; here only the batch is waited for.
     """
 
-    def __init__(self, *args: Any, grace_s: float, **kwargs: Any) -> None:
-        super().__init__(*args, dequeue_timeout=DEQUEUE_S, **kwargs)
+    def __init__(self, queue: BatchQueue, *args: Any, grace_s: float, **kwargs: Any) -> None:
+        super().__init__(queue, *args, dequeue_timeout=DEQUEUE_S, **kwargs)
         self.grace_s = grace_s
+        self.outage = queue.outage
         self._upkeep: set[asyncio.Task[Any]] = set()
 
     async def upkeep(self) -> list[asyncio.Task[Any]]:
-        tasks = await super().upkeep()
-        self._upkeep = set(tasks)
-        return tasks
+        """saq's upkeep loops (aborts, scheduled retries, the sweep, this worker's info), riding out Redis outages.
+
+        saq's own log a traceback on every failed try, several a second while Redis is away.
+        """
+        timers = self.timers
+        steps: dict[str, tuple[Callable[[], Awaitable[Any]], float, bool]] = {  # name: (step, every_s, always asks Redis)
+            "abort": (partial(self.abort, timers["abort"]), timers["abort"], False),
+            "schedule": (partial(self.queue.schedule, timers["schedule"]), timers["schedule"], True),
+            "sweep": (partial(self.queue.sweep, timers["sweep"]), timers["sweep"], True),
+            "worker info": (partial(self.worker_info, timers["worker_info"] + 1), timers["worker_info"], True),
+        }
+        self._upkeep = {
+            asyncio.create_task(repeat(name, step, every_s, self.outage, self.event, always_asks_redis=asks))
+            for name, (step, every_s, asks) in steps.items()
+        }
+        return list(self._upkeep)
 
     async def stop(self) -> None:
         self.event.set()  # no new batch is taken
-        if batches := self.tasks - self._upkeep:
-            log.info("stopping: no new batch is taken; a running one may finish for %g s", self.grace_s)
-            _, unfinished = await asyncio.wait(batches, timeout=self.grace_s)
+        takers = self.tasks - self._upkeep
+        if takers and self.job_task_contexts:
+            log.info("stopping: no new batch is taken; the running one may finish for %g s", self.grace_s)
+            _, unfinished = await asyncio.wait(takers, timeout=self.grace_s)
             if unfinished:
                 log.warning("the running batch did not finish within %g s; handing it back", self.grace_s)
+        elif takers:
+            # Idle: the wait on the queue ends by itself within DEQUEUE_S. Cancelling it instead could
+            # take a batch and lose it: redis-py can drop a cancellation during a command (redis/redis-py#2028).
+            log.info("stopping: no new batch is taken")
+            await asyncio.wait(takers, timeout=2 * DEQUEUE_S)
         for task in self._upkeep:
             task.cancel()
         await asyncio.gather(*self._upkeep, return_exceptions=True)
@@ -115,6 +136,7 @@ class RemoteWorker:
         self.queue_name = queue_name
         self.scratch_dir = scratch_dir
         self.model = settings.model.name
+        self.outage = Outage("Redis", "the worker waits for it; a running batch goes on", "the worker carries on", log)
         config = WorkerConfig(
             name=name, model=self.model, device=settings.model.device, generation=settings.generation,
             loop=settings.loop, data_dir=scratch_dir,
@@ -131,7 +153,7 @@ class RemoteWorker:
 
     async def serve(self, redis_url: str, metadata: dict[str, Any]) -> None:
         """Take batches until SIGINT or SIGTERM."""
-        queue = RedisQueue(Redis.from_url(redis_url), name=self.queue_name)
+        queue = BatchQueue(redis_client(redis_url), name=self.queue_name, outage=self.outage)
         worker = _DrainingWorker(
             queue, functions=[(RUN_BATCH, self.run_batch)], id=self.name, concurrency=1, metadata=metadata,
             timers={"worker_info": WORKER_INFO_S, "sweep": SWEEP_S}, grace_s=self.grace_s,
@@ -144,17 +166,20 @@ class RemoteWorker:
             await queue.disconnect()
 
     async def run_batch(
-        self, ctx: dict[str, Any], *, items: list[dict[str, Any]], inputs: dict[str, dict[str, str]]
+        self, ctx: dict[str, Any], *, items: list[dict[str, Any]], inputs: dict[str, dict[str, dict[str, str]]]
     ) -> dict[str, Any]:
-        """The saq job function: run one batch, return its events and the files it wrote."""
+        """The saq job function: run one batch, return its events and the files it wrote.
+
+        The batch reads only the files sent as data in `inputs`, copied under the scratch directory.
+        """
         job: Job = ctx["job"]
         state = _BatchState()
         shutil.rmtree(self.scratch_dir, ignore_errors=True)  # nothing of an earlier failed batch travels
         self.scratch_dir.mkdir(parents=True)
-        await asyncio.to_thread(unpack_files, self.scratch_dir, inputs)
-        batch = with_local_inputs(decode_items(items), self.scratch_dir)
+        batch = await asyncio.to_thread(with_local_inputs, decode_items(items), self.scratch_dir, inputs)
         started = time.perf_counter()
-        beat = asyncio.create_task(self._beat(job, batch, state))
+        done = asyncio.Event()
+        beat = asyncio.create_task(repeat("heartbeat", partial(self._beat, job, batch, state), BEAT_S, self.outage, done))
         work = asyncio.get_running_loop().run_in_executor(None, self._runner.run, batch, state.send, state.cancelled)
         try:
             await asyncio.shield(work)
@@ -165,9 +190,12 @@ class RemoteWorker:
             await asyncio.wait([work])
             raise
         finally:
+            # No heartbeat after this: saq writes the finished job with an expiry, a late beat would
+            # write it again without one (the result's audio included).
+            done.set()
             beat.cancel()
-        for relative in inputs:  # the bot has these already
-            (self.scratch_dir / relative).unlink(missing_ok=True)
+            await asyncio.wait([beat])
+        shutil.rmtree(self.scratch_dir / INPUTS_DIR, ignore_errors=True)  # the bot has these already
         files = await asyncio.to_thread(pack_files, self.scratch_dir)
         return {
             "worker": self.name, "seconds": time.perf_counter() - started,
@@ -178,15 +206,9 @@ class RemoteWorker:
         """Touch the job (saq's heartbeat) with the latest progress, and pick up cancels."""
         assert job.queue is not None
         redis = job.queue.redis  # type: ignore[attr-defined]
-        keys = [cancel_key(self.queue_name, item.job_id) for item in batch]
-        while True:
-            try:
-                flags = await redis.mget(keys)
-                state.cancelled.update(item.job_id for item, flag in zip(batch, flags) if flag)
-                await job.update(meta={"progress": list(state.progress)} if state.progress else {})
-            except (RedisError, OSError) as error:
-                log.warning("heartbeat of %s: %s", job.key, error)
-            await asyncio.sleep(BEAT_S)
+        flags = await redis.mget([cancel_key(self.queue_name, item.job_id) for item in batch])
+        state.cancelled.update(item.job_id for item, flag in zip(batch, flags) if flag)
+        await job.update(meta={"progress": list(state.progress)} if state.progress else {})
 
 
 def _log_unavailable(event: BackendEvent) -> None:
