@@ -82,9 +82,9 @@ class QueueService:
             backend = ProcessWorkerPool(settings)
         if rate_limiter is None and distributed:
             from .distributed import RedisRateLimiter
-            from .distributed.queue import redis_client
+            from .distributed.queue import interactive_redis_client
 
-            rate_limiter = RedisRateLimiter(redis_client(settings.queue.redis_url))
+            rate_limiter = RedisRateLimiter(interactive_redis_client(settings.queue.redis_url))
         self.settings = settings
         self.database = database
         self.backend = backend

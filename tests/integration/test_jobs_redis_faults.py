@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -30,7 +31,7 @@ from generation.jobs.api import QUEUE_UNREACHABLE
 from generation.jobs.backend import MadeLoop, WorkDone, WorkItem
 from generation.jobs.distributed import RedisRateLimiter, SaqBackend, Timing
 from generation.jobs.distributed.backend import ROGUE_RESULT
-from generation.jobs.distributed.queue import BatchQueue, redis_client
+from generation.jobs.distributed.queue import BatchQueue, interactive_redis_client, redis_client
 from generation.jobs.distributed.wire import COLLECTED_TTL_S, RUN_BATCH, decode_items, encode_event, pack_files
 from generation.jobs.distributed.worker import _DrainingWorker
 from generation.jobs.outage import Outage
@@ -224,7 +225,7 @@ async def test_a_redis_outage_is_one_line_each_way_and_a_friendly_refusal(
     back, a new request is refused with a sentence and changes nothing, the batch is delivered once."""
     caplog.set_level(logging.INFO)
     line, through_proxy = proxy
-    limiter = RedisRateLimiter(redis_client(through_proxy), prefix=f"loopjam:{queue_name}:ratelimit")
+    limiter = RedisRateLimiter(interactive_redis_client(through_proxy), prefix=f"loopjam:{queue_name}:ratelimit")
     service = service_on(tmp_path, queue_name, through_proxy, limiter)
     await service.start()
     try:
@@ -232,8 +233,10 @@ async def test_a_redis_outage_is_one_line_each_way_and_a_friendly_refusal(
         final = asyncio.ensure_future(final_event(service, job_id))
         job, (item,) = await fake_worker.take()
         line.down()
+        asked = time.monotonic()
         with pytest.raises(QueueUnavailable) as refused:
             await service.submit(loop(2))
+        refused_within_s = time.monotonic() - asked
         await fake_worker.finish(job, real_loops(tmp_path / "scratch", item))  # the worker's own line holds
         await asyncio.sleep(OUTAGE_S)
         line.up()
@@ -246,6 +249,7 @@ async def test_a_redis_outage_is_one_line_each_way_and_a_friendly_refusal(
         await service.stop()
 
     assert str(refused.value) == QUEUE_UNREACHABLE
+    assert refused_within_s < 3, "the user is answered within Discord's 3 s"
     assert line.connections_refused > 0, "the bot did try meanwhile"
     assert outage_lines(caplog, BACKEND_LOG) == (1, 1)
     assert outage_lines(caplog, "generation.jobs.distributed.ratelimit") == (1, 1)

@@ -17,6 +17,8 @@ from contextlib import suppress
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 from saq.job import Job, Status
 from saq.queue.redis import RedisQueue
@@ -29,6 +31,7 @@ REDIS_ERRORS = (RedisError, OSError)
 AFTER_OUTAGE_S = 2 * LONGEST_RETRY_S
 """No sweep for this long after an outage: every live worker has touched its batch again by then."""
 CONNECT_TIMEOUT_S = 5.0
+INTERACTIVE_TIMEOUT_S = 0.8
 ACTIVE_JOBS = """
 local found = {}
 if redis.call('EXISTS', KEYS[1]) == 0 then
@@ -45,6 +48,15 @@ return found
 def redis_client(url: str) -> Redis:
     """A Redis client that gives up connecting after `CONNECT_TIMEOUT_S` (a dropped network does not answer at all)."""
     return Redis.from_url(url, socket_connect_timeout=CONNECT_TIMEOUT_S)
+
+
+def interactive_redis_client(url: str) -> Redis:
+    """A Redis client for what a user waits on (the rate limit of a `/loop`): one quick retry and
+    `INTERACTIVE_TIMEOUT_S` per try, so an outage is answered well within Discord's 3 s.
+    redis-py's default retries back off for about 4 s."""
+    return Redis.from_url(
+        url, socket_connect_timeout=INTERACTIVE_TIMEOUT_S, socket_timeout=INTERACTIVE_TIMEOUT_S, retry=Retry(NoBackoff(), 1)
+    )
 
 
 async def repeat(
