@@ -39,20 +39,23 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path: Path, args
     assert not out.exists()
 
 
-def _generate(tmp_path: Path, *args: str) -> dict:
-    run = subprocess.run(
-        [*LOOPJAM, "generate", "lofi piano", "--bpm", "60.23", "--bars", "2", "--model", str(tmp_path / "tiny-model"),
-         "--json", *args],
-        env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True, check=True, cwd=tmp_path,
-    )
-    (file,) = json.loads(run.stdout.strip().splitlines()[-1])["files"]
+GENERATE = ["generate", "lofi piano", "--bpm", "60.23", "--bars", "2", "--json"]
+
+
+def delivered_file(stdout: str) -> dict:
+    (file,) = json.loads(stdout.strip().splitlines()[-1])["files"]
     return file
 
 
 def test_generate_writes_an_exact_loop_offline_and_its_seed_replays_it(tmp_path: Path) -> None:
-    """The issue's own acceptance command, then a replay of the delivered seed."""
-    subprocess.run([*LOOPJAM, "model", "tiny", str(tmp_path / "tiny-model")], check=True, capture_output=True)
-    file = _generate(tmp_path, "--out", str(tmp_path / "out"), "--seed", "42")
+    """The issue's own acceptance commands (a separate process, offline), then a replay of the delivered seed."""
+    made = CliRunner().invoke(app, ["model", "tiny", str(tmp_path / "tiny-model")])
+    assert made.exit_code == 0, made.output
+    run = subprocess.run(
+        [*LOOPJAM, *GENERATE, "--model", str(tmp_path / "tiny-model"), "--out", str(tmp_path / "out"), "--seed", "42"],
+        env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True, check=True, cwd=tmp_path,
+    )
+    file = delivered_file(run.stdout)
 
     assert file["prompt"] == "lofi piano, 60.23 bpm" and file["bpm"] == 60.23
     # Best-of-N: the delivered seed is one of this request's candidates (2 per round, 3 rounds).
@@ -64,7 +67,12 @@ def test_generate_writes_an_exact_loop_offline_and_its_seed_replays_it(tmp_path:
     data, _ = sf.read(file["path"])
     assert abs(data).max() > 0.0
 
-    replay = _generate(tmp_path, "--out", str(tmp_path / "replay"), "--seed", str(file["seed"]), "--exact")
+    # The replay runs in this process: the same command, without a second start of torch.
+    replayed_run = CliRunner().invoke(app, [
+        *GENERATE, "--model", str(tmp_path / "tiny-model"), "--out", str(tmp_path / "replay"), "--seed", str(file["seed"]), "--exact",
+    ])
+    assert replayed_run.exit_code == 0, replayed_run.output
+    replay = delivered_file(replayed_run.stdout)
     assert replay["seed"] == file["seed"]
     replayed, _ = sf.read(replay["path"])
     assert (replayed == data).all()
