@@ -56,7 +56,7 @@ async def run(model_dir: Path, data_dir: Path, batch_size: int, args: argparse.N
     await service.start()
     try:
         def request(user: int) -> JobRequest:
-            return JobRequest(user_id=user, prompt="funky drums", bpm=args.bpm, bars=args.bars, seed=user)
+            return JobRequest(user_id=user, prompt="funky drums", shape=LoopShape(args.bpm, args.bars), seed=user)
 
         warm_up = await service.submit(request(0))
         await wait_done(service, [warm_up.job_id])

@@ -68,6 +68,7 @@ def write_long_loops(data_dir: Path, count: int) -> list[str]:
 def finish_long_requests(data_dir: Path, requests: int, wavs: list[str], channel_id: int, guild_id: int, user_id: int) -> list[str]:
     """Put `requests` finished four-loop requests in the bot's outbox, as its worker would; their job ids."""
     from generation.config import Settings
+    from generation.shape import LoopShape
     from generation.storage import (
         Database,
         LoopReportFields,
@@ -80,7 +81,7 @@ def finish_long_requests(data_dir: Path, requests: int, wavs: list[str], channel
     database = Database.from_settings(Settings(storage={"data_dir": data_dir}).storage)
     request = NewGeneration(
         user_id=user_id, guild_id=guild_id, channel_id=channel_id, prompt="long ambient pad", prompt_sent="long ambient pad",
-        bpm=40.0, bars=8, beats_per_bar=4, temperature=1.0, top_k=250, top_p=0.0, cfg_coef=3.0, seed=1, model="bench",
+        shape=LoopShape(40.0, 8), temperature=1.0, top_k=250, top_p=0.0, cfg_coef=3.0, seed=1, model="bench",
     )
     try:
         with database.session() as session:

@@ -22,6 +22,7 @@ from pathlib import Path
 from generation.config import ModelSettings, QueueSettings, Settings, StorageSettings
 from generation.jobs import JobDone, JobRequest, QueueService
 from generation.jobs.backend import BatchFinished, EventSink, MadeLoop, WorkDone, WorkerReady, WorkItem
+from generation.shape import LoopShape
 from generation.storage import Database
 
 
@@ -93,7 +94,7 @@ async def bench(jobs: int, users: int, data_dir: Path, database_url: str | None)
     for index in range(jobs):  # users take turns, as a busy server's traffic would interleave
         started = time.perf_counter()
         result = await service.submit(JobRequest(user_id=1000 + index % users, prompt="lofi hip hop drums",
-                                                 bpm=90.0, bars=4, guild_id=1))
+                                                 shape=LoopShape(90.0, 4), guild_id=1))
         latencies.append(time.perf_counter() - started)
         assert result.__class__.__name__ == "Accepted", result
     holding_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

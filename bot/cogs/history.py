@@ -55,7 +55,7 @@ class History(commands.Cog):
                      seed: app_commands.Range[int, 0, 2**53 - 1] | None = None) -> None:
         row = await self.loops.find_loop(interaction, id.strip())
         request = JobRequest(
-            user_id=interaction.user.id, prompt=row.prompt, bpm=row.bpm, bars=row.bars, beats_per_bar=row.beats_per_bar,
+            user_id=interaction.user.id, prompt=row.prompt, shape=row.shape,
             guild_id=interaction.guild_id, channel_id=interaction.channel_id,
             role_ids=self.loops.role_ids(interaction),
             model=row.model, temperature=row.temperature, top_k=row.top_k, top_p=row.top_p, cfg_coef=row.cfg_coef,

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import re
 import typing as tp
+from dataclasses import replace
 from pathlib import Path
 
 import aiohttp
@@ -16,6 +17,7 @@ from discord.ext import commands
 from generation.config import ALLOWED_BARS, BPM_MAX, BPM_MIN, MAX_BARS, MAX_SOURCE_SECONDS, PROMPT_MAX_CHARS
 from generation.jobs.api import MAX_VARIATIONS, Accepted, CancelOutcome, JobKind, JobRequest, QueueUnavailable, Refused
 from generation.prompts import InvalidRequest, check_source
+from generation.shape import LoopShape
 from generation.storage import UPLOADS_DIR, Generation, get_guild_generation, list_history
 
 from .. import embeds
@@ -131,7 +133,7 @@ class Loops(commands.Cog):
         if model is not None:
             model = self.bot.allowed_model(model)
         request = JobRequest(
-            user_id=interaction.user.id, prompt=prompt, bpm=bpm, bars=bars, beats_per_bar=BEATS_BY_METER[meter],
+            user_id=interaction.user.id, prompt=prompt, shape=LoopShape(bpm, bars, BEATS_BY_METER[meter]),
             guild_id=interaction.guild_id, channel_id=interaction.channel_id, role_ids=self.role_ids(interaction),
             model=model, seed=seed, temperature=temperature, top_k=top_k, top_p=top_p, cfg_coef=cfg,
             variations=variations, audio_format=format,
@@ -177,8 +179,8 @@ class Loops(commands.Cog):
         try:
             source = await self.download(file)
             request = JobRequest(
-                user_id=interaction.user.id, prompt=f"loopify: {shortened(file.filename, UPLOAD_NAME_CHARS)}", bpm=bpm,
-                bars=bars, beats_per_bar=BEATS_BY_METER[meter], guild_id=interaction.guild_id,
+                user_id=interaction.user.id, prompt=f"loopify: {shortened(file.filename, UPLOAD_NAME_CHARS)}",
+                shape=LoopShape(bpm, bars, BEATS_BY_METER[meter]), guild_id=interaction.guild_id,
                 channel_id=interaction.channel_id, role_ids=self.role_ids(interaction), source_audio=source,
             )
             try:
@@ -221,11 +223,11 @@ class Loops(commands.Cog):
             await interaction.response.send_message(embed=info_embed(row), ephemeral=True)
             return
         kinds = {"variation": JobKind.VARIATION, "reroll": JobKind.REROLL, "double": JobKind.DOUBLE}
-        bars = row.bars * 2 if action == "double" else row.bars
-        if bars > MAX_BARS:
+        shape = replace(row.shape, bars=row.bars * 2) if action == "double" else row.shape
+        if shape.bars > MAX_BARS:
             raise UserFacingError(f"That loop is already {row.bars} bars long, the longest LoopJam makes.")
         request = JobRequest(
-            user_id=interaction.user.id, prompt=row.prompt, bpm=row.bpm, bars=bars, beats_per_bar=row.beats_per_bar,
+            user_id=interaction.user.id, prompt=row.prompt, shape=shape,
             guild_id=interaction.guild_id, channel_id=interaction.channel_id, role_ids=self.role_ids(interaction),
             model=row.model, temperature=row.temperature, top_k=row.top_k, top_p=row.top_p, cfg_coef=row.cfg_coef,
             seed=row.seed if action == "double" else None, kind=kinds[action], parent_loop_id=row.short_id,

@@ -23,7 +23,6 @@ from ..config import Settings
 from ..guild_rules import GuildRules
 from ..prompts import InvalidRequest, build_prompt, check_source, validate_request
 from ..seeds import new_seed, variation_seeds
-from ..shape import LoopShape
 from ..storage import (
     Generation,
     GenerationKind,
@@ -111,12 +110,11 @@ def check_request(
     rebuilds it as it was asked for.
     """
     if resolved_kind(request) is JobKind.VARIATION and parent is not None:
-        request = replace(request, bpm=parent.bpm, bars=parent.bars, beats_per_bar=parent.beats_per_bar)
+        request = replace(request, shape=parent.shape)
     rules = GuildRules.of(settings, guild)
     model = request.model or rules.default_model
     try:
-        shape = LoopShape(request.bpm, request.bars, request.beats_per_bar)
-        prompt = validate_request(request.prompt, shape)
+        prompt = validate_request(request.prompt, request.shape)
         check_options(request)
         check_parent(request, parent)
         if model not in settings.model.allowed and model != settings.model.name:
@@ -124,7 +122,7 @@ def check_request(
         if not rules.allows_channel(request.channel_id):
             channels = ", ".join(f"<#{channel}>" for channel in rules.allowed_channel_ids)
             raise InvalidRequest(f"Loops are made in {channels} on this server.")
-        if request.bars > rules.max_bars:
+        if request.shape.bars > rules.max_bars:
             raise InvalidRequest(f"This server allows loops of at most {rules.max_bars} bars.")
     except InvalidRequest as error:
         return Refused(RefusalKind.INVALID, str(error))
@@ -133,8 +131,8 @@ def check_request(
         NewGeneration(
             user_id=request.user_id, guild_id=request.guild_id, channel_id=request.channel_id,
             prompt=prompt,
-            prompt_sent=build_prompt(prompt, shape).text,
-            bpm=request.bpm, bars=request.bars, beats_per_bar=request.beats_per_bar,
+            prompt_sent=build_prompt(prompt, request.shape).text,
+            shape=request.shape,
             temperature=_or(request.temperature, generation.temperature),
             top_k=int(_or(request.top_k, generation.top_k)),
             top_p=_or(request.top_p, generation.top_p),

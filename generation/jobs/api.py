@@ -52,9 +52,7 @@ class JobRequest:
 
     user_id: int
     prompt: str
-    bpm: float
-    bars: int
-    beats_per_bar: int = 4
+    shape: LoopShape
     guild_id: int | None = None
     channel_id: int | None = None
     role_ids: frozenset[int] = frozenset()
@@ -79,10 +77,6 @@ class JobRequest:
     source_audio: str | None = None
     """A readable audio file of at most 10 minutes to loop as it is (`/loopify`): no model, no seed.
     The worker reads it from this path, so it must be on the worker's machine (embedded mode)."""
-
-    @property
-    def shape(self) -> LoopShape:
-        return LoopShape(self.bpm, self.bars, self.beats_per_bar)
 
 
 @dataclass(frozen=True)

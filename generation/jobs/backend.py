@@ -36,9 +36,7 @@ class WorkItem:
     """The request's id: its first loop's short id."""
     model: str
     prompt_sent: str
-    bpm: float
-    bars: int
-    beats_per_bar: int
+    shape: LoopShape
     temperature: float
     top_k: int
     top_p: float
@@ -53,10 +51,6 @@ class WorkItem:
     """Loopify: loop this file as it is, with no model."""
     parent: ParentLoop | None = None
     """Variation: the loop to continue."""
-
-    @property
-    def shape(self) -> LoopShape:
-        return LoopShape(self.bpm, self.bars, self.beats_per_bar)
 
     @property
     def seed(self) -> int:

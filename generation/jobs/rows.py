@@ -18,8 +18,8 @@ def work_item(rows: Sequence[Generation]) -> WorkItem:
     """
     first = rows[0]
     return WorkItem(
-        job_id=first.short_id, model=first.model, prompt_sent=first.prompt_sent, bpm=first.bpm, bars=first.bars,
-        beats_per_bar=first.beats_per_bar, temperature=first.temperature, top_k=first.top_k, top_p=first.top_p,
+        job_id=first.short_id, model=first.model, prompt_sent=first.prompt_sent, shape=first.shape,
+        temperature=first.temperature, top_k=first.top_k, top_p=first.top_p,
         cfg_coef=first.cfg_coef, loop_ids=tuple(row.short_id for row in rows), seeds=tuple(row.seed for row in rows),
         exact_seed=first.exact_seed, audio_format=first.audio_format, source_audio=first.source_path,
         parent=parent_loop(first.parent) if first.kind is GenerationKind.VARIATION and first.parent else None,

@@ -2,7 +2,7 @@
 
     service = QueueService(settings, database)        # embedded: worker processes on this machine
     await service.start()                             # recovers what a previous run left behind
-    result = await service.submit(JobRequest(user_id=1, prompt="dusty boom bap", bpm=92, bars=4))
+    result = await service.submit(JobRequest(user_id=1, prompt="dusty boom bap", shape=LoopShape(bpm=92, bars=4)))
     events = service.subscribe(result.job_id)         # JobProgress ... then JobDone / JobFailed
 
 Every job is a row in the history (`generation.storage`) from the moment it is accepted, so a

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timedelta
 from typing import Any, TypedDict, Unpack
 
@@ -17,6 +17,7 @@ from sqlalchemy import ColumnElement, Select, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from ..shape import LoopShape
 from .models import (
     SHORT_ID_LENGTH,
     Delivery,
@@ -42,9 +43,7 @@ class NewGeneration:
     channel_id: int | None
     prompt: str
     prompt_sent: str
-    bpm: float
-    bars: int
-    beats_per_bar: int
+    shape: LoopShape
     temperature: float
     top_k: int
     top_p: float
@@ -117,8 +116,9 @@ def create_request_groups(session: Session, requests: Sequence[Sequence[NewGener
     for rows in requests:
         ids = [next(short_ids) for _ in rows]
         groups.append([
-            Generation(**asdict(row), short_id=short_id, request_group=ids[0], created_at=now,
-                       status=GenerationStatus.QUEUED, attempts=0)
+            # Field by field, not `asdict`: the shape stays a LoopShape for the row's composite.
+            Generation(**{field.name: getattr(row, field.name) for field in fields(row)}, short_id=short_id,
+                       request_group=ids[0], created_at=now, status=GenerationStatus.QUEUED, attempts=0)
             for row, short_id in zip(rows, ids)
         ])
     session.add_all([row for group in groups for row in group])

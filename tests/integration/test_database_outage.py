@@ -32,6 +32,7 @@ from sqlalchemy.engine import URL
 from storage_helpers import in_ci
 
 from generation.jobs import JobDone, JobEvent, JobProgress, JobRequest, QueueService, QueueUnavailable, Stage
+from generation.shape import LoopShape
 from generation.storage import Database, Generation, GenerationStatus
 
 JOBS = 8
@@ -119,7 +120,7 @@ def own_postgres() -> Iterator[Cluster]:
 
 
 def loop(user_id: int) -> JobRequest:
-    return JobRequest(user_id=user_id, prompt="dusty boom bap", bpm=120.0, bars=1)
+    return JobRequest(user_id=user_id, prompt="dusty boom bap", shape=LoopShape(120.0, 1))
 
 
 def settings_for(tiny_model_dir: Path, data_dir: Path):

@@ -31,7 +31,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 def loop(user_id: int, **changes: object) -> JobRequest:
     """One bar at 120 BPM unless changed: about a second per candidate on CPU."""
-    return JobRequest(user_id=user_id, **{"prompt": "dusty boom bap", "bpm": 120.0, "bars": 1, **changes})  # type: ignore[arg-type]
+    return JobRequest(user_id=user_id, **{"prompt": "dusty boom bap", "shape": LoopShape(120.0, 1), **changes})  # type: ignore[arg-type]
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
@@ -94,7 +94,7 @@ async def test_replay_reproduces_the_delivered_loop_sample_for_sample(service: Q
 async def test_a_variation_continues_its_parent_at_the_exact_length(service: QueueService) -> None:
     parent = await finish(service, loop(2, seed=11))
     # The parent's tempo and length win over the request's: the variation is cut on its grid.
-    variation = await finish(service, loop(2, kind=JobKind.VARIATION, parent_loop_id=parent.job_id, bpm=90.0, bars=4))
+    variation = await finish(service, loop(2, kind=JobKind.VARIATION, parent_loop_id=parent.job_id, shape=LoopShape(90.0, 4)))
     audio, rate = read_audio(variation.files[0])
     assert audio.shape == (1, LoopShape(120.0, 1, 4).samples(rate))
     assert not np.array_equal(audio, read_audio(parent.files[0])[0])
@@ -136,7 +136,7 @@ async def test_three_variations_are_one_request_in_flac_with_waveforms(service: 
 async def test_loopify_loops_an_upload_to_the_exact_length_without_a_model(service: QueueService, tmp_path: Path) -> None:
     source = clicks(tmp_path / "groove.wav", bpm=100.0, bars=6)
     # The model named cannot even load: a loopify never asks for one.
-    done = await finish(service, loop(5, prompt="loopify: groove.wav", bpm=100.0, bars=2, source_audio=str(source),
+    done = await finish(service, loop(5, prompt="loopify: groove.wav", shape=LoopShape(100.0, 2), source_audio=str(source),
                                       model=BROKEN_MODEL))
     audio, rate = read_audio(done.files[0])
     assert (rate, audio.shape) == (44100, (2, LoopShape(100.0, 2, 4).samples(44100)))
@@ -156,7 +156,7 @@ async def test_an_upload_is_deleted_once_its_job_is_done_or_failed(service: Queu
     groove = clicks(uploads / "1001.wav", bpm=100.0, bars=6)
     silent = write_audio(uploads / "1002.wav", np.zeros((1, 4 * 44100), dtype=np.float32), 44100)
 
-    await finish(service, loop(7, prompt="loopify: groove.wav", bpm=100.0, bars=2, source_audio=str(groove)))
+    await finish(service, loop(7, prompt="loopify: groove.wav", shape=LoopShape(100.0, 2), source_audio=str(groove)))
     assert not groove.exists()
 
     accepted = await service.submit(loop(7, prompt="loopify: silence.wav", source_audio=str(silent)))

@@ -19,6 +19,7 @@ from sqlalchemy.engine import URL
 from generation.audio_io import write_audio
 from generation.jobs import Accepted, JobKind, JobRequest, QueueService
 from generation.jobs.backend import EventSink, WorkerReady, WorkItem
+from generation.shape import LoopShape
 from generation.storage import Database, GenerationKind, get_generation
 
 
@@ -53,7 +54,7 @@ class RecordingBackend:
 
 
 def loop(user_id: int, **changes: object) -> JobRequest:
-    fields = {"prompt": "dusty boom bap", "bpm": 120.0, "bars": 1, **changes}
+    fields = {"prompt": "dusty boom bap", "shape": LoopShape(120.0, 1), **changes}
     return JobRequest(user_id=user_id, **fields)  # type: ignore[arg-type]
 
 

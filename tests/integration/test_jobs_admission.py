@@ -23,6 +23,7 @@ from generation.jobs import (
     Stage,
 )
 from generation.jobs.backend import EventSink, WorkerReady, WorkItem
+from generation.shape import LoopShape
 from generation.storage import GenerationStatus, get_generation, upsert_guild_settings
 
 GUILD = 900
@@ -45,7 +46,7 @@ def make_service(tmp_path):
 
 
 def loop(user_id: int, **changes: object) -> JobRequest:
-    fields = {"prompt": "dusty boom bap", "bpm": 120.0, "bars": 1, "guild_id": GUILD, "channel_id": 5, **changes}
+    fields = {"prompt": "dusty boom bap", "shape": LoopShape(120.0, 1), "guild_id": GUILD, "channel_id": 5, **changes}
     return JobRequest(user_id=user_id, **fields)  # type: ignore[arg-type]
 
 
@@ -95,7 +96,7 @@ async def test_guild_overrides_the_global_limits(make_service) -> None:
     assert (await service.submit(loop(1))).reason is RefusalKind.RATE_LIMITED
     # Elsewhere (no guild) the global limit of 5 applies to the same user.
     assert isinstance(await service.submit(loop(1, guild_id=None)), Accepted)
-    too_long = await service.submit(loop(2, bars=4))
+    too_long = await service.submit(loop(2, shape=LoopShape(120.0, 4)))
     assert too_long == Refused(RefusalKind.INVALID, "This server allows loops of at most 2 bars.")
     wrong_channel = await service.submit(loop(2, channel_id=99))
     assert wrong_channel.reason is RefusalKind.INVALID
@@ -107,8 +108,8 @@ async def test_guild_overrides_the_global_limits(make_service) -> None:
     [
         ({"prompt": "x" * (PROMPT_MAX_CHARS + 1)}, f"The prompt is {PROMPT_MAX_CHARS + 1} characters long; the limit is {PROMPT_MAX_CHARS}."),
         ({"prompt": "   "}, 'The prompt is empty: describe the loop, e.g. "dusty boom bap, vinyl crackle".'),
-        ({"bpm": 400.0}, "BPM must be between 40 and 240, not 400."),
-        ({"bars": 3}, "Bars must be one of 1, 2, 4, 8, not 3."),
+        ({"shape": LoopShape(400.0, 1)}, "BPM must be between 40 and 240, not 400."),
+        ({"shape": LoopShape(120.0, 3)}, "Bars must be one of 1, 2, 4, 8, not 3."),
         ({"model": "facebook/musicgen-huge"}, "The model 'facebook/musicgen-huge' is not available here."),
     ],
 )

@@ -42,6 +42,7 @@ from generation.jobs.distributed.wire import (
     with_local_inputs,
 )
 from generation.jobs.files import UnsafeFile
+from generation.shape import LoopShape
 from generation.storage import Base, Database, GenerationStatus, get_generation
 
 WORKER_START_TIMEOUT_S = 180.0  # importing torch and loading the model, two at once, on a busy 2-core machine
@@ -55,8 +56,8 @@ AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3"}
 
 def item(job_id: str = "abcdefgh", **changes: object) -> WorkItem:
     fields: dict[str, object] = {
-        "job_id": job_id, "model": "tiny", "prompt_sent": "dusty boom bap, 120 bpm", "bpm": 120.0, "bars": 1,
-        "beats_per_bar": 4, "temperature": 1.0, "top_k": 250, "top_p": 0.0, "cfg_coef": 3.0,
+        "job_id": job_id, "model": "tiny", "prompt_sent": "dusty boom bap, 120 bpm", "shape": LoopShape(120.0, 1),
+        "temperature": 1.0, "top_k": 250, "top_p": 0.0, "cfg_coef": 3.0,
         "loop_ids": (job_id,), "seeds": (2**40 + 7,), **changes,
     }
     return WorkItem(**fields)  # type: ignore[arg-type]
@@ -254,11 +255,14 @@ async def both_workers_ready(service: QueueService, workers: Workers) -> None:
         await asyncio.sleep(0.5)
 
 
-def loop(user_id: int, bars: int = 1, bpm: float = 120.0) -> JobRequest:
-    return JobRequest(user_id=user_id, prompt="dusty boom bap", bpm=bpm, bars=bars)
+SHORT = LoopShape(120.0, 1)
 
 
-LONG = {"bpm": 70.0, "bars": 8}
+def loop(user_id: int, shape: LoopShape = SHORT) -> JobRequest:
+    return JobRequest(user_id=user_id, prompt="dusty boom bap", shape=shape)
+
+
+LONG = LoopShape(70.0, 8)
 """About 28 seconds of audio: long enough on the tiny model to be killed or cancelled in."""
 
 
@@ -342,7 +346,7 @@ async def test_a_worker_killed_mid_batch_loses_nothing(workers, database, tiny_m
     await service.start()
     try:
         await both_workers_ready(service, workers)
-        long, *short = await submit_all(service, [loop(1, **LONG)] + [loop(user) for user in (2, 3, 4)])
+        long, *short = await submit_all(service, [loop(1, LONG)] + [loop(user) for user in (2, 3, 4)])
         finals = {job_id: asyncio.ensure_future(final_event(service, job_id)) for job_id in (long, *short)}
         killed = await running_on(service, long)
         orphans = workers.kill(killed)
@@ -354,7 +358,7 @@ async def test_a_worker_killed_mid_batch_loses_nothing(workers, database, tiny_m
         assert await deliveries(service.backend, [long, *short]) == Counter([long, *short])
 
         # The owner cancels a running batch: the worker stops it between decoding steps and goes on.
-        cancelled = (await submit_all(service, [loop(5, **LONG)]))[0]
+        cancelled = (await submit_all(service, [loop(5, LONG)]))[0]
         events = service.subscribe(cancelled)
         await running_on(service, cancelled)
         assert (await service.cancel(cancelled, user_id=5, guild_id=None)).ok
@@ -380,7 +384,7 @@ async def test_a_worker_stopped_mid_batch_exits_cleanly_and_its_batch_finishes_e
     await service.start()
     try:
         await both_workers_ready(service, workers)
-        job_ids = await submit_all(service, [loop(1, **LONG), loop(2)])
+        job_ids = await submit_all(service, [loop(1, LONG), loop(2)])
         finals = [asyncio.ensure_future(final_event(service, job_id)) for job_id in job_ids]
         stopped = await running_on(service, job_ids[0])
         children = live_children(workers.processes[stopped].pid)

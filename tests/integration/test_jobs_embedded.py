@@ -23,11 +23,12 @@ from generation.jobs import (
     RefusalKind,
     Stage,
 )
+from generation.shape import LoopShape
 from generation.storage import GenerationStatus, get_generation, mark_running
 
 
 def loop(user_id: int, **changes: object) -> JobRequest:
-    return JobRequest(user_id=user_id, **{"prompt": "dusty boom bap", "bpm": 120.0, "bars": 1, **changes})  # type: ignore[arg-type]
+    return JobRequest(user_id=user_id, **{"prompt": "dusty boom bap", "shape": LoopShape(120.0, 1), **changes})  # type: ignore[arg-type]
 
 
 @pytest.fixture
@@ -110,7 +111,7 @@ async def test_worker_killed_mid_job_is_restarted_and_the_job_finishes(tiny_mode
 
 
 async def worker_killed_mid_job(service: QueueService) -> None:
-    job = await service.submit(loop(1, bars=4))  # 8 s of audio: long enough to be killed in
+    job = await service.submit(loop(1, shape=LoopShape(120.0, 4)))  # 8 s of audio: long enough to be killed in
     events = service.subscribe(job.job_id)
     victim, orphans = None, []
     while victim is None:
@@ -127,7 +128,7 @@ async def worker_killed_mid_job(service: QueueService) -> None:
     assert not await still_running(orphans), "the killed worker's processes are still running"
 
     # The owner cancels a running job: it stops between decoding steps, and the worker goes on.
-    long = await service.submit(loop(1, bpm=60.0, bars=4))
+    long = await service.submit(loop(1, shape=LoopShape(60.0, 4)))
     events = service.subscribe(long.job_id)
     while not (isinstance(event := await asyncio.wait_for(events.get(), 60), JobProgress)
                and event.stage is Stage.GENERATING and event.percent > 0):

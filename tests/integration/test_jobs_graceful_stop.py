@@ -9,6 +9,7 @@ from queue_helpers import EVENT_TIMEOUT_S, HAS_PROC, final_event, live_children,
 
 from generation.config import LoopSettings
 from generation.jobs import JobDone, JobEvent, JobProgress, JobRequest, QueueService, Stage
+from generation.shape import LoopShape
 from generation.storage import GenerationStatus, get_generation
 
 
@@ -19,7 +20,7 @@ async def test_stop_ends_the_workers_and_hands_the_running_job_back_with_its_att
     database = migrated_database(tmp_path)
     service = QueueService(settings, database)
     await service.start()
-    job = await service.submit(JobRequest(user_id=1, prompt="long drone", bpm=120.0, bars=4))
+    job = await service.submit(JobRequest(user_id=1, prompt="long drone", shape=LoopShape(120.0, 4)))
     events = service.subscribe(job.job_id)
     while not (isinstance(event := await asyncio.wait_for(events.get(), EVENT_TIMEOUT_S), JobProgress)
                and event.stage is Stage.GENERATING and event.percent > 0):

@@ -35,6 +35,7 @@ from generation.jobs.distributed.queue import BatchQueue, interactive_redis_clie
 from generation.jobs.distributed.wire import COLLECTED_TTL_S, RUN_BATCH, decode_items, encode_event, pack_files
 from generation.jobs.distributed.worker import _DrainingWorker
 from generation.jobs.outage import Outage
+from generation.shape import LoopShape
 from generation.storage import GenerationStatus, get_generation
 
 pytestmark = pytest.mark.redis
@@ -97,7 +98,7 @@ def real_loops(scratch: Path, item: WorkItem) -> dict[str, Any]:
 
 
 def loop(user_id: int) -> JobRequest:
-    return JobRequest(user_id=user_id, prompt="dusty boom bap", bpm=120.0, bars=1)
+    return JobRequest(user_id=user_id, prompt="dusty boom bap", shape=LoopShape(120.0, 1))
 
 
 async def submit(service: QueueService, request: JobRequest) -> str:

@@ -15,6 +15,7 @@ from generation.cli import app
 from generation.config import GenerationSettings
 from generation.jobs import Accepted, JobDone, JobRequest, QueueService
 from generation.seeds import VARIATION_SEED_STRIDE, variation_seeds
+from generation.shape import LoopShape
 
 SEED = 7
 CANDIDATES = 2
@@ -69,7 +70,7 @@ async def test_the_cli_and_the_queue_make_the_same_two_variations_from_one_seed(
     service = QueueService(settings, database)
     await service.start()
     try:
-        accepted = await service.submit(JobRequest(user_id=1, prompt="dusty boom bap", bpm=120.0, bars=1, variations=2, seed=SEED))
+        accepted = await service.submit(JobRequest(user_id=1, prompt="dusty boom bap", shape=LoopShape(120.0, 1), variations=2, seed=SEED))
         assert isinstance(accepted, Accepted), accepted
         from_queue = await final_event(service, accepted.job_id)
     finally:

@@ -21,6 +21,7 @@ from sqlalchemy.engine import URL
 from generation.config import Settings
 from generation.jobs import Accepted, JobRequest, QueueService, RefusalKind, Refused
 from generation.jobs.distributed import RedisRateLimiter
+from generation.shape import LoopShape
 from generation.storage import Base, Database, Generation
 
 WINDOW_S = 60.0
@@ -64,7 +65,7 @@ def bot_processes(settings: Settings, databases: tuple[Database, Database], pref
 
 
 def loop(user_id: int, **changes: object) -> JobRequest:
-    fields = {"prompt": "dusty boom bap", "bpm": 120.0, "bars": 1, **changes}
+    fields = {"prompt": "dusty boom bap", "shape": LoopShape(120.0, 1), **changes}
     return JobRequest(user_id=user_id, **fields)  # type: ignore[arg-type]
 
 
@@ -110,7 +111,7 @@ async def test_refused_requests_are_not_counted_and_the_other_checks_come_first(
     first, second = bot_processes(settings, databases, prefix)
     try:
         for _ in range(3):
-            assert (await first.submit(loop(7, bpm=1000.0))).reason is RefusalKind.INVALID  # type: ignore[union-attr]
+            assert (await first.submit(loop(7, shape=LoopShape(1000.0, 1)))).reason is RefusalKind.INVALID  # type: ignore[union-attr]
         accepted = await first.submit(loop(7))
         assert isinstance(accepted, Accepted)
         for _ in range(3):  # one waiting already: refused before the rate limit is taken

@@ -57,8 +57,8 @@ def test_loopify_peak_memory_stays_under_1_gb_and_the_bomb_is_refused(tmp_path: 
 def test_the_worker_checks_the_header_itself_before_decoding(tmp_path: Path) -> None:
     """A job that reached the worker some other way than through the bot's checks is refused all the same."""
     runner = BatchRunner(WorkerConfig("w", BROKEN_MODEL, "cpu", GenerationSettings(), LoopSettings(processes=1), tmp_path))
-    item = WorkItem(job_id="bomb0001", model=BROKEN_MODEL, prompt_sent="loopify: bomb.flac", bpm=120.0, bars=1,
-                    beats_per_bar=4, temperature=1.0, top_k=250, top_p=0.0, cfg_coef=3.0, loop_ids=("bomb0001",),
+    item = WorkItem(job_id="bomb0001", model=BROKEN_MODEL, prompt_sent="loopify: bomb.flac",
+                    shape=LoopShape(120.0, 1), temperature=1.0, top_k=250, top_p=0.0, cfg_coef=3.0, loop_ids=("bomb0001",),
                     seeds=(0,), source_audio=str(bomb(tmp_path / "bomb.flac")))
     events: list[object] = []
     try:
@@ -76,7 +76,7 @@ async def test_a_cancelled_loopify_leaves_no_upload(tmp_path: Path) -> None:
         upload = tmp_path / UPLOADS_DIR / "1234.wav"
         upload.parent.mkdir()
         sf.write(str(upload), [[0.1, 0.1]] * 44100, 44100)
-        accepted = await service.submit(JobRequest(user_id=1, prompt="loopify: take.wav", bpm=120.0, bars=1,
+        accepted = await service.submit(JobRequest(user_id=1, prompt="loopify: take.wav", shape=LoopShape(120.0, 1),
                                                    source_audio=str(upload)))
         assert isinstance(accepted, Accepted) and upload.exists()
         events = service.subscribe(accepted.job_id)

@@ -32,6 +32,7 @@ from queue_helpers import live_children, tiny_settings
 from generation.config import LoopSettings
 from generation.jobs import ProcessWorkerPool
 from generation.jobs.backend import WorkerLost, WorkerReady, WorkItem, WorkProgress
+from generation.shape import LoopShape
 
 
 def say(**fields):
@@ -55,7 +56,7 @@ async def main(model_dir: str, data_dir: str, then: str) -> None:
     await pool.start(sink)
     await ready.wait()
     # 32 seconds of audio: the tiny model takes longer than the test waits for anything.
-    item = WorkItem("longjob1", model_dir, "dusty boom bap, 60 bpm", 60.0, 8, 4, 1.0, 250, 0.0, 3.0, ("longjob1",), (1,))
+    item = WorkItem("longjob1", model_dir, "dusty boom bap, 60 bpm", LoopShape(60.0, 8), 1.0, 250, 0.0, 3.0, ("longjob1",), (1,))
     pool.run(pool.next_batch_key(), [item])
     await generating.wait()
     worker = pool.worker_pids()[0]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 from dataclasses import replace
 
+from generation.shape import LoopShape
 from generation.storage import NewGeneration
 
 
@@ -21,9 +22,7 @@ LOOP_REQUEST = NewGeneration(
     channel_id=333333333333333333,
     prompt="dusty boom bap, vinyl crackle",
     prompt_sent="dusty boom bap, vinyl crackle, 92 bpm",
-    bpm=92.0,
-    bars=4,
-    beats_per_bar=4,
+    shape=LoopShape(bpm=92.0, bars=4),
     temperature=1.0,
     top_k=250,
     top_p=0.0,

@@ -81,7 +81,7 @@ def test_a_batch_that_tries_again_reports_stages_the_queue_knows_and_never_goes_
     generation = GenerationSettings(candidates=1, retry_budget=1, extra_seconds=2.0)
     runner = BatchRunner(WorkerConfig("w", "tiny", "cpu", generation, LoopSettings(max_stretch=1e-6, processes=1), tmp_path))
     events: list = []
-    item = WorkItem("progress", "tiny", "dub, 120 bpm", 120.0, 1, 4, 1.0, 250, 0.0, 3.0, ("progress",), (3,))
+    item = WorkItem("progress", "tiny", "dub, 120 bpm", LoopShape(120.0, 1), 1.0, 250, 0.0, 3.0, ("progress",), (3,))
     runner.run([item], events.append, set())
     assert isinstance(events[-1], WorkDone)
     shown = [(Stage(e.stage), e.percent) for e in events if isinstance(e, WorkProgress)]
