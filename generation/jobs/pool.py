@@ -77,14 +77,15 @@ class ProcessWorkerPool:
         self._quick_deaths: dict[int, int] = {}
         self._sink: EventSink | None = None
         self._monitor: asyncio.Task[None] | None = None
+        self._launching: asyncio.Task[None] | None = None
         self._stopping = False
 
     # --- JobBackend ---------------------------------------------------------------------------
 
     async def start(self, sink: EventSink) -> None:
+        """Start the workers in the background: the first start waits for the forkserver to import torch."""
         self._sink = sink
-        for index in range(self.count):
-            self._spawn(index)
+        self._launching = asyncio.create_task(self._launch_all(), name="worker-pool-launch")
         self._monitor = asyncio.create_task(self._watch(), name="worker-pool-monitor")
 
     async def stop(self) -> None:
@@ -96,6 +97,8 @@ class ProcessWorkerPool:
         self._stopping = True
         if self._monitor is not None:
             self._monitor.cancel()
+        if self._launching is not None:
+            await asyncio.wait([self._launching])  # a worker being started is stopped with the others
         await asyncio.gather(*(self._stop_worker(worker) for worker in self._workers.values()))
         self._workers.clear()
 
@@ -134,7 +137,20 @@ class ProcessWorkerPool:
 
     # --- processes ----------------------------------------------------------------------------
 
+    async def _launch_all(self) -> None:
+        for index in range(self.count):
+            # In a thread: starting a process blocks until the forkserver is ready, seconds the
+            # first time (it imports torch), which the event loop must not wait for.
+            try:
+                self._attach(await asyncio.to_thread(self._launch, index))
+            except OSError:
+                log.exception("cannot start worker %d", index)
+
     def _spawn(self, index: int) -> None:
+        self._attach(self._launch(index))
+
+    def _launch(self, index: int) -> _Worker:
+        """Start worker process `index` (no event-loop work: may run in a thread)."""
         self._incarnations += 1
         name = f"embedded-{index}.{self._incarnations}"
         config = WorkerConfig(
@@ -151,10 +167,13 @@ class ProcessWorkerPool:
         # The child has its own copies; closing ours lets a dead child show up as EOF.
         tasks_recv.close()
         events_send.close()
-        worker = _Worker(index, name, process, tasks_send, events_recv)
-        self._workers[index] = worker
-        asyncio.get_running_loop().add_reader(events_recv.fileno(), self._on_readable, worker)
-        log.info("started worker %s (pid %s)", name, process.pid)
+        return _Worker(index, name, process, tasks_send, events_recv)
+
+    def _attach(self, worker: _Worker) -> None:
+        """Follow a started worker: its events are read on the event loop."""
+        self._workers[worker.index] = worker
+        asyncio.get_running_loop().add_reader(worker.events.fileno(), self._on_readable, worker)
+        log.info("started worker %s (pid %s)", worker.name, worker.process.pid)
 
     def _detach(self, worker: _Worker) -> None:
         try:
