@@ -20,6 +20,7 @@ import typer
 from alembic.util import CommandError
 from sqlalchemy.exc import SQLAlchemyError
 
+from ..jobs.outage import first_line
 from ..prompts import printable
 from ..storage import Database, Generation, list_history, redact
 from ..storage.migrate import head_revision
@@ -39,8 +40,7 @@ def _open_database() -> Iterator[Database]:
     try:
         yield database
     except SQLAlchemyError as error:
-        cause = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
-        raise fail(f"Database {database.display_url}: {redact(cause, database.url)}") from None
+        raise fail(f"Database {database.display_url}: {redact(first_line(error), database.url)}") from None
     except CommandError as error:
         raise fail(str(error)) from None
     finally:
