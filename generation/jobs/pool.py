@@ -146,9 +146,6 @@ class ProcessWorkerPool:
             except OSError:
                 log.exception("cannot start worker %d", index)
 
-    def _spawn(self, index: int) -> None:
-        self._attach(self._launch(index))
-
     def _launch(self, index: int) -> _Worker:
         """Start worker process `index` (no event-loop work: may run in a thread)."""
         self._incarnations += 1
@@ -242,7 +239,7 @@ class ProcessWorkerPool:
 
     def _respawn(self, index: int) -> None:
         if not self._stopping and index not in self._workers:
-            self._spawn(index)
+            self._attach(self._launch(index))  # the forkserver runs already: starting is quick
 
     async def _watch(self) -> None:
         """Kill workers past the job timeout, and catch deaths the pipe did not report."""
