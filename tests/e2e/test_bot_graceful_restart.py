@@ -77,6 +77,16 @@ async def noticed(bot: BotProcess, line: str, within_s: float = 10.0) -> None:
         await asyncio.sleep(0.05)
 
 
+async def post_recorded(database: Database, job_id: str, within_s: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + within_s
+    while True:
+        with database.session() as session:
+            if get_generation(session, job_id).posted_message_id is not None:
+                return
+        assert asyncio.get_running_loop().time() < deadline, f"the bot never recorded where {job_id} was posted"
+        await asyncio.sleep(0.05)
+
+
 async def stopped_by_sigterm(bot: BotProcess) -> int:
     assert bot.process is not None
     bot.process.send_signal(signal.SIGTERM)
@@ -96,12 +106,22 @@ async def test_sigterm_stops_cleanly_and_the_job_finishes_in_its_reply_after_the
     ours = descendants(bot.process.pid)
     assert ours, "no worker process to watch"
 
+    # The stopping bot marks the reply before it closes the gateway: held, so the late one surely comes first.
+    answered_late = asyncio.Event()
+    held = double.hold(
+        EDIT_ORIGINAL, answered_late,
+        when=lambda r: r.path_params.get("token") == sent.token and r.json["embeds"][0]["title"] == "Waiting for a restart",
+    )
     bot.process.send_signal(signal.SIGTERM)
     await noticed(bot, "SIGTERM: stopping")
-    late = await double.slash("loop", {"prompt": "asked while stopping", "bpm": 100, "bars": 1}, user="bob")
-    answer = (await late.wait_callback(timeout=3)).json["data"]
+    try:
+        late = await double.slash("loop", {"prompt": "asked while stopping", "bpm": 100, "bars": 1}, user="bob")
+        answer = (await late.wait_callback(timeout=3)).json["data"]
+    finally:
+        answered_late.set()
     assert answer["flags"] & EPHEMERAL and answer["content"] == RESTARTING
     assert await asyncio.wait_for(bot.process.wait(), 30) == 0
+    assert held.taken, "the reply was never marked as waiting for a restart"
     assert not await still_running(ours, within_s=10), "processes of the stopped bot are still running"
     log = bot.log.read_text()
     assert "Traceback" not in log, log[-3000:]
@@ -149,6 +169,7 @@ async def test_past_the_token_the_loop_goes_to_the_channel_and_the_old_cancel_po
     with database.session() as session:
         assert session.query(InteractionReply).count() == 0
 
+    await post_recorded(database, job_id)  # the double sees the post before the bot records where it went
     pressed = await double.click(double.original_message(sent), f"lj:cancel:{job_id}", user="carol")
     update_message = (await pressed.wait_callback(timeout=3)).json
     assert update_message["type"] == 7  # the old reply itself is updated

@@ -1,7 +1,8 @@
-"""Injected failures: 429 rate limits and arbitrary Discord errors on chosen routes."""
+"""Injected failures: 429 rate limits and arbitrary Discord errors on chosen routes, and held requests."""
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections.abc import Callable
@@ -24,6 +25,23 @@ class Fault:
 
     def applies_to(self, request: RecordedRequest) -> bool:
         return self.times > 0 and request.route == self.route and (self.when is None or self.when(request))
+
+
+@dataclass
+class Hold:
+    """Keep the next request on `route` (matching `when`, if given) unanswered until `release` is set.
+
+    Makes an order of events certain that timing alone would only make likely, e.g. that an
+    interaction arrives while the bot is still stopping.
+    """
+
+    route: str
+    release: asyncio.Event
+    when: Callable[[RecordedRequest], bool] | None = None
+    taken: bool = False
+
+    def applies_to(self, request: RecordedRequest) -> bool:
+        return not self.taken and request.route == self.route and (self.when is None or self.when(request))
 
 
 def rate_limited_response(retry_after: float, *, is_global: bool, bucket: str) -> web.Response:
@@ -49,10 +67,23 @@ class FaultInjector:
 
     def __init__(self) -> None:
         self._faults: list[Fault] = []
+        self._holds: list[Hold] = []
 
     def arm(self, fault: Fault) -> Fault:
         self._faults.append(fault)
         return fault
+
+    def hold(self, hold: Hold) -> Hold:
+        self._holds.append(hold)
+        return hold
+
+    async def wait_if_held(self, request: RecordedRequest) -> None:
+        """Wait for the release of the first armed hold matching this request (using it up)."""
+        for hold in self._holds:
+            if hold.applies_to(request):
+                hold.taken = True
+                await hold.release.wait()
+                return
 
     def take(self, request: RecordedRequest) -> web.Response | None:
         """The injected response for this request, if an armed fault matches (using up one of its times)."""

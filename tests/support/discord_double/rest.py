@@ -143,10 +143,11 @@ class RestApi:
 
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        """Record, check auth, apply armed faults, and turn `DiscordAPIError` into Discord's error body."""
+        """Record, wait out a matching hold, check auth, apply armed faults, and turn `DiscordAPIError` into Discord's error body."""
         if request.path in GATEWAY_PATHS:
             return await handler(request)
         recorded = await self._record(request)
+        await self._faults.wait_if_held(recorded)
         try:
             response = self._faults.take(recorded)
             if response is None:

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -18,7 +19,7 @@ from aiohttp import web
 
 from .commands import CommandRegistry
 from .errors import DiscordAPIError
-from .faults import Fault, FaultInjector, rate_limited_response
+from .faults import Fault, FaultInjector, Hold, rate_limited_response
 from .gateway import Gateway
 from .interaction_payloads import InteractionFactory
 from .interactions import INITIAL_RESPONSE_DEADLINE_S, InteractionTracker, SentInteraction
@@ -213,3 +214,7 @@ class DiscordDouble:
     ) -> Fault:
         """Answer the next `times` requests on `route` with this Discord error (e.g. 403, 50013, "Missing Permissions")."""
         return self.faults.arm(Fault(route, times, lambda: DiscordAPIError(status, code, message).response(), when))
+
+    def hold(self, route: str, release: asyncio.Event, *, when: Callable[[RecordedRequest], bool] | None = None) -> Hold:
+        """Leave the next request on `route` (matching `when`) unanswered until `release` is set."""
+        return self.faults.hold(Hold(route, release, when))
