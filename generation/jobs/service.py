@@ -56,6 +56,8 @@ log = logging.getLogger(__name__)
 
 ADMISSION_GROUP = 100
 """The most requests decided in one unit of work."""
+ANSWER_SLICE = 10
+"""Callers woken per event-loop turn: each then builds and sends its reply; 100 at once stall the loop."""
 
 
 class QueueService:
@@ -179,9 +181,11 @@ class QueueService:
             # A caller that gave up still has its job queued, as it was accepted.
             self._dispatcher.add(QueuedJob(item, request.user_id) for request, item in zip(requests, decisions)
                                  if not isinstance(item, Refused))
-            for (_, decided), decision in zip(group, decisions):
-                if not decided.done():
-                    decided.set_result(decision)
+            for start in range(0, len(group), ANSWER_SLICE):
+                for (_, decided), decision in zip(group[start:start + ANSWER_SLICE], decisions[start:start + ANSWER_SLICE]):
+                    if not decided.done():
+                        decided.set_result(decision)
+                await asyncio.sleep(0)  # the callers answered so far reply to Discord before the next ones wake
 
     def _rate_counter(self) -> RateCounter | None:
         """Distributed: Redis counts the rate for every bot process; embedded (None): the group's unit of work does."""

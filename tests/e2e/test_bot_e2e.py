@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -22,12 +23,16 @@ from bot_process import (
     wav_samples,
 )
 from discord_double import DiscordDouble, RecordedRequest, Upload
+from queue_helpers import descendants, live_children, still_running
+
+from generation.jobs.worker import NICENESS
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def bot(double: DiscordDouble, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[BotProcess]:
-    process = BotProcess(double, tiny_model_dir, tmp_path_factory.mktemp("bot-data"))
+    data_dir = tmp_path_factory.mktemp("bot-data")
+    process = BotProcess(double, tiny_model_dir, data_dir, log=data_dir / "bot.log")
     await process.start()
     # The worker process loads the model in the background; wait for the commands to be synced.
     await double.wait_for_request("PUT /applications/{application_id}/commands", timeout=60)
@@ -180,7 +185,17 @@ async def test_a_restart_keeps_buttons_working_and_finishes_queued_jobs(double: 
         sent = await double.slash("loop", {"prompt": "restart survivor", "bpm": 110, "bars": 1}, user=user)
         queued.append((await sent.wait_callback(timeout=3)).json["data"]["embeds"][0]["footer"]["text"].split()[0])
     since = len(double.requests)
+    assert bot.process is not None and bot.log is not None
+    ours = descendants(bot.process.pid)
+    # The worker and its loop-engine processes (below the forkserver) leave the CPU to the bot first.
+    workers = [pid for pid in ours if pid not in live_children(bot.process.pid)]
+    assert len(workers) >= 3, "no worker with its two loop-engine processes"
+    yielding = min(19, os.getpriority(os.PRIO_PROCESS, bot.process.pid) + NICENESS)
+    assert [os.getpriority(os.PRIO_PROCESS, pid) for pid in workers] == [yielding] * len(workers)
     await bot.kill()
+    # Killed with SIGKILL, the bot can stop nothing: its processes notice and leave by themselves.
+    assert not await still_running(ours, within_s=10.0), "processes of the killed bot are still running"
+    assert "Traceback" not in bot.log.read_text()
     await bot.start()
 
     # The jobs queued before the crash are posted as channel messages that ping their requester.

@@ -18,7 +18,7 @@ import pytest
 import pytest_asyncio
 from bot_process import CHANNEL_MESSAGE, EDIT_ORIGINAL, FOLLOW_UP, BotProcess, exact_samples, job_id_of, wav_samples
 from discord_double import DiscordDouble, SentInteraction
-from queue_helpers import live_children, still_running
+from queue_helpers import descendants, still_running
 from sqlalchemy import update
 
 from bot.shutdown import RESTARTING
@@ -51,11 +51,6 @@ def database(bot: BotProcess) -> Iterator[Database]:
     opened = Database.from_settings(StorageSettings(data_dir=bot.env["LOOPJAM_STORAGE__DATA_DIR"]))
     yield opened
     opened.dispose()
-
-
-def descendants(pid: int) -> list[int]:
-    found = live_children(pid)
-    return found + [grandchild for child in found for grandchild in descendants(child)]
 
 
 def edit_titles(double: DiscordDouble, sent: SentInteraction, since: int) -> list[str]:

@@ -36,8 +36,8 @@ from generation.shape import LoopShape
 from generation.storage import Database, Generation, GenerationStatus
 
 JOBS = 8
-OUTAGE_S = 12.0
-"""How long PostgreSQL stays down once the first batch has finished."""
+OUTAGE_S = 5.0
+"""How long PostgreSQL stays down once the first batch has finished: several retries of every background task."""
 SQLITE_BUSY_TIMEOUT_MS = 200
 UNREACHABLE = "database unreachable"
 REACHABLE_AGAIN = "database reachable again"

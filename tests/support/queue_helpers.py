@@ -53,6 +53,12 @@ def live_children(parent: int) -> list[int]:
     ]
 
 
+def descendants(pid: int) -> list[int]:
+    """Every running process below `pid`: children, grandchildren and so on."""
+    found = live_children(pid)
+    return found + [grandchild for child in found for grandchild in descendants(child)]
+
+
 async def still_running(pids: list[int], within_s: float = 10.0) -> list[int]:
     """Those of `pids` still running after waiting up to `within_s` for all of them to end."""
     deadline = asyncio.get_running_loop().time() + within_s
