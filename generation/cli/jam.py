@@ -12,6 +12,8 @@ from ..shape import LoopShape
 from .common import check_format, fail, settings, source_failure
 from .loops import BARS_HELP, BEATS_HELP, BPM_RANGE
 
+MAX_GAIN_DB = 60.0
+
 
 def mix(
     bpm: Annotated[float, typer.Option(help=f"Tempo of the jam, {BPM_RANGE}")],
@@ -45,6 +47,8 @@ def mix(
         raise fail("Nothing to mix: give the loops, e.g. loopjam mix drums.wav bass.wav --bpm 92 --bars 4.")
     if gains and len(gains) != len(paths):
         raise fail(f"{len(gains)} --gain-db values for {len(paths)} loops: give one per loop, in order, or none.")
+    if any(not -MAX_GAIN_DB <= gain <= MAX_GAIN_DB for gain in gains):  # also refuses nan
+        raise fail(f"--gain-db must be between -{MAX_GAIN_DB:g} and {MAX_GAIN_DB:g} dB.")
     if stems is not None and stems.exists() and not stems.is_dir():
         raise fail(f"--stems {stems} is a file; give a directory.")
     for path in paths:  # every header before the engine's imports (seconds): a refusal is quick

@@ -2,7 +2,7 @@
 
     result = mix_layers([read_layer(Path("drums.wav")), read_layer(Path("bass.wav"), gain_db=-3)], LoopShape(92, 4))
     result.audio     # [2, N] float32, N = shape.samples(result.sample_rate), exactly
-    write_stems(result, Path("stems"), "wav", ceiling_dbtp=-1.0)   # 01-drums.wav, 02-bass.wav, jam.json
+    write_stems(result, Path("stems"), "wav", ceiling_db=-1.0)   # 01-drums.wav, 02-bass.wav, jam.json
 """
 
 from .mix import Layer, LayerOrigin, MixedLayer, MixResult, is_exact, mix_layers, read_layer

@@ -23,7 +23,6 @@ from scipy.signal import resample
 from ..audio_io import stereo_fold
 from ..config import LoopSettings
 from ..loop import LoopReport, make_loop
-from ..loop.analysis import is_silent
 from ..loop.loudness import integrated_lufs, normalise
 from ..loop.source import read_checked
 from ..shape import LoopShape
@@ -136,7 +135,7 @@ def _conformed(layer: Layer, shape: LoopShape, settings: LoopSettings) -> tuple[
 
 def _matched(audio: np.ndarray, sample_rate: int, target_lufs: float, gain_db: float) -> np.ndarray:
     """[2, N] brought to `target_lufs` (a plain gain: the mix is limited once, at the end), then `gain_db`."""
-    loudness = -math.inf if is_silent(audio) else integrated_lufs(audio, sample_rate)
+    loudness = integrated_lufs(audio, sample_rate)  # -inf for silence: left as it is
     match_db = target_lufs - loudness if math.isfinite(loudness) else 0.0
     return audio * np.float32(10 ** ((match_db + gain_db) / 20))
 
@@ -159,7 +158,7 @@ def mix_layers(layers: list[Layer], shape: LoopShape, settings: LoopSettings | N
         audio, report = _conformed(layer, shape, settings)
         audio = resample_loop(to_stereo(audio), samples)
         mixed.append(MixedLayer(_matched(audio, rate, settings.target_lufs, layer.gain_db), layer.origin, layer.gain_db, report))
-    ducked = np.ones(samples, np.float32)  # the gain of every layer but the drums
+    ducked: np.ndarray | None = None  # [N] the gain of every layer but the drums
     if duck:
         kicks = [find_kicks(each.audio, rate) for each in mixed]
         drum = pick_drum_layer(kicks)
@@ -168,6 +167,6 @@ def mix_layers(layers: list[Layer], shape: LoopShape, settings: LoopSettings | N
             mixed[drum] = replace(mixed[drum], drum=True)
     total = np.zeros((2, samples), np.float32)
     for each in mixed:
-        total += each.audio if each.drum else each.audio * ducked
+        total += each.audio if ducked is None or each.drum else each.audio * ducked
     audio, lufs = normalise(total, rate, settings.target_lufs, settings.true_peak_dbtp)
     return MixResult(audio, rate, shape, tuple(mixed), lufs if math.isfinite(lufs) else None)

@@ -1,10 +1,10 @@
 """Stems: each layer of a mix as its own exact loop, plus `jam.json`, to rebuild the jam or open it in a DAW.
 
 Stems are the layers as they went into the mix (conformed, loudness-matched, their gain applied,
-not ducked), all lowered together when one would peak over the ceiling, so they keep the mix's
-balance: summed at unity they sound like the mix before its limiter. Mixed again with jam.json's
-gains (`loopjam mix 01-....wav 02-....wav --gain-db ...`), they are exact loops, so they are used
-as they are and the same mix comes out.
+not ducked: jam.json says whether the mix was), all lowered together when one would clip, so they
+keep the mix's balance: summed at unity they are the mix before its loudness treatment. Mixed again
+with jam.json's gains (`loopjam mix 01-....wav 02-....wav --gain-db ...`), they are exact loops,
+so they are used as they are and the same mix comes out.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from typing import Any
 import numpy as np
 
 from ..audio_io import extension, write_audio
-from ..loop.loudness import true_peak_dbtp
 from .mix import MixResult
 
 MANIFEST = "jam.json"
@@ -41,10 +40,13 @@ def safe_name(text: str) -> str:
     return slug[:NAME_CHARS].rstrip("-") or "layer"
 
 
-def stems(result: MixResult, fmt: str, ceiling_dbtp: float) -> list[Stem]:
-    """The mix's layers as stems in format `fmt` (a key of `audio_io.FORMATS`), none peaking over `ceiling_dbtp`."""
-    peak = max(true_peak_dbtp(layer.audio) for layer in result.layers)
-    lower = np.float32(10 ** (min(0.0, ceiling_dbtp - peak) / 20))
+def stems(result: MixResult, fmt: str, ceiling_db: float) -> list[Stem]:
+    """The mix's layers as stems in format `fmt` (a key of `audio_io.FORMATS`), no sample over `ceiling_db` dBFS.
+
+    A sample peak, not a true peak: it keeps stems from clipping when written, at a fraction of the cost.
+    """
+    peak = max(float(np.max(np.abs(layer.audio))) for layer in result.layers)
+    lower = np.float32(min(1.0, 10 ** (ceiling_db / 20) / peak) if peak > 0 else 1.0)
     return [
         Stem(f"{number:02d}-{safe_name(layer.origin.name)}.{extension(fmt)}", layer.audio * lower)
         for number, layer in enumerate(result.layers, start=1)
@@ -62,9 +64,9 @@ def jam_manifest(result: MixResult, stem_files: list[Stem]) -> dict[str, Any]:
     }
 
 
-def write_stems(result: MixResult, directory: Path, fmt: str, ceiling_dbtp: float) -> list[Path]:
+def write_stems(result: MixResult, directory: Path, fmt: str, ceiling_db: float) -> list[Path]:
     """Write the stems and `jam.json` into `directory` (created); returns the paths written, jam.json last."""
-    made = stems(result, fmt, ceiling_dbtp)
+    made = stems(result, fmt, ceiling_db)
     paths = [write_audio(directory / stem.file_name, stem.audio, result.sample_rate, fmt) for stem in made]
     manifest = directory / MANIFEST
     manifest.write_text(json.dumps(jam_manifest(result, made), indent=2) + "\n")

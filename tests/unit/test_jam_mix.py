@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from generation.cli import app
 from generation.config import LoopSettings
-from generation.jam import Layer, LayerOrigin, MixResult, mix_layers
+from generation.jam import Layer, LayerOrigin, MixResult, jam_manifest, mix_layers, stems
 from generation.loop.loudness import integrated_lufs, true_peak_dbtp
 from generation.shape import LoopShape
 
@@ -161,6 +161,23 @@ def test_duck_lowers_the_other_layers_at_kick_onsets() -> None:
     assert abs(dip_db(duck=False)) < 0.5
 
 
+# --- stems ---
+
+def test_stems_are_named_safely_in_order_and_keep_the_layers_origin(loops: dict[str, np.ndarray]) -> None:
+    origins = [
+        LayerOrigin(prompt="Dusty boom-bap, 92 BPM!", seed=7, model="facebook/musicgen-small"),
+        LayerOrigin(file="../../etc/Ünïcode keys.wav"),
+        LayerOrigin(prompt="///"),
+    ]
+    result = mix_layers([Layer(loops[name], RATE, origin) for name, origin in zip(["drums", "keys", "bass"], origins)], SHAPE)
+    made = stems(result, "flac", -1.0)
+    assert [stem.file_name for stem in made] == ["01-dusty-boom-bap-92-bpm.flac", "02-unicode-keys.flac", "03-layer.flac"]
+    assert all(stem.audio.shape == (2, SAMPLES) for stem in made)
+    assert max(float(np.abs(stem.audio).max()) for stem in made) <= 10 ** (-1 / 20) + 1e-6  # none clips when written
+    drums = jam_manifest(result, made)["layers"][0]
+    assert (drums["prompt"], drums["seed"], drums["model"], drums["file"]) == ("Dusty boom-bap, 92 BPM!", 7, "facebook/musicgen-small", None)
+
+
 # --- loopjam mix ---
 
 runner = CliRunner()
@@ -227,6 +244,7 @@ def test_mix_prints_what_it_did(loop_files: dict[str, Path], tmp_path: Path) -> 
         ("no-layers", ["--bpm", "97.5", "--bars", "4"], "Nothing to mix"),
         ("gain-count", ["{dir}/drums.wav", "{dir}/bass.wav", "--bpm", "97.5", "--bars", "4", "--gain-db", "-3"],
          "1 --gain-db values for 2 loops"),
+        ("gain-range", ["{dir}/drums.wav", "--bpm", "97.5", "--bars", "4", "--gain-db", "nan"], "--gain-db must be between -60 and 60 dB"),
         ("unreadable", ["{dir}/drums.wav", "{dir}/junk.wav", "--bpm", "97.5", "--bars", "4"], "Cannot read {dir}/junk.wav"),
         ("missing", ["{dir}/drums.wav", "{dir}/nope.wav", "--bpm", "97.5", "--bars", "4"], "Cannot read {dir}/nope.wav"),
         ("empty", ["{dir}/empty.wav", "--bpm", "97.5", "--bars", "4"], "contains no audio"),
