@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 from generation.cli import app
 from generation.config import LoopSettings
 from generation.jam import Layer, LayerOrigin, MixResult, jam_manifest, mix_layers, stems
+from generation.jam.duck import Kicks, duck_gain, pick_drum_layer
 from generation.loop.loudness import integrated_lufs, true_peak_dbtp
 from generation.shape import LoopShape
 
@@ -134,6 +135,23 @@ def test_the_drum_layer_is_the_one_that_ducks(loops: dict[str, np.ndarray]) -> N
 def test_without_a_kick_nothing_ducks(loops: dict[str, np.ndarray]) -> None:
     result = mix_layers(layers(loops, "keys"), SHAPE, duck=True)
     assert not result.layers[0].drum
+
+
+def test_a_layer_left_out_of_the_drum_choice_is_never_the_drums() -> None:
+    """How pitched layers will be left out once keys are detected: the strongest kick that is a candidate wins."""
+    def kicks(strength: float) -> Kicks:
+        return Kicks(np.array([0.0, 1.0]), np.array([strength, strength]), loop_seconds=2.0)
+
+    assert pick_drum_layer([kicks(0.5), kicks(3.0), kicks(1.0)]) == 1
+    assert pick_drum_layer([kicks(0.5), None, kicks(1.0)]) == 2
+    assert pick_drum_layer([kicks(0.01), None]) is None  # a pad's low band is no kick
+
+
+def test_the_duck_wraps_around_the_loop_end() -> None:
+    on_the_downbeat = duck_gain(Kicks(np.array([0.0]), np.array([1.0]), loop_seconds=1.0), RATE, RATE)
+    assert on_the_downbeat[-1] < 10 ** (-5 / 20)  # the dip starts before the kick: at the loop's end
+    near_the_end = duck_gain(Kicks(np.array([0.95]), np.array([1.0]), loop_seconds=1.0), RATE, RATE)
+    assert near_the_end[round(0.02 * RATE)] < 10 ** (-3 / 20)  # 70 ms later, across the wrap, still 3 dB down
 
 
 def band_db(audio: np.ndarray, sample_rate: int, seconds: np.ndarray, span: tuple[float, float]) -> float:
