@@ -1,8 +1,9 @@
 """Sidechain ducking: the drum layer's kick pulls the other layers down a few dB, as producers do.
 
-Kicks are found as sharp rises of the low band (below `KICK_BAND_HZ`, under most bass notes'
-attack). Everything is read circularly: a kick on the downbeat ducks the loop's first samples,
-and the release of a kick near the end carries on across the wrap, so the mix stays seamless.
+Kicks are found as sharp rises of the low band (below `KICK_BAND_HZ`, where a kick's body hits
+and falls back within a beat while a bass line mostly sustains). Everything is read circularly:
+a kick on the downbeat ducks the loop's first samples, and the release of a kick near the end
+carries on across the wrap, so the mix stays seamless.
 """
 
 from __future__ import annotations
