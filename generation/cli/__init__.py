@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from . import discord_bot, history, loops, model, worker
+from . import discord_bot, history, jam, loops, model, worker
 from .common import CliState
 
 app = typer.Typer(
@@ -37,6 +37,7 @@ app.add_typer(model.model_app, name="model", help="Make a tiny offline model or 
 app.add_typer(history.db_app, name="db")
 app.command()(history.history)
 app.command()(loops.loopify)
+app.command()(jam.mix)
 app.command()(discord_bot.run)
 app.command()(discord_bot.commands)
 app.command("worker")(worker.worker)

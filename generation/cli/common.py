@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from ..config import Settings, SettingsError, load_settings
 from ..storage.database import InvalidDatabaseUrl, database_url
+
+if TYPE_CHECKING:
+    from ..prompts import InvalidRequest
 
 
 class CliState:
@@ -37,3 +41,23 @@ def settings(*, database: bool = False) -> Settings:
         except InvalidDatabaseUrl as error:
             raise fail(f"Invalid setting storage.database_url: {error}") from None
     return conf
+
+
+def source_failure(path: Path, error: InvalidRequest) -> typer.Exit:
+    """`fail` for an audio file the loop engine refuses: soundfile's own words when it cannot read it."""
+    from ..prompts import UnreadableSource  # numpy and soundfile: only commands that read audio load them
+
+    if isinstance(error, UnreadableSource):
+        cause = error.__cause__ or error
+        return fail(f"Cannot read {path}: {(str(cause).splitlines() or [type(cause).__name__])[0]}")
+    return fail(str(error))
+
+
+def check_format(fmt: str) -> None:
+    """Exit 2 unless `fmt` is an audio format this machine writes (`audio_io.FORMATS`, or mp3 where libsndfile can)."""
+    from ..audio_io import EXPLICIT_FORMATS, FORMATS, format_available
+
+    if fmt not in FORMATS and fmt not in EXPLICIT_FORMATS:
+        raise fail(f"Unknown format {fmt!r}: use one of {', '.join([*FORMATS, *EXPLICIT_FORMATS])}.")
+    if not format_available(fmt):
+        raise fail(f"This libsndfile cannot write {fmt}; use one of {', '.join(FORMATS)}.")

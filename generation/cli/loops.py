@@ -13,7 +13,7 @@ from ..config import ALLOWED_BARS, ALLOWED_BEATS_PER_BAR, BPM_MAX, BPM_MIN
 from ..jobs.api import MAX_VARIATIONS
 from ..seeds import new_seed, variation_seeds
 from ..shape import LoopShape
-from .common import fail, settings
+from .common import check_format, fail, settings, source_failure
 
 
 def _one_of(values: tuple[int, ...]) -> str:
@@ -121,26 +121,21 @@ def loopify(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object as the last line.")] = False,
 ) -> None:
     """Make an exact-BPM, seamless loop from an audio file you have."""
-    from ..audio_io import EXPLICIT_FORMATS, FORMATS, MP3_WARNING, extension, format_available, write_audio
-    from ..prompts import InvalidRequest, UnreadableSource, check_source
+    from ..audio_io import EXPLICIT_FORMATS, MP3_WARNING, extension, write_audio
+    from ..prompts import InvalidRequest, check_source
 
     conf = settings()
     shape = LoopShape(bpm, bars, beats_per_bar)
     if (problem := shape.problem()) is not None:
         raise fail(problem)
-    if fmt not in FORMATS and fmt not in EXPLICIT_FORMATS:
-        raise fail(f"Unknown format {fmt!r}: use one of {', '.join([*FORMATS, *EXPLICIT_FORMATS])}.")
-    if not format_available(fmt):
-        raise fail(f"This libsndfile cannot write {fmt}; use one of {', '.join(FORMATS)}.")
+    check_format(fmt)
     try:
         check_source(audio, str(audio))  # before the loop engine's imports (seconds): a refusal is quick
         from ..loop.source import loop_file
 
         result = loop_file(audio, shape, conf.loop, str(audio))
-    except UnreadableSource as error:
-        raise fail(f"Cannot read {audio}: {_first_line(error.__cause__ or error)}") from None
     except InvalidRequest as error:
-        raise fail(str(error)) from None
+        raise source_failure(audio, error) from None
 
     from ..loop.waveform import waveform_png
 
@@ -161,7 +156,3 @@ def loopify(
     typer.echo(f"wrote {path}: {result.audio.shape[1]} samples at {result.sample_rate} Hz, verdict {report.verdict}")
     if report.reason:
         typer.echo(report.reason)
-
-
-def _first_line(error: BaseException) -> str:
-    return (str(error).splitlines() or [type(error).__name__])[0]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import soundfile as sf
 
 from ..audio_io import read_source
@@ -19,15 +20,20 @@ from ..shape import LoopShape
 from .engine import LoopResult, make_loop
 
 
-def loop_file(path: Path, shape: LoopShape, settings: LoopSettings | None = None, name: str = "That file") -> LoopResult:
-    """A loop of `shape` cut from the file at `path` (see `make_loop`).
+def read_checked(path: Path, name: str = "That file") -> tuple[np.ndarray, int]:
+    """The file at `path` decoded once its header passed `check_source`: ([C <= 2, T] float32, rate <= 48 kHz).
 
     Raises `prompts.UnreadableSource` when soundfile cannot read it (the cause is soundfile's error),
     `prompts.InvalidRequest` when it is empty or over a limit (`name` is how the message calls it).
     """
     check_source(path, name)
     try:
-        audio, rate = read_source(path)
+        return read_source(path)
     except (sf.SoundFileError, OSError) as error:  # a header that reads, over audio that does not
         raise UnreadableSource(UNREADABLE_SOURCE) from error
+
+
+def loop_file(path: Path, shape: LoopShape, settings: LoopSettings | None = None, name: str = "That file") -> LoopResult:
+    """A loop of `shape` cut from the file at `path` (see `make_loop`); raises like `read_checked`."""
+    audio, rate = read_checked(path, name)
     return make_loop(audio, rate, shape, settings=settings)

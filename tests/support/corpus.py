@@ -123,12 +123,33 @@ def groove_midi(groove: Groove) -> tuple[mido.MidiFile, np.ndarray]:
     return midi, beat_times
 
 
-def render(groove: Groove, directory: Path) -> Rendered:
-    """Render (or reuse) the groove's WAV in `directory`; returns audio and ground truth."""
+def part_midi(midi: mido.MidiFile, channel: int) -> mido.MidiFile:
+    """`midi` with only `channel`'s messages (and the tempo map): one instrument's stem, on the same timeline."""
+    part = mido.MidiTrack()
+    skipped = 0  # ticks of the messages left out, added to the next one kept
+    for message in midi.tracks[0]:
+        if getattr(message, "channel", channel) == channel:
+            part.append(message.copy(time=message.time + skipped))
+            skipped = 0
+        else:
+            skipped += message.time
+    stem = mido.MidiFile(ticks_per_beat=midi.ticks_per_beat)
+    stem.tracks.append(part)
+    return stem
+
+
+def render(groove: Groove, directory: Path, channel: int | None = None) -> Rendered:
+    """Render (or reuse) the groove's WAV in `directory`; returns audio and ground truth.
+
+    `channel` (DRUMS, BASS or KEYS): render that instrument's part alone.
+    """
     midi, beat_times = groove_midi(groove)
-    wav = directory / f"{groove.name}.wav"
+    name = groove.name if channel is None else f"{groove.name}-ch{channel}"
+    if channel is not None:
+        midi = part_midi(midi, channel)
+    wav = directory / f"{name}.wav"
     if not wav.exists():
-        mid = directory / f"{groove.name}.mid"
+        mid = directory / f"{name}.mid"
         midi.save(str(mid))
         subprocess.run(
             ["fluidsynth", "-ni", "-q", "-g", "0.8", "-F", str(wav), "-r", str(groove.sample_rate),
