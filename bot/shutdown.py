@@ -15,6 +15,7 @@ import asyncio
 import logging
 import signal
 import typing as tp
+from concurrent.futures import ThreadPoolExecutor
 
 import discord
 
@@ -24,6 +25,9 @@ log = logging.getLogger(__name__)
 
 RESTARTING = "LoopJam is restarting; try again in a minute."
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+BLOCKING_THREADS = 2
+"""Threads for the bot's blocking work (`asyncio.to_thread`: database units, re-encoding uploads). Each
+holds the GIL between its C calls; asyncio's default (cores + 4) of them stalled the event loop."""
 
 
 class StoppableBot(tp.Protocol):
@@ -34,9 +38,13 @@ class StoppableBot(tp.Protocol):
 
 
 async def serve(bot: discord.Client, token: str, database: Database) -> None:
-    """Run the bot until it is closed or stopped by SIGTERM / SIGINT, then close the database."""
+    """Run the bot until it is closed or stopped by SIGTERM / SIGINT, then close the database.
+
+    Its blocking work runs on `BLOCKING_THREADS` threads.
+    """
     stoppable = tp.cast(StoppableBot, bot)
     loop = asyncio.get_running_loop()
+    loop.set_default_executor(ThreadPoolExecutor(max_workers=BLOCKING_THREADS, thread_name_prefix="loopjam-blocking"))
     stops: set[asyncio.Task[None]] = set()
 
     def stop(signum: int) -> None:

@@ -23,6 +23,9 @@ from .resumed import ResumedInteraction
 log = logging.getLogger(__name__)
 
 EDIT_INTERVAL_S = 2.0
+EDITS_IN_FLIGHT = 8
+"""Progress edits sent at once: when a batch starts, every waiting job's position changes together,
+and a hundred edits started in one event-loop turn stall it."""
 TOKEN_LIFETIME_S = 15 * 60
 TOKEN_MARGIN_S = 60
 """Stop using a token a minute before Discord expires it: an upload can take that long."""
@@ -51,6 +54,7 @@ class JobTracker:
     def __init__(self) -> None:
         self.jobs: dict[str, TrackedJob] = {}
         self.edits = TaskSet()
+        self.edit_slots = asyncio.Semaphore(EDITS_IN_FLIGHT)
 
     def track(self, job: TrackedJob) -> None:
         self.jobs[job.job_id] = job
@@ -87,16 +91,17 @@ class JobTracker:
         wait = job.last_edit + EDIT_INTERVAL_S - time.monotonic()
         if wait > 0:
             await asyncio.sleep(wait)
-        event = job.latest
-        if event is None or not job.token_alive():
-            return
-        job.last_edit = time.monotonic()
-        embed = embeds.progress_embed(job.job_id, job.request_line, event.stage.value, event.percent, event.position)
-        try:
-            await self._edit(job, embed=embed)
-        except discord.HTTPException as error:
-            # discord.py already waited out 429s it was told about; a progress edit is not worth more.
-            log.info("progress edit for %s failed: %s", job.job_id, error.status)
+        async with self.edit_slots:
+            event = job.latest
+            if event is None or not job.token_alive():
+                return
+            job.last_edit = time.monotonic()
+            embed = embeds.progress_embed(job.job_id, job.request_line, event.stage.value, event.percent, event.position)
+            try:
+                await self._edit(job, embed=embed)
+            except discord.HTTPException as error:
+                # discord.py already waited out 429s it was told about; a progress edit is not worth more.
+                log.info("progress edit for %s failed: %s", job.job_id, error.status)
 
     async def _edit(self, job: TrackedJob, **fields: tp.Any) -> None:
         if job.interaction is not None and job.token_alive():
