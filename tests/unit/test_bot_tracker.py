@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import typing as tp
 
 import pytest
@@ -44,3 +45,35 @@ async def test_events_arriving_late_never_move_the_bar_back(monkeypatch: pytest.
         ("Queued, position 1", ""),  # back in the queue (its worker died): the work starts over
         ("Generating", "`█░░░░░░░░░░░░░░░░░░░ 5%`"),
     ]
+
+
+class InFlight:
+    now = 0
+    most = 0
+
+
+class SlowReply(RecordedReply):
+    """An edit that takes a while, counted in `in_flight` while it is sent."""
+
+    def __init__(self, in_flight: InFlight) -> None:
+        super().__init__()
+        self.in_flight = in_flight
+
+    async def edit_original_response(self, **fields: tp.Any) -> None:
+        self.in_flight.now += 1
+        self.in_flight.most = max(self.in_flight.most, self.in_flight.now)
+        await asyncio.sleep(0.01)
+        await super().edit_original_response(**fields)
+        self.in_flight.now -= 1
+
+
+async def test_a_hundred_positions_changing_at_once_are_shown_a_few_edits_at_a_time() -> None:
+    jobs, in_flight = JobTracker(), InFlight()
+    replies = [SlowReply(in_flight) for _ in range(100)]
+    for number, reply in enumerate(replies):
+        jobs.track(TrackedJob(f"job{number:05d}", "“dub” · 120 BPM", tp.cast(tp.Any, reply)))
+    for number in range(100):  # a batch started: every waiting job moved up one place
+        jobs.on_progress(JobProgress(f"job{number:05d}", Stage.QUEUED, 0.0, position=number + 1))
+    await asyncio.gather(*(job.edit_task for job in jobs.jobs.values() if job.edit_task is not None))
+    assert [reply.shown for reply in replies] == [[(f"Queued, position {n + 1}", "")] for n in range(100)]
+    assert in_flight.most == tracker.EDITS_IN_FLIGHT  # all of them at once stalled the event loop
