@@ -14,6 +14,8 @@ import logging
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
+from generation.jobs.outage import first_line
+
 log = logging.getLogger(__name__)
 
 MAX_FAILURE_PAUSE_S = 300.0
@@ -22,8 +24,7 @@ MAX_FAILURE_PAUSE_S = 300.0
 def one_line(error: BaseException) -> str:
     """An exception as one short line: its type and the first line of its message (no traceback, no SQL)."""
     cause = getattr(error, "orig", None) or error  # SQLAlchemy wraps the driver's error
-    text = str(cause).strip().splitlines()
-    return f"{type(cause).__name__}: {text[0]}" if text else type(cause).__name__
+    return f"{type(cause).__name__}: {first_line(cause)}" if str(cause).strip() else type(cause).__name__
 
 
 class TaskSet:

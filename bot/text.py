@@ -36,3 +36,8 @@ def model_label(name: str) -> str:
     path = PurePath(name)
     local = path.is_absolute() or name.startswith((".", "~")) or len(path.parts) > 2 or Path(name).is_dir()
     return path.name if local and path.name else name
+
+
+def file_size(size: int) -> str:
+    """A file size as people read it: "63 KB", "24.5 MB"."""
+    return f"{size / 1024:.0f} KB" if size < 1024 * 1024 else f"{size / (1024 * 1024):.1f} MB"

@@ -7,6 +7,8 @@ from pathlib import Path
 
 from generation.audio_io import read_audio, write_audio
 
+from .text import file_size
+
 SMALLER_FORMATS = ("flac", "ogg")
 ENVELOPE_BYTES = 64 * 1024
 """Room left for the embed, the picture and the multipart framing."""
@@ -34,4 +36,4 @@ def fit_upload(original: Path, filesize_limit: int) -> Upload:
         if smaller.stat().st_size <= budget:
             name = "FLAC (lossless)" if fmt == "flac" else "OGG Vorbis (lossy)"
             return Upload(smaller, f"Sent as {name}: the WAV was over this server's upload limit.")
-    raise TooLargeToUpload(f"The loop is too large to upload here even as OGG ({smaller.stat().st_size // 1024} KiB).")
+    raise TooLargeToUpload(f"The loop is too large to upload here even as OGG ({file_size(smaller.stat().st_size)}).")

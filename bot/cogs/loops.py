@@ -23,7 +23,7 @@ from generation.storage import UPLOADS_DIR, Generation, get_guild_generation, li
 from .. import embeds
 from ..errors import RateLimited, UserFacingError
 from ..replies import show_where_it_went
-from ..text import NO_PINGS, model_label, quote, shortened
+from ..text import NO_PINGS, file_size, model_label, quote, shortened
 from ..tracker import TrackedJob
 from ..views import cancel_view
 
@@ -259,11 +259,6 @@ def info_embed(row: tp.Any) -> discord.Embed:
         if value is not None:
             embed.add_field(name=name, value=str(value)[:1024])
     return embed
-
-
-def file_size(size: int) -> str:
-    """A file size as people read it: "63 KB", "24.5 MB"."""
-    return f"{size / 1024:.0f} KB" if size < 1024 * 1024 else f"{size / (1024 * 1024):.1f} MB"
 
 
 def audio_extension(filename: str) -> str:

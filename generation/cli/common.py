@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -12,6 +14,7 @@ from ..storage.database import InvalidDatabaseUrl, database_url
 
 if TYPE_CHECKING:
     from ..prompts import InvalidRequest
+    from ..storage import Database
 
 
 class CliState:
@@ -61,3 +64,23 @@ def check_format(fmt: str) -> None:
         raise fail(f"Unknown format {fmt!r}: use one of {', '.join([*FORMATS, *EXPLICIT_FORMATS])}.")
     if not format_available(fmt):
         raise fail(f"This libsndfile cannot write {fmt}; use one of {', '.join(FORMATS)}.")
+
+
+@contextmanager
+def open_database() -> Iterator[Database]:
+    """The configured database; its errors become one clear line (exit code 2)."""
+    from alembic.util import CommandError
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from ..jobs.outage import first_line
+    from ..storage import Database, redact
+
+    database = Database.from_settings(settings(database=True).storage)
+    try:
+        yield database
+    except SQLAlchemyError as error:
+        raise fail(f"Database {database.display_url}: {redact(first_line(error), database.url)}") from None
+    except CommandError as error:
+        raise fail(str(error)) from None
+    finally:
+        database.dispose()

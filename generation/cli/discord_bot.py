@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from .common import fail, settings
+from .common import fail, open_database, settings
 
 
 def run(
@@ -21,6 +21,8 @@ def run(
         raise fail(NO_TOKEN)
     from bot.runner import run as run_bot
 
+    with open_database() as database:  # an unreachable or newer database: one line, before anything starts
+        database.upgrade()
     logging.getLogger().setLevel(logging.INFO)
     run_bot(conf, sync_guild=sync_guild)
 

@@ -11,40 +11,21 @@ errors are passed through `redact` before they are.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import datetime
 from typing import Annotated, Any
 
 import typer
-from alembic.util import CommandError
-from sqlalchemy.exc import SQLAlchemyError
 
-from ..jobs.outage import first_line
 from ..prompts import printable
-from ..storage import Database, Generation, list_history, redact
+from ..storage import Database, Generation, list_history
 from ..storage.migrate import head_revision
 from ..storage.repository import DEFAULT_HISTORY_LIMIT
-from .common import fail, settings
+from .common import fail, open_database
 
 db_app = typer.Typer(help="Create, migrate or inspect the history database.", no_args_is_help=True)
 
 PROMPT_COLUMN_CHARS = 60
 NO_LOOPS_YET = "No loops yet: the loops made with /loop and /loopify in Discord are listed here."
-
-
-@contextmanager
-def _open_database() -> Iterator[Database]:
-    """The configured database; its errors become one clear line (exit code 2)."""
-    database = Database.from_settings(settings(database=True).storage)
-    try:
-        yield database
-    except SQLAlchemyError as error:
-        raise fail(f"Database {database.display_url}: {redact(first_line(error), database.url)}") from None
-    except CommandError as error:
-        raise fail(str(error)) from None
-    finally:
-        database.dispose()
 
 
 def _describe_revision(revision: str | None) -> str:
@@ -58,7 +39,7 @@ def db_upgrade(
     revision: Annotated[str, typer.Argument(help="Revision to upgrade to.")] = "head",
 ) -> None:
     """Create the tables or bring them up to date."""
-    with _open_database() as database:
+    with open_database() as database:
         database.upgrade(revision)
         typer.echo(f"database: {database.display_url}")
         typer.echo(f"revision: {_describe_revision(database.current_revision())}")
@@ -67,7 +48,7 @@ def db_upgrade(
 @db_app.command("current")
 def db_current() -> None:
     """Show which database is configured and its schema revision."""
-    with _open_database() as database:
+    with open_database() as database:
         typer.echo(f"database: {database.display_url}")
         typer.echo(f"revision: {_describe_revision(database.current_revision())}")
 
@@ -77,7 +58,7 @@ def db_downgrade(
     revision: Annotated[str, typer.Argument(help="Revision to go back to; `base` drops every table.")],
 ) -> None:
     """Undo migrations down to REVISION (data in dropped tables is lost)."""
-    with _open_database() as database:
+    with open_database() as database:
         database.downgrade(revision)
         typer.echo(f"database: {database.display_url}")
         typer.echo(f"revision: {_describe_revision(database.current_revision())}")
@@ -92,7 +73,7 @@ def history(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON array as the last line.")] = False,
 ) -> None:
     """List past generations, newest first."""
-    with _open_database() as database:
+    with open_database() as database:
         _bring_up_to_date(database)
         with database.reading() as session:
             generations = list_history(session, user_id=user, guild_id=guild, search=search, limit=limit, offset=offset)

@@ -26,6 +26,16 @@ def test_run_without_a_token_exits_2_and_says_how_to_set_it(tmp_path: Path) -> N
     assert not (tmp_path / "data").exists()  # nothing started, nothing written
 
 
+def test_run_with_an_unreachable_database_says_so_in_one_line_without_its_password(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LOOPJAM_DISCORD__TOKEN", "not-a-real-token")
+    monkeypatch.setenv("LOOPJAM_STORAGE__DATABASE_URL", "postgresql+psycopg://loopjam:hunter2@127.0.0.1:1/loopjam")
+    result = CliRunner().invoke(app, ["run"])
+    assert result.exit_code == 2
+    (line,) = result.output.strip().splitlines()
+    assert line.startswith("Error: Database postgresql+psycopg://loopjam:***@127.0.0.1:1/loopjam: ") and "refused" in line
+    assert "hunter2" not in result.output and "not-a-real-token" not in result.output
+
+
 def test_commands_prints_the_schema_that_would_be_synced() -> None:
     result = CliRunner().invoke(app, ["commands"])
     assert result.exit_code == 0, result.output
