@@ -7,15 +7,19 @@ import json
 import logging
 import typing as tp
 
+import aiohttp
+import discord
 import yarl
 from discord.gateway import DiscordWebSocket
 from discord.http import Route
 
 from generation.config import Settings
+from generation.jobs.api import QueueUnavailable
 
 log = logging.getLogger(__name__)
 
 NO_TOKEN = "No Discord token: set DISCORD_TOKEN in the environment (or [discord] token in config.toml)."
+BAD_TOKEN = "Discord refused the bot token: copy it again from the Developer Portal (Bot > Reset Token) into DISCORD_TOKEN."
 
 
 def point_discord_py_at(settings: Settings) -> None:
@@ -47,7 +51,14 @@ def run(settings: Settings, *, sync_guild: int | None = None) -> None:
     point_discord_py_at(settings)
     bot = build_bot(settings, sync_guild=sync_guild)
     # Logging is configured by the CLI (discord.py's `start`, unlike `run`, adds no handler); it never logs the token.
-    asyncio.run(serve(bot, token.get_secret_value(), bot.database))
+    try:
+        asyncio.run(serve(bot, token.get_secret_value(), bot.database))
+    except discord.LoginFailure:
+        raise SystemExit(f"Error: {BAD_TOKEN}") from None
+    except aiohttp.ClientConnectionError as error:
+        raise SystemExit(f"Error: Cannot reach Discord: {error}") from None
+    except QueueUnavailable as error:  # e.g. Redis down at start (distributed mode)
+        raise SystemExit(f"Error: {error}") from None
 
 
 def command_schema_json(settings: Settings) -> str:

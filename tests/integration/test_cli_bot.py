@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+import socket
+import sys
 from pathlib import Path
 
 import pytest
+from discord_double import DiscordDouble
 from typer.testing import CliRunner
 
 from generation.cli import app
@@ -47,3 +52,33 @@ def test_commands_prints_the_schema_that_would_be_synced() -> None:
     assert [choice["value"] for choice in options["bars"]["choices"]] == [1, 2, 4, 8]
     assert all(option["description"] for option in schema["loop"]["options"])
     assert int(schema["settings"]["default_member_permissions"]) == 32  # Manage Server
+
+
+def closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.parametrize("fault", ["wrong token", "Discord unreachable", "Redis unreachable"])
+async def test_run_that_cannot_start_exits_1_with_one_line_and_no_traceback(fault: str, tmp_path: Path) -> None:
+    async with DiscordDouble() as double:
+        env = {**os.environ, **double.bot_environment(), "LOOPJAM_STORAGE__DATA_DIR": str(tmp_path)}
+        if fault == "wrong token":
+            env["DISCORD_TOKEN"] = "not-the-token"
+        elif fault == "Discord unreachable":
+            env["LOOPJAM_DISCORD__API_BASE_URL"] = f"http://127.0.0.1:{closed_port()}/api/v10"
+        else:
+            env |= {"LOOPJAM_QUEUE__MODE": "redis", "LOOPJAM_QUEUE__REDIS_URL": f"redis://:hunter2@127.0.0.1:{closed_port()}/0"}
+        bot = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "generation", "run", env=env, cwd=tmp_path, stderr=asyncio.subprocess.PIPE
+        )
+        _, stderr = await asyncio.wait_for(bot.communicate(), 60)
+    errors = [line for line in stderr.decode().splitlines() if not line.startswith("INFO ")]
+    assert bot.returncode == 1 and len(errors) == 1, stderr.decode()[-3000:]
+    assert errors[0].startswith({
+        "wrong token": "Error: Discord refused the bot token",
+        "Discord unreachable": "Error: Cannot reach Discord: ",
+        "Redis unreachable": "Error: Cannot reach Redis: ",
+    }[fault])
+    assert "hunter2" not in stderr.decode() and double.token not in stderr.decode()

@@ -30,6 +30,7 @@ from typing import Any
 from saq.job import Job, Status
 
 from ...config import Settings
+from ..api import QueueUnavailable
 from ..backend import (
     BackendEvent,
     BatchFinished,
@@ -123,13 +124,18 @@ class SaqBackend:
     async def start(self, sink: EventSink) -> None:
         self._sink = sink
         self._stopping.clear()
-        self._queue = BatchQueue(redis_client(self.redis_url), name=self.queue_name, outage=self.outage)
-        await self._queue.connect()
-        async for job in self._queue.iter_jobs():
-            if job.function == RUN_BATCH and job.kwargs is not None:
-                self._batches[job.key] = _Batch(decode_items(job.kwargs["items"]), enqueued=True)
+        queue = BatchQueue(redis_client(self.redis_url), name=self.queue_name, outage=self.outage)
+        try:
+            await queue.connect()
+            async for job in queue.iter_jobs():
+                if job.function == RUN_BATCH and job.kwargs is not None:
+                    self._batches[job.key] = _Batch(decode_items(job.kwargs["items"]), enqueued=True)
+            self._queue = queue
+            await self._refresh_workers()
+        except REDIS_ERRORS as error:  # at start there is nothing to wait for: the operator must know at once
+            self._queue = None
+            raise QueueUnavailable(f"Cannot reach Redis: {first_line(error)}") from None
         self._resumed = {key: batch.job_ids for key, batch in self._batches.items()}
-        await self._refresh_workers()
         loops = {  # name: (step, every_s, always asks Redis)
             "saq-batches": (self._follow_batches, self.timing.poll_s, False),
             "saq-workers": (self._refresh_workers, self.timing.workers_poll_s, True),
