@@ -13,11 +13,11 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from generation.config import Settings
+from generation.config import Settings, model_label
 from generation.storage import Database
 
 from .errors import LoopJamTree, UserFacingError
-from .text import NO_PINGS, model_label
+from .text import NO_PINGS
 from .tracker import JobTracker
 
 if tp.TYPE_CHECKING:

@@ -6,10 +6,11 @@ import typing as tp
 
 import discord
 
+from generation.config import model_label
 from generation.prompts import METER_BY_BEATS, printable
 from generation.shape import LoopShape, format_bpm
 
-from .text import model_label, quote
+from .text import quote
 
 COLOUR = discord.Colour.from_rgb(88, 101, 242)
 FAILED_COLOUR = discord.Colour.red()

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path, PurePath
-
 import discord
 
 from generation.prompts import printable
@@ -28,14 +26,6 @@ def quote(text: str, limit: int = 200) -> str:
     shown = shortened(printable(text), limit)
     # After `printable`: escaping a mention puts a zero-width space in it.
     return discord.utils.escape_mentions(discord.utils.escape_markdown(shown))
-
-
-def model_label(name: str) -> str:
-    """How users see a configured model: a Hugging Face id (`facebook/musicgen-small`) as it is, a
-    local checkpoint by its directory's name: the operator's paths are nobody else's business."""
-    path = PurePath(name)
-    local = path.is_absolute() or name.startswith((".", "~")) or len(path.parts) > 2 or Path(name).is_dir()
-    return path.name if local and path.name else name
 
 
 def file_size(size: int) -> str:

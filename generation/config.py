@@ -10,7 +10,7 @@ This module must stay importable by the bot, so it imports neither torch nor dis
 from __future__ import annotations
 
 import os
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, ValidationError
@@ -175,3 +175,11 @@ def load_settings(config_file: Path | None = None) -> Settings:
         raise SettingsError(_describe(error)) from None
     except (OSError, ValueError) as error:  # a malformed TOML file
         raise SettingsError(f"Cannot read the config file: {error}") from None
+
+
+def model_label(name: str) -> str:
+    """How users see a configured model: a Hugging Face id (`facebook/musicgen-small`) as it is, a
+    local checkpoint by its directory's name: the operator's paths are nobody else's business."""
+    path = PurePath(name)
+    local = path.is_absolute() or name.startswith((".", "~")) or len(path.parts) > 2 or Path(name).is_dir()
+    return path.name if local and path.name else name

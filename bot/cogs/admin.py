@@ -8,13 +8,12 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from generation.config import ALLOWED_BARS
+from generation.config import ALLOWED_BARS, model_label
 from generation.guild_rules import GuildRules
 from generation.storage import get_guild_settings, upsert_guild_settings
 
 from .. import embeds
 from ..errors import UserFacingError
-from ..text import model_label
 
 if tp.TYPE_CHECKING:
     from ..core import BotCore

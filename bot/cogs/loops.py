@@ -14,7 +14,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from generation.config import ALLOWED_BARS, BPM_MAX, BPM_MIN, MAX_BARS, MAX_SOURCE_SECONDS, PROMPT_MAX_CHARS
+from generation.config import ALLOWED_BARS, BPM_MAX, BPM_MIN, MAX_BARS, MAX_SOURCE_SECONDS, PROMPT_MAX_CHARS, model_label
 from generation.jobs.api import MAX_VARIATIONS, Accepted, CancelOutcome, JobKind, JobRequest, QueueUnavailable, Refused
 from generation.prompts import InvalidRequest, check_source
 from generation.shape import LoopShape
@@ -23,7 +23,7 @@ from generation.storage import UPLOADS_DIR, Generation, get_guild_generation, li
 from .. import embeds
 from ..errors import RateLimited, UserFacingError
 from ..replies import show_where_it_went
-from ..text import NO_PINGS, file_size, model_label, quote, shortened
+from ..text import NO_PINGS, file_size, quote, shortened
 from ..tracker import TrackedJob
 from ..views import cancel_view
 

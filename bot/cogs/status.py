@@ -8,8 +8,9 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from generation.config import model_label
+
 from .. import embeds
-from ..text import model_label
 
 if tp.TYPE_CHECKING:
     from ..core import BotCore

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config import GenerationSettings, LoopSettings
+from ..config import GenerationSettings, LoopSettings, model_label
 from .backend import (
     EventSink,
     MadeLoop,
@@ -51,9 +51,10 @@ class WorkerConfig:
     data_dir: Path
 
 
-def model_error_message(model: str, error: BaseException) -> str:
-    first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
-    return f"The model {model!r} could not be loaded ({first_line[:200]}). An admin has to fix the bot's model settings."
+def model_error_message(model: str) -> str:
+    """What users are told: the model's label only; why it failed (paths and all) is in the worker's log."""
+    label = model_label(model)
+    return f"The model {label!r} could not be loaded. An admin has to fix the bot's model settings (the worker's log says why)."
 
 
 class LoopUnavailable(Exception):
@@ -105,9 +106,9 @@ class BatchRunner:
 
         try:
             engine = MusicGenEngine.load(model, self.config.device)
-        except Exception as error:  # any loader error is the model's, not the request's
+        except Exception:  # any loader error is the model's, not the request's
             log.exception("cannot load %s", model)
-            self._unavailable[model] = model_error_message(model, error)
+            self._unavailable[model] = model_error_message(model)
             send(ModelUnavailable(self.config.name, model, self._unavailable[model]))
             return None
         self._makers[model] = LoopMaker(engine, self.config.generation, self.config.loop, self._loop_processes)
