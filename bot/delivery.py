@@ -69,6 +69,14 @@ class LoopPost:
     tracked: TrackedJob | None
 
 
+class UnrecordedPost(Exception):
+    """An outcome was posted, but recording that failed: it must not count as a failed post."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 class ResultPoster:
     """Posts outcomes and keeps the outbox's count of attempts; one post per job at a time."""
 
@@ -76,6 +84,9 @@ class ResultPoster:
         self.bot = bot
         self.posting: set[str] = set()
         """Jobs whose outcome is being posted now, so the redelivery pass leaves them alone."""
+        self.unrecorded: dict[str, tuple[int | None, int | None]] = {}
+        """Outcomes posted whose recording failed (the database was away): job id -> (message id,
+        channel id). The outbox still lists them; its next pass records them, never posts them again."""
 
     async def deliver(self, job_id: str, outcome: Outcome, tracked: TrackedJob | None) -> None:
         """Post `outcome` unless it is being posted already; a refusal is counted in the outbox.
@@ -86,14 +97,27 @@ class ResultPoster:
             return
         self.posting.add(job_id)
         try:
-            if isinstance(outcome, JobDone):
+            if job_id in self.unrecorded:
+                await self._record(job_id, *self.unrecorded[job_id])
+            elif isinstance(outcome, JobDone):
                 await self._post_result(job_id, outcome, tracked)
             else:
                 await self._post_failure(job_id, outcome, tracked)
+        except UnrecordedPost as unrecorded:
+            log.info("posted the outcome of %s but could not record it yet: %s", job_id, one_line(unrecorded.error))
         except Exception as error:
             await self._count_failure(job_id, error)
         finally:
             self.posting.discard(job_id)
+
+    async def _record(self, job_id: str, message_id: int | None, channel_id: int | None) -> None:
+        """Record a posted outcome (its message, if any); kept in `unrecorded` while that fails."""
+        try:
+            await self.bot.in_db(_record_posted, job_id, message_id, channel_id)
+        except Exception as error:
+            self.unrecorded[job_id] = (message_id, channel_id)
+            raise UnrecordedPost(error) from error
+        self.unrecorded.pop(job_id, None)
 
     async def redeliver_due(self) -> None:
         """One outbox pass: post what finished while the bot was away, or what is due for another try."""
@@ -144,7 +168,7 @@ class ResultPoster:
         except TooLargeToUpload as error:
             await self._post_failure(job_id, str(error), tracked)
             return
-        await self.bot.in_db(_record_posted, job_id, message.id, message.channel.id)
+        await self._record(job_id, message.id, message.channel.id)
 
     async def _send_loops(self, post: LoopPost) -> discord.Message:
         tracked = post.tracked
@@ -179,7 +203,7 @@ class ResultPoster:
         else:
             channel = await self.bot.channel_for(row.channel_id)
             await channel.send(content=f"<@{row.user_id}>", embed=embed, allowed_mentions=requester_only(discord.Object(row.user_id)))
-        await self.bot.in_db(_record_posted, job_id, None, None)
+        await self._record(job_id, None, None)
 
 
 async def send_result(

@@ -27,6 +27,7 @@ from sqlalchemy.exc import OperationalError
 from storage_helpers import loop_request
 from typer.testing import CliRunner
 
+from bot import delivery
 from bot.background import Periodic
 from generation.cli import app
 from generation.config import Settings
@@ -213,6 +214,39 @@ async def test_a_database_error_in_a_redelivery_pass_does_not_stop_the_next_one(
     assert posted.json["content"] == f"<@{where['user_id']}>"
     outage_lines = [r for r in caplog.records if "database is locked" in r.getMessage()]
     assert len(outage_lines) == 1, "one line for the whole outage"
+
+
+async def test_a_post_the_database_could_not_record_is_recorded_later_never_posted_twice(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with DiscordDouble() as double:
+        where = {"channel_id": double.channel.id, "guild_id": double.world.guild.id, "user_id": double.member("alice").user.id}
+        jobs: list[str] = []
+        async with outbox_bot(tmp_path, lambda db: jobs.extend(finished_jobs(db, tmp_path, 1, **where)), 0.2) as bot:
+            record, outage = delivery._record_posted, [3]
+
+            def failing_record(*args, **kwargs):  # the database goes away right after the post, for three tries
+                if outage[0]:
+                    outage[0] -= 1
+                    raise OperationalError("UPDATE ...", {}, Exception("database is locked"))
+                return record(*args, **kwargs)
+
+            monkeypatch.setattr(delivery, "_record_posted", failing_record)
+            async with running_client(bot, double, timeout=20):
+                posted = await double.wait_for_request(
+                    CHANNEL_MESSAGE, lambda r: bool(r.files) and job_id_of(r) == jobs[0], status=200, timeout=20
+                )
+                for _ in range(100):
+                    with bot.database.session() as session:
+                        if get_generation(session, jobs[0]).posted_message_id is not None:
+                            break
+                    await asyncio.sleep(0.1)
+                await asyncio.sleep(1.0)  # several more outbox passes
+        with bot.database.session() as session:
+            row = get_generation(session, jobs[0])
+            assert (row.posted_message_id, row.delivery_error) == (int(posted.response["id"]), None)
+    assert outage == [0]
+    assert len(double.requests.matching(lambda r: r.route == CHANNEL_MESSAGE and bool(r.files))) == 1
 
 
 async def test_a_periodic_task_survives_any_exception_and_logs_once_per_outage(caplog: pytest.LogCaptureFixture) -> None:
