@@ -41,6 +41,13 @@ class LoopReport:
     """Why the loop is not good, for a human; None when good."""
     reason_code: str | None
     """Machine form of the main reason: silent, no_pulse, tempo_out_of_range, too_short or weak."""
+    source_key: str | None = None
+    """The key detected in the loop before any shift ("A minor"); None when not asked for or it has none."""
+    key_confidence: float | None = None
+    target_key: str | None = None
+    """The key asked for (a jam's), when one was."""
+    key_shift_semitones: int | None = None
+    """How far the loop was moved to `target_key` (-6..+6; 0 when it was in key or has no key)."""
 
     @property
     def silent(self) -> bool:

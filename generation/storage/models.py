@@ -173,6 +173,11 @@ class Generation(Base):
     loudness_lufs: Mapped[float | None] = mapped_column(Float)
     verdict: Mapped[str | None] = mapped_column(String(32))
     verdict_reason: Mapped[str | None] = mapped_column(Text)
+    source_key: Mapped[str | None] = mapped_column(String(16))
+    """The key detected in the loop before any shift, e.g. "F# minor"."""
+    key_confidence: Mapped[float | None] = mapped_column(Float)
+    target_key: Mapped[str | None] = mapped_column(String(16))
+    key_shift_semitones: Mapped[int | None] = mapped_column(Integer)
 
     error: Mapped[str | None] = mapped_column(Text)
     """Why it failed, in words shown to the user."""

@@ -70,6 +70,10 @@ class LoopReportFields:
     loudness_lufs: float | None = None
     verdict: str | None = None
     verdict_reason: str | None = None
+    source_key: str | None = None
+    key_confidence: float | None = None
+    target_key: str | None = None
+    key_shift_semitones: int | None = None
 
 
 class GuildSettingsChanges(TypedDict, total=False):

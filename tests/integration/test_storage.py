@@ -54,6 +54,10 @@ REPORT = LoopReportFields(
     loudness_lufs=-14.1,
     verdict="clean",
     verdict_reason="steady tempo, seamless seam",
+    source_key="F# minor",
+    key_confidence=0.72,
+    target_key="A minor",
+    key_shift_semitones=3,
 )
 
 
