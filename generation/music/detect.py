@@ -41,7 +41,7 @@ SOFTMAX_TEMPERATURE = 0.2  # in combined-score units; turns the 24 scores into p
 # music with chords or a bass 40 % and more. Between the two bounds the confidence is scaled down.
 HARMONIC_RATIO_NONE, HARMONIC_RATIO_FULL = 0.1, 0.3
 # A key needs more than a note or a fifth: the pitch variety (see _pitch_variety) of a lone note is
-# under 2, of a triad ~4, of a progression 5 and more.
+# under 2, of a bare fifth under 3, of a triad 3-4, of a progression 5 and more.
 PITCH_VARIETY_NONE, PITCH_VARIETY_FULL = 2.0, 4.0
 MIN_CONFIDENCE = 0.3  # below this the audio has no key we would act on
 MIN_SECONDS = 1.0  # shorter audio is too short to tell a key
@@ -130,13 +130,13 @@ def _ramp(value: float, none: float, full: float) -> float:
 
 
 def _pitch_variety(notes: NoteActivity) -> float:
-    """How many pitch classes effectively sound (participation ratio): 1 for a drone, ~3 for a triad."""
+    """How many pitch classes effectively sound (participation ratio of the chroma): 1 for a pure drone, 3 for a pure triad."""
     chroma = (notes.bass + notes.treble).sum(axis=1)
     shares = chroma / max(float(chroma.sum()), 1e-12)
     return 1.0 / max(float(np.sum(np.square(shares))), 1e-12)
 
 
-def confidence(scores: np.ndarray, notes: NoteActivity) -> float:
+def _confidence(scores: np.ndarray, notes: NoteActivity) -> float:
     """0..1: the best key's softmax probability among the 24, scaled down for weak evidence.
 
     Weak evidence: little sustained (pitched) energy, or too few pitch classes to imply a key
@@ -160,7 +160,7 @@ def detect_key(audio: np.ndarray, sample_rate: int) -> KeyEstimate:
         return NO_KEY
     notes = note_activity(audio, sample_rate)
     scores = key_scores(notes)
-    certainty = confidence(scores, notes)
+    certainty = _confidence(scores, notes)
     if certainty < MIN_CONFIDENCE:
         return NO_KEY
     return KeyEstimate(ALL_KEYS[int(np.argmax(scores))], round(certainty, 3))

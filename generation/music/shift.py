@@ -101,10 +101,12 @@ def match_key(audio: np.ndarray, sample_rate: int, target: Key, source: KeyEstim
 
     `source` is the loop's detected key (detected here when not given). Audio with no key, or
     already in key (the target or its relative), comes back unchanged with a shift of 0.
+    Loudness is left to the caller: a shift moves it by up to ~-3 LU and the true peak by ~+-1 dB,
+    so a loop engine normalises after matching.
     """
     loop = np.asarray(audio, dtype=np.float32)
     loop = loop[None, :] if loop.ndim == 1 else loop
-    source = source or detect_key(loop, sample_rate)
+    source = detect_key(loop, sample_rate) if source is None else source
     semitones = 0 if source.key is None else shift_semitones(source.key, target)
     if semitones == 0:
         return KeyMatch(loop, source, target, 0)
