@@ -1,11 +1,13 @@
-"""Jam benchmark: an 8-layer, 4-bar mix at 32 kHz stereo (goal: under 0.5 s on the dev machine).
+"""Jam benchmark: key accuracy and speed, and an 8-layer, 4-bar mix at 32 kHz stereo.
 
     .venv/bin/python -m bench.jam
 
-Renders one groove's drums, bass and keys apart with FluidSynth (tests/support/corpus.py), cuts
-them to exact 4-bar loops on a true downbeat and layers 8 of them (the three stems, the whole
-groove and bar-rotated copies), as the Discord worker will layer stored loops: no layer needs
-the loop engine's cut. Prints the median of several warm runs.
+Keys: renders the 24-key corpus and a drums-only groove with FluidSynth (tests/support/key_corpus.py),
+prints each groove's detected key, the accuracy, and detection and pitch-shift time per 4-bar loop
+(goal: detection < 100 ms). Mix: renders one groove's drums, bass and keys apart
+(tests/support/corpus.py), cuts them to exact 4-bar loops on a true downbeat and layers 8 of them (the
+three stems, the whole groove and bar-rotated copies), as the Discord worker layers stored loops: no
+layer needs the loop engine's cut. Prints the median of several warm runs (goal < 0.5 s).
 """
 
 from __future__ import annotations
@@ -17,14 +19,64 @@ from pathlib import Path
 
 import numpy as np
 from corpus import BASS, DRUMS, KEYS, Groove, render
+from key_corpus import DRUMS_ONLY, KEY_CORPUS, KeyRendered, render_key_groove
 
 from generation.config import LoopSettings
 from generation.jam import Layer, LayerOrigin, mix_layers, stems
+from generation.music import detect_key, pitch_shift_loop
 from generation.shape import LoopShape
 
+KEY_RUNS = 3
+LOOP_BARS = 4
+SHIFTS = (-6, 3)
 RUNS = 7
 MIX_SHAPE = LoopShape(92.0, 4)
 MIX_LAYERS = 8
+
+def timed(fn, *args):
+    start = time.perf_counter()
+    value = fn(*args)
+    return value, time.perf_counter() - start
+
+
+def ms(seconds: list[float]) -> str:
+    return f"median {statistics.median(seconds) * 1000:6.1f} ms, max {max(seconds) * 1000:6.1f} ms"
+
+
+def key_figures() -> None:
+    with tempfile.TemporaryDirectory() as directory:
+        started = time.perf_counter()
+        renders: list[KeyRendered] = [render_key_groove(groove, Path(directory)) for groove in [*KEY_CORPUS, DRUMS_ONLY]]
+        print(f"rendered {len(renders)} grooves of {KEY_CORPUS[0].bars} bars in {time.perf_counter() - started:.1f} s")
+    loops = [np.ascontiguousarray(rendered.bars(LOOP_BARS)) for rendered in renders]
+    detect_key(loops[0], renders[0].sample_rate)  # first call: imports and caches
+
+    print(f"\n{'groove':14s} {'band':8s} {'bpm':>4s}  {'truth':9s}  {'detected':9s} {'conf':>5s}")
+    detection: list[float] = []
+    keys_right = drums_right = 0
+    for rendered, loop in zip(renders, loops):
+        groove = rendered.groove
+        times = []
+        for _ in range(KEY_RUNS):
+            estimate, seconds = timed(detect_key, loop, rendered.sample_rate)
+            times.append(seconds)
+        detection.append(statistics.median(times))
+        correct = estimate.key == groove.key
+        keys_right += correct and groove.key is not None
+        drums_right += correct and groove.key is None
+        truth = groove.key.name if groove.key else "no key"
+        found = estimate.key.name if estimate.key else "no key"
+        band = groove.band.name if groove.band else "drums"
+        print(f"{groove.name:14s} {band:8s} {groove.bpm:4.0f}  {truth:9s}  {found:9s} {estimate.confidence:5.2f}  {'ok' if correct else 'WRONG'}")
+    print(f"\nkeys right (tonic and mode): {keys_right}/{len(KEY_CORPUS)}; drums-only as no key: {drums_right}/1")
+    seconds = [loop.shape[1] / r.sample_rate for r, loop in zip(renders, loops)]
+    print(f"loops: {LOOP_BARS} bars, {min(seconds):.1f}-{max(seconds):.1f} s, {loops[0].shape[0]} channels, {renders[0].sample_rate} Hz")
+    print(f"detect_key per loop:      {ms(detection)}")
+
+    for semitones in SHIFTS:
+        pitch_shift_loop(loops[0], renders[0].sample_rate, semitones)  # first call: measures Rubber Band's latency
+        shifting = [timed(pitch_shift_loop, loop, r.sample_rate, semitones)[1] for r, loop in zip(renders[:8], loops[:8])]
+        print(f"pitch shift {semitones:+d} per loop:  {ms(shifting)} (8 loops)")
 
 
 def mix_layers_input() -> list[Layer]:
@@ -72,6 +124,8 @@ def mix_figures() -> None:
 
 
 def main() -> None:
+    key_figures()
+    print()
     mix_figures()
 
 

@@ -111,16 +111,33 @@ def groove_midi(groove: Groove) -> tuple[mido.MidiFile, np.ndarray]:
         else:
             note(DRUMS, KICK, start, tpb // 2, 90)
             note(BASS, root + 7, start, tpb - 20, 90)
+    beat_times = groove.lead_silence + np.concatenate([[0.0], np.cumsum(durations)[:-1]])
+    return midi_file(events), beat_times
+
+
+def midi_file(events: list[tuple[int, mido.Message | mido.MetaMessage]]) -> mido.MidiFile:
+    """One track of (absolute tick, message) events, tempo changes first within a tick; it ends two beats after the last."""
     track = mido.MidiTrack()
     now = 0
     for tick, message in sorted(events, key=lambda item: (item[0], item[1].type != "set_tempo")):
         track.append(message.copy(time=tick - now))
         now = tick
-    track.append(mido.MetaMessage("end_of_track", time=2 * tpb))
-    midi = mido.MidiFile(ticks_per_beat=tpb)
+    track.append(mido.MetaMessage("end_of_track", time=2 * TICKS_PER_BEAT))
+    midi = mido.MidiFile(ticks_per_beat=TICKS_PER_BEAT)
     midi.tracks.append(track)
-    beat_times = groove.lead_silence + np.concatenate([[0.0], np.cumsum(durations)[:-1]])
-    return midi, beat_times
+    return midi
+
+
+def render_midi(midi: mido.MidiFile, wav: Path, sample_rate: int) -> tuple[np.ndarray, int]:
+    """Render `midi` with FluidSynth to `wav` (reused when it exists); returns its [C, T] audio and rate."""
+    if not wav.exists():
+        mid = wav.with_suffix(".mid")
+        midi.save(str(mid))
+        subprocess.run(
+            ["fluidsynth", "-ni", "-q", "-g", "0.8", "-F", str(wav), "-r", str(sample_rate), str(SOUNDFONT), str(mid)],
+            check=True, capture_output=True, timeout=120,
+        )
+    return read_audio(wav)
 
 
 def part_midi(midi: mido.MidiFile, channel: int) -> mido.MidiFile:
@@ -147,16 +164,7 @@ def render(groove: Groove, directory: Path, channel: int | None = None) -> Rende
     name = groove.name if channel is None else f"{groove.name}-ch{channel}"
     if channel is not None:
         midi = part_midi(midi, channel)
-    wav = directory / f"{name}.wav"
-    if not wav.exists():
-        mid = directory / f"{name}.mid"
-        midi.save(str(mid))
-        subprocess.run(
-            ["fluidsynth", "-ni", "-q", "-g", "0.8", "-F", str(wav), "-r", str(groove.sample_rate),
-             str(SOUNDFONT), str(mid)],
-            check=True, capture_output=True, timeout=120,
-        )
-    audio, rate = read_audio(wav)
+    audio, rate = render_midi(midi, directory / f"{name}.wav", groove.sample_rate)
     bar_beats = groove.downbeats_every_beats or groove.beats_per_bar
     downbeats = beat_times[groove.pickup_beats::bar_beats]
     return Rendered(groove, audio, rate, beat_times, downbeats)

@@ -38,7 +38,7 @@ def test_bot_never_imports_torch() -> None:
 
 
 def test_the_import_contracts_in_pyproject_hold() -> None:
-    """Layers (command line -> bot -> jobs -> storage, engine, loop), only the CLI imports the bot, no sibling cycles."""
+    """Layers (command line -> bot -> jobs -> storage, engine, loop -> music), only the CLI imports the bot, no sibling cycles."""
     lint = subprocess.run(
         [sys.executable, "-c", "from importlinter.cli import lint_imports_command; lint_imports_command()", "--no-cache"],
         capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
