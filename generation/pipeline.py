@@ -16,7 +16,9 @@ import numpy as np
 from .config import GenerationSettings, LoopSettings
 from .engine import GenerationRequest, MusicGenEngine, SamplingParams
 from .loop import LoopGrid, LoopReport, LoopResult, make_loop, make_variation_loop, variation_prompt
+from .loop.keyed import in_key
 from .loop.parallel import LoopProcesses
+from .music import Key
 from .shape import LoopShape
 
 StageCallback = tp.Callable[[str, float], None]
@@ -39,6 +41,8 @@ class LoopSpec:
     params: SamplingParams = field(default_factory=SamplingParams)
     exact_seed: bool = False
     """Generate only `seed` (one candidate, no retries): how `/replay` reproduces a loop."""
+    key: Key | None = None
+    """Move the delivered loop into this key (a jam's); every loop's own key is detected either way."""
     previous: LoopResult | None = field(default=None, compare=False)
     """For a variation: the loop to continue (see `LoopMaker.loop_to_continue`). Its last bars
     prompt the model, and the new loop is cut on its grid, as long as it. A batch's variations
@@ -147,6 +151,11 @@ class LoopMaker:
         for outcome in outcomes:
             if outcome.loop is None:
                 outcome.error = SILENCE_ERROR
+        # Keys only for the loops delivered: a shift costs a few hundred ms, too much for every candidate.
+        delivered = [(outcome, outcome.loop) for outcome in outcomes if outcome.loop is not None]
+        keyed = self.processes.run_all(functools.partial(in_key, loop, o.spec.key, self.loop_settings) for o, loop in delivered)
+        for (outcome, _), loop in zip(delivered, keyed):
+            outcome.loop = loop
         if on_stage:
             on_stage("looping", 100.0)
         return outcomes

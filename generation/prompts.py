@@ -87,8 +87,9 @@ def check_source(path: Path, name: str = "That file") -> AudioHeader:
     return header
 
 
-def build_prompt(prompt: str, shape: LoopShape) -> BuiltPrompt:
-    """Append the tempo (and the meter when not 4/4) in the words the model learnt them in.
+def build_prompt(prompt: str, shape: LoopShape, key_words: str | None = None) -> BuiltPrompt:
+    """Append the tempo (and the meter when not 4/4, and `key_words` such as "A minor") in the words
+    the model learnt them in.
 
     A tempo already in the prompt is kept when it matches the shape's and replaced when it does not.
     """
@@ -103,4 +104,6 @@ def build_prompt(prompt: str, shape: LoopShape) -> BuiltPrompt:
         text = _TEMPO.sub(tempo, text, count=1)
     if beats_per_bar != 4 and METER_BY_BEATS[beats_per_bar] not in text:
         text = f"{text}, {METER_BY_BEATS[beats_per_bar]} time"
+    if key_words is not None and key_words.lower() not in text.lower():
+        text = f"{text}, {key_words}"
     return BuiltPrompt(text=text, tempo_note=note)

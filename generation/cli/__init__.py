@@ -37,6 +37,7 @@ app.add_typer(model.model_app, name="model", help="Make a tiny offline model or 
 app.add_typer(history.db_app, name="db")
 app.command()(history.history)
 app.command()(loops.loopify)
+app.command()(loops.key)
 app.command()(jam.mix)
 app.command()(discord_bot.run)
 app.command()(discord_bot.commands)

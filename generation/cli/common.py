@@ -13,6 +13,7 @@ from ..config import Settings, SettingsError, load_settings
 from ..storage.database import InvalidDatabaseUrl, database_url
 
 if TYPE_CHECKING:
+    from ..music import Key
     from ..prompts import InvalidRequest
     from ..storage import Database
 
@@ -84,3 +85,18 @@ def open_database() -> Iterator[Database]:
         raise fail(str(error)) from None
     finally:
         database.dispose()
+
+
+KEY_HELP = 'Move the loop into this key: "A minor", "F# major", "Bb minor", "Am", "C" (drums are never moved).'
+
+
+def target_key(text: str | None) -> Key | None:
+    """The key a `--key` option names, or exit 2 with one line listing the forms."""
+    if text is None:
+        return None
+    from ..music import UnknownKey, parse_key
+
+    try:
+        return parse_key(text)
+    except UnknownKey as error:
+        raise fail(str(error)) from None

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from ..shape import LoopShape
-from .common import check_format, fail, settings, source_failure
+from .common import KEY_HELP, check_format, fail, settings, source_failure, target_key
 from .loops import BARS_HELP, BEATS_HELP, BPM_RANGE
 
 MAX_GAIN_DB = 60.0
@@ -31,6 +31,7 @@ def mix(
     fmt: Annotated[str, typer.Option("--format", help="wav, wav24, flac or ogg; mp3 only if you must.")] = "wav",
     duck: Annotated[bool, typer.Option("--duck", help="The drum layer's kick ducks the other layers a few dB.")] = False,
     stems: Annotated[Path | None, typer.Option(help="Also write each layer as an exact loop here, with jam.json.")] = None,
+    key: Annotated[str | None, typer.Option(help=KEY_HELP)] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object as the last line.")] = False,
 ) -> None:
     """Layer loops into one exact-BPM, seamless loop (a jam's mix)."""
@@ -42,6 +43,7 @@ def mix(
     if (problem := shape.problem()) is not None:
         raise fail(problem)
     check_format(fmt)
+    target = target_key(key)
     paths, gains = loops or [], gain_db or []
     if not paths:
         raise fail("Nothing to mix: give the loops, e.g. loopjam mix drums.wav bass.wav --bpm 92 --bars 4.")
@@ -65,7 +67,7 @@ def mix(
             layers.append(read_layer(path, gain))
         except InvalidRequest as error:
             raise source_failure(path, error) from None
-    result = mix_layers(layers, shape, conf.loop, duck=duck)
+    result = mix_layers(layers, shape, conf.loop, duck=duck, key=target)
 
     path = out or Path(f"mix.{extension(fmt)}")
     if fmt in EXPLICIT_FORMATS:
@@ -78,7 +80,7 @@ def mix(
     if as_json:
         typer.echo(json.dumps({
             "path": str(path), "samples": int(result.audio.shape[1]), "sample_rate": result.sample_rate,
-            "bpm": bpm, "bars": bars, "beats_per_bar": beats_per_bar,
+            "bpm": bpm, "bars": bars, "beats_per_bar": beats_per_bar, "key": result.key.name if result.key else None,
             "loudness_lufs": round(result.loudness_lufs, 4) if result.loudness_lufs is not None else None,
             "layers": [layer.as_dict() for layer in result.layers],
             "stems": [str(each) for each in written] if written is not None else None,
@@ -88,6 +90,10 @@ def mix(
     loudness = f"{result.loudness_lufs:.1f} LUFS" if result.loudness_lufs is not None else "silent"
     typer.echo(f"wrote {path}: {result.audio.shape[1]} samples at {result.sample_rate} Hz, "
                f"{len(result.layers)} layers ({conformed} cut to length), {loudness}")
+    if target is not None:
+        moved = [f"layer {number} {layer.shift_semitones:+d}"
+                 for number, layer in enumerate(result.layers, start=1) if layer.shift_semitones]
+        typer.echo(f"in {target.name}: " + (", ".join(moved) + " semitones" if moved else "every layer was in key already"))
     if duck:
         drums = [f"layer {number} ({layer.origin.file})" for number, layer in enumerate(result.layers, start=1) if layer.drum]
         typer.echo(f"ducked by the kick of {drums[0]}" if drums else "no layer has a kick: nothing was ducked")

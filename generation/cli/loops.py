@@ -1,11 +1,11 @@
-"""`loopjam generate` and `loopjam loopify`: loops made on this machine, written to files."""
+"""`loopjam generate`, `loopjam loopify` and `loopjam key`: loops made (and keys found) on this machine."""
 
 from __future__ import annotations
 
 import json
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -13,7 +13,10 @@ from ..config import ALLOWED_BARS, ALLOWED_BEATS_PER_BAR, BPM_MAX, BPM_MIN
 from ..jobs.api import MAX_VARIATIONS
 from ..seeds import new_seed, variation_seeds
 from ..shape import LoopShape
-from .common import check_format, fail, settings, source_failure
+from .common import KEY_HELP, check_format, fail, settings, source_failure, target_key
+
+if TYPE_CHECKING:
+    from ..loop import LoopReport
 
 
 def _one_of(values: tuple[int, ...]) -> str:
@@ -41,6 +44,7 @@ def generate(
     out: Annotated[Path, typer.Option(help="Directory to write the loops to.")] = Path("out"),
     fmt: Annotated[str, typer.Option("--format", help="wav, wav24, flac or ogg.")] = "wav",
     exact: Annotated[bool, typer.Option("--exact", help="Generate only --seed, no best-of-N (as /replay does).")] = False,
+    key: Annotated[str | None, typer.Option(help=KEY_HELP + " Also named in the prompt.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object as the last line.")] = False,
 ) -> None:
     """Generate exact-BPM loops from a prompt with MusicGen."""
@@ -55,6 +59,7 @@ def generate(
         raise fail(str(error)) from None
     if fmt not in FORMATS:
         raise fail(f"Unknown format {fmt!r}: use one of {', '.join(FORMATS)}.")
+    target = target_key(key)
     model_name = model or conf.model.name
     from ..model import ModelNotFoundError, check_model_name
 
@@ -64,9 +69,10 @@ def generate(
         raise fail(str(error)) from None
 
     from ..engine import MusicGenEngine, SamplingParams
+    from ..music import prompt_words
     from ..pipeline import LoopMaker, LoopSpec
 
-    built = build_prompt(text, shape)
+    built = build_prompt(text, shape, prompt_words(target) if target is not None else None)
     params = SamplingParams(
         temperature=conf.generation.temperature if temperature is None else temperature,
         top_k=conf.generation.top_k if top_k is None else top_k,
@@ -74,7 +80,7 @@ def generate(
         cfg_coef=conf.generation.cfg_coef if cfg is None else cfg,
     )
     seeds = variation_seeds(new_seed() if seed is None else seed, variations)
-    specs = [LoopSpec(built.text, shape, each, params, exact_seed=exact) for each in seeds]
+    specs = [LoopSpec(built.text, shape, each, params, exact_seed=exact, key=target) for each in seeds]
     engine = MusicGenEngine.load(model_name, conf.model.device)
     maker = LoopMaker(engine, conf.generation, conf.loop)
     outcomes = _make_with_progress(maker, specs, show=not as_json and sys.stdout.isatty())
@@ -92,7 +98,7 @@ def generate(
         })
         if not as_json:
             typer.echo(f"wrote {path} (seed {outcome.seed}, {loop.report.verdict}"
-                       f"{': ' + loop.report.reason if loop.report.reason else ''})")
+                       f"{': ' + loop.report.reason if loop.report.reason else ''}; {key_line(loop.report)})")
     if built.tempo_note and not as_json:
         typer.echo(built.tempo_note)
     if as_json:
@@ -118,6 +124,7 @@ def loopify(
     out: Annotated[Path | None, typer.Option(help="Output file (default: AUDIO's name + '.loop').")] = None,
     fmt: Annotated[str, typer.Option("--format", help="wav, wav24, flac or ogg; mp3 only if you must.")] = "wav",
     waveform: Annotated[Path | None, typer.Option(help="Also write a waveform PNG with bar lines here.")] = None,
+    key: Annotated[str | None, typer.Option(help=KEY_HELP)] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object as the last line.")] = False,
 ) -> None:
     """Make an exact-BPM, seamless loop from an audio file you have."""
@@ -129,6 +136,7 @@ def loopify(
     if (problem := shape.problem()) is not None:
         raise fail(problem)
     check_format(fmt)
+    target = target_key(key)
     try:
         check_source(audio, str(audio))  # before the loop engine's imports (seconds): a refusal is quick
         from ..loop.source import loop_file
@@ -136,6 +144,9 @@ def loopify(
         result = loop_file(audio, shape, conf.loop, str(audio))
     except InvalidRequest as error:
         raise source_failure(audio, error) from None
+    from ..loop.keyed import in_key
+
+    result = in_key(result, target, conf.loop)
 
     from ..loop.waveform import waveform_png
 
@@ -153,6 +164,40 @@ def loopify(
             "bpm": bpm, "bars": bars, "beats_per_bar": beats_per_bar, **report.as_dict(),
         }))
         return
-    typer.echo(f"wrote {path}: {result.audio.shape[1]} samples at {result.sample_rate} Hz, verdict {report.verdict}")
+    typer.echo(f"wrote {path}: {result.audio.shape[1]} samples at {result.sample_rate} Hz, verdict {report.verdict}; {key_line(report)}")
     if report.reason:
         typer.echo(report.reason)
+
+
+def key_line(report: LoopReport) -> str:
+    """The loop's key as people read it: "key C# minor (0.91), moved -4 semitones into A minor"."""
+    found = f"key {report.source_key} ({report.key_confidence:.2f})" if report.source_key else "no key (unpitched)"
+    if report.target_key is None:
+        return found
+    if report.key_shift_semitones:
+        return f"{found}, moved {report.key_shift_semitones:+d} semitones into {report.target_key}"
+    return f"{found}, left as it is for {report.target_key}"
+
+
+def key(
+    audio: Annotated[Path, typer.Argument(help="Any audio file soundfile reads (wav, flac, ogg, mp3...).")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead.")] = False,
+) -> None:
+    """Detect the key of an audio file (tonic and mode), or that it has none (drums)."""
+    from ..prompts import InvalidRequest, check_source
+
+    try:
+        check_source(audio, str(audio))
+        from ..loop.source import read_checked
+
+        samples, rate = read_checked(audio, str(audio))
+    except InvalidRequest as error:
+        raise source_failure(audio, error) from None
+    from ..music import detect_key
+
+    estimate = detect_key(samples, rate)
+    name = estimate.key.name if estimate.key is not None else None
+    if as_json:
+        typer.echo(json.dumps({"path": str(audio), "key": name, "confidence": round(estimate.confidence, 3)}))
+    else:
+        typer.echo(f"{name} (confidence {estimate.confidence:.2f})" if name else "no key: the audio is unpitched (drums?)")

@@ -25,6 +25,7 @@ from ..config import LoopSettings
 from ..loop import LoopReport, make_loop
 from ..loop.loudness import integrated_lufs, normalise
 from ..loop.source import read_checked
+from ..music import Key, KeyEstimate, detect_key, match_key
 from ..shape import LoopShape
 from .duck import duck_gain, find_kicks, pick_drum_layer
 
@@ -69,6 +70,8 @@ class MixedLayer:
     shift_semitones: int = 0
     drum: bool = False
     """Its kick ducked the other layers."""
+    source_key: str | None = None
+    """Its key before any shift ("C# minor"), when it was looked for (with --key or --duck); None also for drums."""
 
     @property
     def conformed(self) -> bool:
@@ -79,7 +82,7 @@ class MixedLayer:
         return {
             "file": self.origin.file, "prompt": self.origin.prompt, "seed": self.origin.seed, "model": self.origin.model,
             "gain_db": self.gain_db, "shift_semitones": self.shift_semitones, "conformed": self.conformed,
-            "verdict": self.report.verdict if self.report else None, "drum": self.drum,
+            "verdict": self.report.verdict if self.report else None, "drum": self.drum, "source_key": self.source_key,
         }
 
 
@@ -92,6 +95,8 @@ class MixResult:
     layers: tuple[MixedLayer, ...]
     loudness_lufs: float | None
     """Integrated loudness of the mix; None when it is silent."""
+    key: Key | None = None
+    """The key the layers were moved into, when one was asked for."""
 
 
 def read_layer(path: Path, gain_db: float = 0.0) -> Layer:
@@ -140,12 +145,15 @@ def _matched(audio: np.ndarray, sample_rate: int, target_lufs: float, gain_db: f
     return audio * np.float32(10 ** ((match_db + gain_db) / 20))
 
 
-def mix_layers(layers: list[Layer], shape: LoopShape, settings: LoopSettings | None = None, duck: bool = False) -> MixResult:
+def mix_layers(
+    layers: list[Layer], shape: LoopShape, settings: LoopSettings | None = None, duck: bool = False, key: Key | None = None,
+) -> MixResult:
     """Layer loops into one loop of `shape` at the highest of their rates; see the module's docstring.
 
-    Each layer is loudness-matched to the target, its `gain_db` on top; the sum gets the loop
-    engine's treatment (target LUFS under the true-peak ceiling, limited across the wrap).
-    `duck`: the kick of the layer with the strongest low-band onsets ducks the others.
+    Each layer is moved into `key` when given (layers with no key, drums, never are), then
+    loudness-matched to the target, its `gain_db` on top; the sum gets the loop engine's
+    treatment (target LUFS under the true-peak ceiling, limited across the wrap).
+    `duck`: the kick of the layer with the strongest low-band onsets, among those with no key, ducks the others.
     Raises ValueError when `layers` is empty.
     """
     if not layers:
@@ -154,19 +162,28 @@ def mix_layers(layers: list[Layer], shape: LoopShape, settings: LoopSettings | N
     rate = max(layer.sample_rate for layer in layers)
     samples = shape.samples(rate)
     mixed = []
+    keys: list[KeyEstimate | None] = []
     for layer in layers:
         audio, report = _conformed(layer, shape, settings)
-        audio = resample_loop(to_stereo(audio), samples)
-        mixed.append(MixedLayer(_matched(audio, rate, settings.target_lufs, layer.gain_db), layer.origin, layer.gain_db, report))
+        audio, shift = resample_loop(to_stereo(audio), samples), 0
+        estimate = detect_key(audio, rate) if key is not None or duck else None
+        if key is not None and estimate is not None:
+            match = match_key(audio, rate, key, estimate)
+            audio, shift = match.audio, match.shift_semitones
+        keys.append(estimate)
+        matched = _matched(audio, rate, settings.target_lufs, layer.gain_db)
+        mixed.append(MixedLayer(matched, layer.origin, layer.gain_db, report, shift_semitones=shift,
+                                source_key=estimate.key.name if estimate is not None and estimate.key is not None else None))
     ducked: np.ndarray | None = None  # [N] the gain of every layer but the drums
-    if duck:
-        kicks = [find_kicks(each.audio, rate) for each in mixed]
+    if duck:  # a layer in a key is no drum layer, however strong its low end (a pumping bass)
+        kicks = [find_kicks(each.audio, rate) if estimate is not None and estimate.key is None else None
+                 for each, estimate in zip(mixed, keys)]
         drum = pick_drum_layer(kicks)
-        if drum is not None:
-            ducked = duck_gain(kicks[drum], samples, rate)
+        if drum is not None and (drum_kicks := kicks[drum]) is not None:
+            ducked = duck_gain(drum_kicks, samples, rate)
             mixed[drum] = replace(mixed[drum], drum=True)
     total = np.zeros((2, samples), np.float32)
     for each in mixed:
         total += each.audio if ducked is None or each.drum else each.audio * ducked
     audio, lufs = normalise(total, rate, settings.target_lufs, settings.true_peak_dbtp)
-    return MixResult(audio, rate, shape, tuple(mixed), lufs if math.isfinite(lufs) else None)
+    return MixResult(audio, rate, shape, tuple(mixed), lufs if math.isfinite(lufs) else None, key)

@@ -54,10 +54,10 @@ def stems(result: MixResult, fmt: str, ceiling_db: float) -> list[Stem]:
 
 
 def jam_manifest(result: MixResult, stem_files: list[Stem]) -> dict[str, Any]:
-    """What `jam.json` holds: the shape, the key (None until keys are matched) and each layer with its stem."""
+    """What `jam.json` holds: the shape, the key (None when none was asked for) and each layer with its stem."""
     shape = result.shape
     return {
-        "bpm": shape.bpm, "bars": shape.bars, "beats_per_bar": shape.beats_per_bar, "key": None,
+        "bpm": shape.bpm, "bars": shape.bars, "beats_per_bar": shape.beats_per_bar, "key": result.key.name if result.key else None,
         "sample_rate": result.sample_rate,
         "duck": any(layer.drum for layer in result.layers),
         "layers": [{"stem": stem.file_name, **layer.as_dict()} for stem, layer in zip(stem_files, result.layers)],
