@@ -12,6 +12,7 @@ from generation.engine import MusicGenEngine, SamplingParams
 from generation.jobs.api import Stage
 from generation.jobs.backend import WorkDone, WorkItem, WorkProgress
 from generation.jobs.runner import BatchRunner, WorkerConfig
+from generation.music import parse_key, shift_semitones
 from generation.pipeline import LoopMaker, LoopOutcome, LoopSpec
 from generation.shape import LoopShape
 
@@ -89,3 +90,18 @@ def test_a_batch_that_tries_again_reports_stages_the_queue_knows_and_never_goes_
     for stage in Stage:
         percents = [p for s, p in shown if s is stage]
         assert percents == sorted(percents), (stage, percents)
+
+
+def test_the_delivered_loop_gets_its_key_and_is_moved_into_the_key_asked_for(tiny_engine: MusicGenEngine) -> None:
+    keyed, plain = maker(tiny_engine, candidates=1, retries=0).make([
+        LoopSpec("organ chords, 120 bpm, A minor", LoopShape(120.0, 1), seed=7, key=parse_key("A minor")),
+        LoopSpec("organ chords, 120 bpm", LoopShape(120.0, 1), seed=7),
+    ])
+    assert keyed.loop is not None and plain.loop is not None
+    assert keyed.loop.audio.shape[-1] == plain.loop.audio.shape[-1] == LoopShape(120.0, 1).samples(32000)
+    report = keyed.loop.report
+    assert report.target_key == "A minor" and report.key_confidence is not None
+    # A random model's noise has no key, or one it is moved from by the shortest way.
+    expected = 0 if report.source_key is None else shift_semitones(parse_key(report.source_key), parse_key("A minor"))
+    assert report.key_shift_semitones == expected
+    assert (plain.loop.report.target_key, plain.loop.report.key_shift_semitones) == (None, None)

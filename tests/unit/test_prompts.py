@@ -28,6 +28,17 @@ def test_build_prompt(prompt: str, bpm: float, beats: int, sent: str, noted: boo
 
 
 @pytest.mark.parametrize(
+    ("prompt", "sent"),
+    [
+        ("dark techno", "dark techno, 128 bpm, A minor"),
+        ("sad piano in a minor", "sad piano in a minor, 128 bpm"),  # named already: not twice
+    ],
+)
+def test_a_jam_key_is_named_in_the_prompt_once(prompt: str, sent: str) -> None:
+    assert build_prompt(prompt, LoopShape(128, 4), "A minor").text == sent
+
+
+@pytest.mark.parametrize(
     ("bpm", "bars", "beats", "rate", "samples"),
     [(60.23, 2, 4, 32000, 255022), (92, 4, 4, 32000, 333913), (174, 8, 4, 44100, 486621), (87.5, 1, 3, 32000, 65829)],
 )
