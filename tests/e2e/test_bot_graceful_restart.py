@@ -63,11 +63,12 @@ async def queued_job(double: DiscordDouble, user: str) -> tuple[SentInteraction,
     return sent, (await sent.wait_callback(timeout=3)).json["data"]["embeds"][0]["footer"]["text"].split()[0]
 
 
-async def noticed(bot: BotProcess, line: str, within_s: float = 10.0) -> None:
-    """Wait until the bot's log has `line`: its event loop may be busy when a signal comes."""
+async def noticed(bot: BotProcess, line: str, since: int, within_s: float = 10.0) -> None:
+    """Wait until the bot's log has `line` after its first `since` characters (an earlier stop logged it too):
+    its event loop may be busy when a signal comes."""
     assert bot.log is not None
     deadline = asyncio.get_running_loop().time() + within_s
-    while line not in bot.log.read_text():
+    while line not in bot.log.read_text()[since:]:
         assert asyncio.get_running_loop().time() < deadline, f"the bot never logged {line!r}"
         await asyncio.sleep(0.05)
 
@@ -107,8 +108,9 @@ async def test_sigterm_stops_cleanly_and_the_job_finishes_in_its_reply_after_the
         EDIT_ORIGINAL, answered_late,
         when=lambda r: r.path_params.get("token") == sent.token and r.json["embeds"][0]["title"] == "Waiting for a restart",
     )
+    logged = len(bot.log.read_text())
     bot.process.send_signal(signal.SIGTERM)
-    await noticed(bot, "SIGTERM: stopping")
+    await noticed(bot, "SIGTERM: stopping", since=logged)
     try:
         late = await double.slash("loop", {"prompt": "asked while stopping", "bpm": 100, "bars": 1}, user="bob")
         answer = (await late.wait_callback(timeout=3)).json["data"]
@@ -143,6 +145,7 @@ async def test_sigterm_stops_cleanly_and_the_job_finishes_in_its_reply_after_the
     )
     with database.session() as session:
         assert session.query(InteractionReply).count() == 0  # the token is not kept once taken back
+        assert get_generation(session, job_id).attempts == 1  # the stop refunded the interrupted one
 
 
 async def test_past_the_token_the_loop_goes_to_the_channel_and_the_old_cancel_points_at_it(

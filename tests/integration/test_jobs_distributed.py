@@ -329,7 +329,8 @@ async def test_a_restarted_service_collects_what_ran_while_it_was_down(workers, 
     events = {job_id: after.subscribe(job_id) for job_id in job_ids}
     await after.start()
     try:
-        assert set(after.backend.resumed()) and set(job_ids) >= {j for ids in after.backend.resumed().values() for j in ids}
+        # The two batches in flight when the bot went down are picked up again (an earlier test's may be there too).
+        assert started <= {j for ids in after.backend.resumed().values() for j in ids}
         finals: list[JobEvent] = await asyncio.gather(*(final_event(after, job_id, events[job_id]) for job_id in job_ids))
         assert all(isinstance(event, JobDone) for event in finals), finals
         assert_each_done_once(database, tmp_path, job_ids, attempts=[1] * len(job_ids))
