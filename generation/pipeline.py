@@ -41,12 +41,12 @@ class LoopSpec:
     params: SamplingParams = field(default_factory=SamplingParams)
     exact_seed: bool = False
     """Generate only `seed` (one candidate, no retries): how `/replay` reproduces a loop."""
-    key: Key | None = None
-    """Move the delivered loop into this key (a jam's); every loop's own key is detected either way."""
     previous: LoopResult | None = field(default=None, compare=False)
     """For a variation: the loop to continue (see `LoopMaker.loop_to_continue`). Its last bars
     prompt the model, and the new loop is cut on its grid, as long as it. A batch's variations
     must share one prompt length."""
+    key: Key | None = field(default=None, kw_only=True)
+    """Move the delivered loop into this key (a jam's); every loop's own key is detected either way."""
 
 
 @dataclass

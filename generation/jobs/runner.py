@@ -212,7 +212,7 @@ class _Batch:
             previous = maker.loop_to_continue(audio, rate, item.shape)
         params = SamplingParams(item.temperature, item.top_k, item.top_p, item.cfg_coef)
         return [
-            LoopSpec(item.prompt_sent, item.shape, seed, params, item.exact_seed, previous)
+            LoopSpec(item.prompt_sent, item.shape, seed, params, exact_seed=item.exact_seed, previous=previous)
             for seed in item.seeds
         ]
 
@@ -252,6 +252,7 @@ class _Batch:
 
     def loopified(self, item: WorkItem) -> Any:
         """The `LoopOutcome` of a loopify item: its source file looped as it is, no model."""
+        from ..loop.keyed import in_key
         from ..loop.source import loop_file
         from ..pipeline import LoopOutcome, LoopSpec
         from ..prompts import InvalidRequest, UnreadableSource
@@ -267,7 +268,7 @@ class _Batch:
         spec = LoopSpec(item.prompt_sent, item.shape, item.seed)
         if loop.report.silent:
             return LoopOutcome(spec, item.seed, error=SILENT_SOURCE)
-        return LoopOutcome(spec, item.seed, loop=loop, candidates_tried=1)
+        return LoopOutcome(spec, item.seed, loop=in_key(loop, None, self.config.loop), candidates_tried=1)
 
     def deliver(self, item: WorkItem, outcomes: Sequence[Any]) -> None:
         """Write the item's loops; one WorkDone for all of them, or WorkFailed when none came out."""
