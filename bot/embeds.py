@@ -84,6 +84,7 @@ def result_embed(
     tempo = f"played at {source_bpm:.1f} BPM, stretched {100 * (stretch - 1):+.1f} %" if source_bpm else "n/a"
     embed.add_field(name="Tempo", value=tempo)
     embed.add_field(name="Length", value=f"{duration_s:.2f} s")
+    embed.add_field(name="Key", value=key_text(report))
     embed.add_field(name="Verdict", value=verdict if verdict == "good" else f"{verdict}: {report.get('reason') or ''}")
     embed.add_field(name="Seed", value=str(seed))
     embed.add_field(name="Model", value=quote(model_label(model), 60))
@@ -92,3 +93,13 @@ def result_embed(
     embed.add_field(name="Made", value=credit, inline=False)
     embed.set_footer(text=f"id {job_id} · /replay {job_id}")
     return embed
+
+
+def key_text(report: tp.Mapping[str, tp.Any]) -> str:
+    """The loop's key as the result shows it: "C# minor", "A minor (moved -4 semitones from C# minor)", "none (unpitched)"."""
+    found, shift = report.get("source_key"), report.get("key_shift_semitones")
+    if found is None:
+        return "none (unpitched)"
+    if shift and report.get("target_key"):
+        return f"{report['target_key']} (moved {shift:+d} semitones from {found})"
+    return str(found)

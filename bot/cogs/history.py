@@ -79,7 +79,8 @@ def history_embed(rows: list[tp.Any], page: int, scope: str, search: str | None,
         if row.posted_message_id and row.posted_channel_id and guild_id:
             link = f" · [listen](https://discord.com/channels/{guild_id}/{row.posted_channel_id}/{row.posted_message_id})"
         status = f"{row.status.value}, not posted" if row.delivery_error else row.status.value
-        name = f"`{row.short_id}` · {row.bpm:g} BPM · {row.bars} bars · {status}"
+        key = f" · {row.target_key if row.key_shift_semitones else row.source_key}" if row.source_key else ""
+        name = f"`{row.short_id}` · {row.bpm:g} BPM · {row.bars} bars{key} · {status}"
         embed.add_field(name=name, value=f"{quote(row.prompt, 120)}\n{when}{by}{link}", inline=False)
     embed.set_footer(text=f"page {page + 1}")
     return embed

@@ -23,12 +23,22 @@ from discord_double.inprocess import running_client
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
+from storage_helpers import loop_request
 from upload_files import bomb
 
 from bot.text import quote
 from generation.config import Settings
 from generation.jobs import QueueService
-from generation.storage import UPLOADS_DIR, Database, list_history, upsert_guild_settings
+from generation.storage import (
+    UPLOADS_DIR,
+    Database,
+    LoopReportFields,
+    create_request_groups,
+    list_history,
+    mark_done,
+    mark_running,
+    upsert_guild_settings,
+)
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 EPHEMERAL = 64
@@ -121,6 +131,28 @@ async def test_everyone_in_a_prompt_is_escaped_and_pings_nobody(double: DiscordD
     assert data["allowed_mentions"] == {"parse": []} or data["allowed_mentions"]["parse"] == []
     description = data["embeds"][0]["description"]
     assert "@everyone" not in description and "\\_\\_loud\\_\\_" in description
+
+
+async def test_history_and_info_show_each_loops_key(double: DiscordDouble, bot: InProcessBot) -> None:
+    kim = double.world.add_member(double.world.guild, "kim")
+    where = {"user_id": kim.user.id, "guild_id": double.world.guild.id, "channel_id": double.channel.id}
+    keyed = {"moved": ("C# minor", "A minor", -4), "in key": ("E minor", None, None), "drums": (None, None, None)}
+    with bot.database.session() as session:
+        groups = create_request_groups(session, [[loop_request(prompt=f"keyed {name}", **where)] for name in keyed])
+        for group, (found, target, shift) in zip(groups, keyed.values()):
+            mark_running(session, group[0].short_id, "gpu-0")
+            mark_done(session, group[0].short_id, audio_path="x.wav", report=LoopReportFields(
+                verdict="good", source_key=found, key_confidence=0.9 if found else 0.0, target_key=target, key_shift_semitones=shift))
+        ids = {name: group[0].short_id for name, group in zip(keyed, groups)}
+    sent = await double.slash("history", {"search": "keyed"}, user=kim)
+    listed = (await sent.wait_callback(timeout=3)).json
+    names = {field["value"].split("\n")[0]: field["name"] for field in listed["data"]["embeds"][0]["fields"]}
+    assert " · A minor · " in names["keyed moved"] and " · E minor · " in names["keyed in key"]
+    assert "minor" not in names["keyed drums"]
+    message = with_buttons(double.original_message(sent), [f"lj:info:{ids['moved']}"], double.world.channel.id)
+    info = (await (await double.click(message, f"lj:info:{ids['moved']}", user=kim)).wait_callback(timeout=3)).json
+    fields = {field["name"]: field["value"] for field in info["data"]["embeds"][0]["fields"]}
+    assert (fields["Key found"], fields["Moved to"], fields["Shift (semitones)"]) == ("C# minor", "A minor", "-4")
 
 
 async def test_hidden_and_reordering_characters_never_reach_an_embed(double: DiscordDouble, bot: InProcessBot) -> None:

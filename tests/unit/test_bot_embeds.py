@@ -1,0 +1,23 @@
+"""What a posted loop's embed says of its key."""
+
+from __future__ import annotations
+
+import pytest
+
+from bot.embeds import key_text, result_embed
+
+
+@pytest.mark.parametrize(
+    ("report", "shown"),
+    [
+        ({"source_key": "C# minor", "target_key": "A minor", "key_shift_semitones": -4}, "A minor (moved -4 semitones from C# minor)"),
+        ({"source_key": "E minor", "target_key": "G major", "key_shift_semitones": 0}, "E minor"),  # the relative: in key
+        ({"source_key": "F major", "target_key": None, "key_shift_semitones": None}, "F major"),
+        ({"source_key": None, "target_key": "A minor", "key_shift_semitones": 0}, "none (unpitched)"),
+        ({}, "none (unpitched)"),  # a loop made before keys were detected
+    ],
+)
+def test_the_key_is_shown_as_found_or_as_moved(report: dict, shown: str) -> None:
+    assert key_text(report) == shown
+    embed = result_embed("abcdefgh", "“dub” · 120 BPM", {"verdict": "good", **report}, 1, "facebook/musicgen-small", 8.0, "by <@1>")
+    assert {field.name: field.value for field in embed.fields}["Key"] == shown
