@@ -61,19 +61,25 @@ def _alive(pid: int) -> bool:
 
 
 def warm_up() -> None:
-    """Make one loop, so that the next pays no import or just-in-time compilation.
+    """Make one loop and find its key, so that the next pays no import or just-in-time compilation.
 
-    The first call after an install compiles librosa's numba code into numba's on-disk cache.
-    `./setup` calls it once, alone: processes that compile at the same moment can leave a cache
-    behind whose index does not match its code, and loading that crashes every later process.
+    The first call after an install compiles librosa's numba code into numba's on-disk cache (and
+    takes hundreds of MB while it does). `./setup` calls it once, alone: processes that compile at
+    the same moment can leave a cache behind whose index does not match its code, and loading that
+    crashes every later process.
     """
+    from ..config import LoopSettings
+    from ..music import parse_key
     from ..shape import LoopShape
     from .engine import make_loop
+    from .keyed import in_key
 
     rate, shape = 8000, LoopShape(bpm=120.0, bars=1)
-    clicks = np.zeros(rate * 3, dtype=np.float32)
+    seconds = np.arange(rate * 3) / rate
+    chord = sum(np.sin(2 * np.pi * hertz * seconds) for hertz in (220.0, 261.6, 329.6)) / 6  # A minor
+    clicks = np.zeros(rate * 3)
     clicks[:: round(rate * shape.beat_seconds)] = 1.0
-    make_loop(clicks, rate, shape)
+    in_key(make_loop((chord + clicks).astype(np.float32), rate, shape), parse_key("C major"), LoopSettings())
 
 
 def _start_process(parent: int) -> None:
