@@ -7,7 +7,6 @@ Import from test and bench modules with `from upload_files import ...`.
 from __future__ import annotations
 
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -76,25 +75,39 @@ class Measured:
         return self.peak_rss_bytes / 1024**2
 
 
-def _limit_address_space() -> None:
-    resource.setrlimit(resource.RLIMIT_AS, (CHILD_ADDRESS_SPACE, CHILD_ADDRESS_SPACE))
+LAUNCHER = """
+import os, resource, sys
+peak_file, limit, *command = sys.argv[1:]
+child = os.fork()
+if child == 0:
+    resource.setrlimit(resource.RLIMIT_AS, (int(limit), int(limit)))
+    os.execv(sys.executable, [sys.executable, *command])
+_, status, usage = os.wait4(child, 0)
+with open(peak_file, "w") as out:
+    out.write(str(usage.ru_maxrss * 1024))  # KiB on Linux
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+"""Runs a command as its own child and writes that child's peak RSS. A process's peak RSS starts at
+its parent's when it is forked, and a test process can be a gigabyte by then: this small launcher
+is the parent instead."""
 
 
 def measure_loopify(runs: list[list[str]], cwd: Path) -> list[Measured]:
     """`loopjam loopify ARGS` for each of `runs`, side by side, each one's peak RSS from its own rusage."""
-    command = [sys.executable, "-m", "generation", "loopify"]
     started = []
     for args in runs:
         out, err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
-        child = subprocess.Popen([*command, *args], cwd=cwd, env={**os.environ, **CHILD_ENV}, stdout=out, stderr=err,
-                                 text=True, preexec_fn=_limit_address_space)
-        started.append((child, out, err))
+        peak = tempfile.NamedTemporaryFile("w+", suffix=".peak", delete=False)
+        peak.close()
+        command = [sys.executable, "-c", LAUNCHER, peak.name, str(CHILD_ADDRESS_SPACE), "-m", "generation", "loopify", *args]
+        child = subprocess.Popen(command, cwd=cwd, env={**os.environ, **CHILD_ENV}, stdout=out, stderr=err, text=True)
+        started.append((child, out, err, Path(peak.name)))
     measured = []
-    for child, out, err in started:
-        _, status, usage = os.wait4(child.pid, 0)  # this child's own rusage, not all children's
-        child.returncode = os.waitstatus_to_exitcode(status)
+    for child, out, err, peak_file in started:
+        child.wait()
         with out, err:
             out.seek(0)
             err.seek(0)
-            measured.append(Measured(child.returncode, out.read(), err.read(), usage.ru_maxrss * 1024))  # KiB on Linux
+            measured.append(Measured(child.returncode, out.read(), err.read(), int(peak_file.read_text())))
+        peak_file.unlink()
     return measured
