@@ -94,14 +94,15 @@ def rows_of(bot: InProcessBot, user_id: int) -> list:
 
 
 async def test_a_valid_loop_is_queued_publicly_with_its_position(double: DiscordDouble, bot: InProcessBot) -> None:
-    response = await answer(double, "loop", {"prompt": "dusty boom bap", "bpm": 60.23, "bars": 2, "meter": "3/4"}, user="owner")
+    olga = double.world.add_member(double.world.guild, "olga")  # none of her loops waits yet, whatever ran before
+    response = await answer(double, "loop", {"prompt": "dusty boom bap", "bpm": 60.23, "bars": 2, "meter": "3/4"}, user=olga)
     assert not response["data"].get("flags", 0) & EPHEMERAL
     embed = response["data"]["embeds"][0]
     job_id = embed["footer"]["text"].split()[0]
     # Nothing runs here (no workers): its place stays the one shown, whatever other tests queued before.
     assert embed["title"] == "Queued" and embed["fields"][0]["value"].startswith(str(bot.service.position(job_id)))
     assert "60.23 BPM" in embed["description"] and "2 bars" in embed["description"] and "3/4" in embed["description"]
-    (row,) = [row for row in rows_of(bot, double.member("owner").user.id) if row.short_id == job_id]
+    (row,) = rows_of(bot, olga.user.id)
     assert (row.bpm, row.bars, row.beats_per_bar, row.prompt_sent) == (60.23, 2, 3, "dusty boom bap, 60.23 bpm, 3/4 time")
 
 
