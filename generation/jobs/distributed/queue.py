@@ -31,6 +31,7 @@ REDIS_ERRORS = (RedisError, OSError)
 AFTER_OUTAGE_S = 2 * LONGEST_RETRY_S
 """No sweep for this long after an outage: every live worker has touched its batch again by then."""
 CONNECT_TIMEOUT_S = 5.0
+HEALTH_CHECK_S = 2
 INTERACTIVE_TIMEOUT_S = 0.8
 ACTIVE_JOBS = """
 local found = {}
@@ -46,8 +47,13 @@ return found
 
 
 def redis_client(url: str) -> Redis:
-    """A Redis client that gives up connecting after `CONNECT_TIMEOUT_S` (a dropped network does not answer at all)."""
-    return Redis.from_url(url, socket_connect_timeout=CONNECT_TIMEOUT_S)
+    """A Redis client that gives up connecting after `CONNECT_TIMEOUT_S` (a dropped network does not answer at all).
+
+    A pooled connection idle for `HEALTH_CHECK_S` is pinged (and replaced if dead) before it is used:
+    after an outage, connections the network dropped meanwhile would fail once more, and be
+    reported as a second outage just after the first one ended.
+    """
+    return Redis.from_url(url, socket_connect_timeout=CONNECT_TIMEOUT_S, health_check_interval=HEALTH_CHECK_S)
 
 
 def interactive_redis_client(url: str) -> Redis:
