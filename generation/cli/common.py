@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import typer
 
 from ..config import Settings, SettingsError, load_settings
+from ..shape import LoopShape
 from ..storage.database import InvalidDatabaseUrl, database_url
 
 if TYPE_CHECKING:
@@ -55,6 +56,25 @@ def source_failure(path: Path, error: InvalidRequest) -> typer.Exit:
         cause = error.__cause__ or error
         return fail(f"Cannot read {path}: {(str(cause).splitlines() or [type(cause).__name__])[0]}")
     return fail(str(error))
+
+
+FORMAT_HELP = "wav, wav24, flac or ogg; mp3 only if you must."
+
+
+def checked_shape(bpm: float, bars: int, beats_per_bar: int) -> LoopShape:
+    """The loop's shape, or exit 2 with the one line saying what is wrong with it."""
+    shape = LoopShape(bpm, bars, beats_per_bar)
+    if (problem := shape.problem()) is not None:
+        raise fail(problem)
+    return shape
+
+
+def warn_if_explicit(fmt: str) -> None:
+    """Say on stderr what an explicitly chosen lossy format (mp3) costs a loop."""
+    from ..audio_io import EXPLICIT_FORMATS, MP3_WARNING
+
+    if fmt in EXPLICIT_FORMATS:
+        typer.echo(f"Warning: {MP3_WARNING}", err=True)
 
 
 def check_format(fmt: str) -> None:

@@ -8,8 +8,7 @@ from typing import Annotated
 
 import typer
 
-from ..shape import LoopShape
-from .common import KEY_HELP, check_format, fail, settings, source_failure, target_key
+from .common import FORMAT_HELP, KEY_HELP, check_format, checked_shape, fail, settings, source_failure, target_key, warn_if_explicit
 from .loops import BARS_HELP, BEATS_HELP, BPM_RANGE
 
 MAX_GAIN_DB = 60.0
@@ -28,20 +27,18 @@ def mix(
         show_default=False,
     )] = None,
     out: Annotated[Path | None, typer.Option(help="Output file (default: mix.<format> in this directory).")] = None,
-    fmt: Annotated[str, typer.Option("--format", help="wav, wav24, flac or ogg; mp3 only if you must.")] = "wav",
+    fmt: Annotated[str, typer.Option("--format", help=FORMAT_HELP)] = "wav",
     duck: Annotated[bool, typer.Option("--duck", help="The drum layer's kick ducks the other layers a few dB.")] = False,
     stems: Annotated[Path | None, typer.Option(help="Also write each layer as an exact loop here, with jam.json.")] = None,
     key: Annotated[str | None, typer.Option(help=KEY_HELP)] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object as the last line.")] = False,
 ) -> None:
     """Layer loops into one exact-BPM, seamless loop (a jam's mix)."""
-    from ..audio_io import EXPLICIT_FORMATS, MP3_WARNING, extension, write_audio
+    from ..audio_io import extension, write_audio
     from ..prompts import InvalidRequest, check_source
 
     conf = settings()
-    shape = LoopShape(bpm, bars, beats_per_bar)
-    if (problem := shape.problem()) is not None:
-        raise fail(problem)
+    shape = checked_shape(bpm, bars, beats_per_bar)
     check_format(fmt)
     target = target_key(key)
     paths, gains = loops or [], gain_db or []
@@ -70,8 +67,7 @@ def mix(
     result = mix_layers(layers, shape, conf.loop, duck=duck, key=target)
 
     path = out or Path(f"mix.{extension(fmt)}")
-    if fmt in EXPLICIT_FORMATS:
-        typer.echo(f"Warning: {MP3_WARNING}", err=True)
+    warn_if_explicit(fmt)
     for number, layer in enumerate(result.layers, start=1):
         if layer.report is not None and layer.report.reason:
             typer.echo(f"Warning: layer {number} ({layer.origin.file}) was cut to the jam's length: {layer.report.reason}", err=True)

@@ -13,7 +13,7 @@ from ..config import ALLOWED_BARS, ALLOWED_BEATS_PER_BAR, BPM_MAX, BPM_MIN
 from ..jobs.api import MAX_VARIATIONS
 from ..seeds import new_seed, variation_seeds
 from ..shape import LoopShape
-from .common import KEY_HELP, check_format, fail, settings, source_failure, target_key
+from .common import FORMAT_HELP, KEY_HELP, check_format, checked_shape, fail, settings, source_failure, target_key, warn_if_explicit
 
 if TYPE_CHECKING:
     from ..loop import LoopReport
@@ -122,19 +122,17 @@ def loopify(
     bars: Annotated[int, typer.Option(help=BARS_HELP)] = 4,
     beats_per_bar: Annotated[int, typer.Option(help=BEATS_HELP)] = 4,
     out: Annotated[Path | None, typer.Option(help="Output file (default: AUDIO's name + '.loop').")] = None,
-    fmt: Annotated[str, typer.Option("--format", help="wav, wav24, flac or ogg; mp3 only if you must.")] = "wav",
+    fmt: Annotated[str, typer.Option("--format", help=FORMAT_HELP)] = "wav",
     waveform: Annotated[Path | None, typer.Option(help="Also write a waveform PNG with bar lines here.")] = None,
     key: Annotated[str | None, typer.Option(help=KEY_HELP)] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object as the last line.")] = False,
 ) -> None:
     """Make an exact-BPM, seamless loop from an audio file you have."""
-    from ..audio_io import EXPLICIT_FORMATS, MP3_WARNING, extension, write_audio
+    from ..audio_io import extension, write_audio
     from ..prompts import InvalidRequest, check_source
 
     conf = settings()
-    shape = LoopShape(bpm, bars, beats_per_bar)
-    if (problem := shape.problem()) is not None:
-        raise fail(problem)
+    shape = checked_shape(bpm, bars, beats_per_bar)
     check_format(fmt)
     target = target_key(key)
     try:
@@ -151,8 +149,7 @@ def loopify(
     from ..loop.waveform import waveform_png
 
     path = out or audio.with_name(f"{audio.stem}.loop.{extension(fmt)}")
-    if fmt in EXPLICIT_FORMATS:
-        typer.echo(f"Warning: {MP3_WARNING}", err=True)
+    warn_if_explicit(fmt)
     write_audio(path, result.audio, result.sample_rate, fmt)
     if waveform is not None:
         waveform.parent.mkdir(parents=True, exist_ok=True)
