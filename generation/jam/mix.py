@@ -25,7 +25,7 @@ from ..config import LoopSettings
 from ..loop import LoopReport, make_loop
 from ..loop.loudness import integrated_lufs, normalise
 from ..loop.source import read_checked
-from ..music import Key, KeyEstimate, detect_key, match_key
+from ..music import Key, detect_key, match_key
 from ..shape import LoopShape
 from .duck import duck_gain, find_kicks, pick_drum_layer
 
@@ -162,7 +162,6 @@ def mix_layers(
     rate = max(layer.sample_rate for layer in layers)
     samples = shape.samples(rate)
     mixed = []
-    keys: list[KeyEstimate | None] = []
     for layer in layers:
         audio, report = _conformed(layer, shape, settings)
         audio, shift = resample_loop(to_stereo(audio), samples), 0
@@ -170,14 +169,12 @@ def mix_layers(
         if key is not None and estimate is not None:
             match = match_key(audio, rate, key, estimate)
             audio, shift = match.audio, match.shift_semitones
-        keys.append(estimate)
         matched = _matched(audio, rate, settings.target_lufs, layer.gain_db)
         mixed.append(MixedLayer(matched, layer.origin, layer.gain_db, report, shift_semitones=shift,
                                 source_key=estimate.key.name if estimate is not None and estimate.key is not None else None))
     ducked: np.ndarray | None = None  # [N] the gain of every layer but the drums
-    if duck:  # a layer in a key is no drum layer, however strong its low end (a pumping bass)
-        kicks = [find_kicks(each.audio, rate) if estimate is not None and estimate.key is None else None
-                 for each, estimate in zip(mixed, keys)]
+    if duck:  # every layer's key was looked for: one in a key is no drum layer, however strong its low end
+        kicks = [find_kicks(each.audio, rate) if each.source_key is None else None for each in mixed]
         drum = pick_drum_layer(kicks)
         if drum is not None and (drum_kicks := kicks[drum]) is not None:
             ducked = duck_gain(drum_kicks, samples, rate)
