@@ -16,7 +16,6 @@ late it wakes, exported as `loopjam_event_loop_lag_max_seconds` (the worst since
 from __future__ import annotations
 
 import asyncio
-import socket
 import sys
 import tempfile
 import time
@@ -26,6 +25,7 @@ import aiohttp
 import numpy as np
 import soundfile as sf
 from discord_double import DiscordDouble, RecordedRequest
+from tcp_proxy import free_port
 
 from bench.burst import bot_environment, burst_options
 
@@ -34,12 +34,6 @@ CHANNEL_MESSAGE = "POST /channels/{channel_id}/messages"
 EPHEMERAL = 64
 LAG_METRIC = "loopjam_event_loop_lag_max_seconds"
 LONG_LOOP_SECONDS, LONG_LOOP_RATE, VARIATIONS = 48.0, 32000, 4
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 async def worst_lag_ms(session: aiohttp.ClientSession, port: int) -> float:

@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
 import sys
 from pathlib import Path
 
 import pytest
 from discord_double import DiscordDouble
+from tcp_proxy import free_port
 from typer.testing import CliRunner
 
 from generation.cli import app
@@ -54,12 +54,6 @@ def test_commands_prints_the_schema_that_would_be_synced() -> None:
     assert int(schema["settings"]["default_member_permissions"]) == 32  # Manage Server
 
 
-def closed_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.mark.parametrize("fault", ["wrong token", "Discord unreachable", "Redis unreachable"])
 async def test_run_that_cannot_start_exits_1_with_one_line_and_no_traceback(fault: str, tmp_path: Path) -> None:
     async with DiscordDouble() as double:
@@ -67,9 +61,9 @@ async def test_run_that_cannot_start_exits_1_with_one_line_and_no_traceback(faul
         if fault == "wrong token":
             env["DISCORD_TOKEN"] = "not-the-token"
         elif fault == "Discord unreachable":
-            env["LOOPJAM_DISCORD__API_BASE_URL"] = f"http://127.0.0.1:{closed_port()}/api/v10"
+            env["LOOPJAM_DISCORD__API_BASE_URL"] = f"http://127.0.0.1:{free_port()}/api/v10"
         else:
-            env |= {"LOOPJAM_QUEUE__MODE": "redis", "LOOPJAM_QUEUE__REDIS_URL": f"redis://:hunter2@127.0.0.1:{closed_port()}/0"}
+            env |= {"LOOPJAM_QUEUE__MODE": "redis", "LOOPJAM_QUEUE__REDIS_URL": f"redis://:hunter2@127.0.0.1:{free_port()}/0"}
         bot = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "generation", "run", env=env, cwd=tmp_path, stderr=asyncio.subprocess.PIPE
         )

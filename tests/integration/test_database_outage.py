@@ -17,7 +17,6 @@ import logging
 import os
 import pwd
 import shutil
-import socket
 import sqlite3
 import subprocess
 import tempfile
@@ -30,6 +29,7 @@ from queue_helpers import final_event, tiny_settings
 from sqlalchemy import func, select
 from sqlalchemy.engine import URL
 from storage_helpers import in_ci
+from tcp_proxy import free_port
 
 from generation.jobs import JobDone, JobEvent, JobProgress, JobRequest, QueueService, QueueUnavailable, Stage
 from generation.shape import LoopShape
@@ -50,12 +50,6 @@ def pg_binary(name: str) -> str | None:
     """`name` from the newest /usr/lib/postgresql/*/bin, else from PATH."""
     installed = [path for path in Path("/usr/lib/postgresql").glob(f"*/bin/{name}") if path.parts[-3].isdigit()]
     return str(max(installed, key=lambda path: int(path.parts[-3]))) if installed else shutil.which(name)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @dataclass

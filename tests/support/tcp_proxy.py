@@ -1,10 +1,18 @@
-"""A TCP proxy to stand between a client and a server (Redis), to cut and mend the line in a test."""
+"""A TCP proxy to stand between a client and a server (Redis), to cut and mend the line in a test; free ports."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from urllib.parse import urlsplit, urlunsplit
+
+
+def free_port() -> int:
+    """A local TCP port nothing listens on (just now): for a server to start on, or a client to fail against."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 class TcpProxy:
