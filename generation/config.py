@@ -102,6 +102,10 @@ class StorageSettings(Section):
     retention_days: float = Field(default=7.0, gt=0)
 
 
+class JamSettings(Section):
+    idle_hours: float = Field(default=24.0, gt=0, description="A jam nobody adds to, removes from or mixes ends after this long")
+
+
 class MetricsSettings(Section):
     enabled: bool = False
     host: str = "127.0.0.1"
@@ -124,6 +128,7 @@ class Settings(BaseSettings):
     loop: LoopSettings = Field(default_factory=LoopSettings)
     queue: QueueSettings = Field(default_factory=QueueSettings)
     storage: StorageSettings = Field(default_factory=StorageSettings)
+    jam: JamSettings = Field(default_factory=JamSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
 
     @classmethod

@@ -30,6 +30,8 @@ class JobKind(str, enum.Enum):
     DOUBLE = "double"
     LOOPIFY = "loopify"
     REPLAY = "replay"
+    MIX = "mix"
+    """The layers of the channel's running jam (`jam_id`) as one loop, with its stems."""
 
 
 class QueueUnavailable(Exception):
@@ -77,6 +79,10 @@ class JobRequest:
     source_audio: str | None = None
     """A readable audio file of at most 10 minutes to loop as it is (`/loopify`): no model, no seed.
     The worker reads it from this path, so it must be on the worker's machine (embedded mode)."""
+    key: str | None = None
+    """A key ("A minor", "F#m"...): named in the prompt, and the loop is moved into it. A jam's key."""
+    jam_id: int | None = None
+    """The jam session the loop is made in (its shape and key are the jam's), or the jam to mix (MIX)."""
 
 
 @dataclass(frozen=True)

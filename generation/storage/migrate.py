@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 
 import migrations
 
@@ -43,6 +44,29 @@ def current_revision(engine: Engine) -> str | None:
 def _run(engine: Engine, step: Callable[[Config, str], None], revision: str) -> None:
     """One transaction for the whole step: a failed migration leaves the schema as it was."""
     config = alembic_config()
-    with engine.begin() as connection:
+    with engine.connect() as connection, _foreign_keys_off(connection), connection.begin():
         config.attributes["connection"] = connection
         step(config, revision)
+
+
+@contextlib.contextmanager
+def _foreign_keys_off(connection: Connection) -> Iterator[None]:
+    """SQLite: foreign keys off while migrating, as SQLite asks for a table rebuild (batch mode).
+
+    Its copy drops the old table, and with foreign keys on that would delete (cascade) or null
+    every row that refers to it. The pragma is a no-op inside a transaction: it is set on the raw
+    connection before ours begins. Afterwards the references are checked and the keys turned on.
+    """
+    if connection.dialect.name != "sqlite":
+        yield
+        return
+    raw = connection.connection.driver_connection
+    assert raw is not None
+    raw.execute("PRAGMA foreign_keys=OFF")
+    try:
+        yield
+        broken = raw.execute("PRAGMA foreign_key_check").fetchall()
+        if broken:
+            raise RuntimeError(f"the migration left {len(broken)} broken reference(s), e.g. {broken[0]}")
+    finally:
+        raw.execute("PRAGMA foreign_keys=ON")

@@ -25,7 +25,9 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    UniqueConstraint,
     false,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, composite, mapped_column, relationship
 
@@ -70,6 +72,7 @@ class GenerationKind(str, enum.Enum):
     DOUBLE = "double"
     LOOPIFY = "loopify"
     REPLAY = "replay"
+    MIX = "mix"
 
 
 class GenerationStatus(str, enum.Enum):
@@ -104,7 +107,7 @@ class Base(DeclarativeBase):
             "pk": "pk_%(table_name)s",
         }
     )
-    type_annotation_map: ClassVar[dict[Any, Any]] = {datetime: UTCDateTime(), list[int]: JSON}
+    type_annotation_map: ClassVar[dict[Any, Any]] = {datetime: UTCDateTime(), list[int]: JSON, list[str]: JSON}
 
 
 class Generation(Base):
@@ -155,6 +158,10 @@ class Generation(Base):
     """Generate only `seed` (one candidate, no retries), as `/replay` asks."""
     source_path: Mapped[str | None] = mapped_column(Text)
     """A loopify's uploaded file, looped as it is with no model; None for every other kind."""
+    jam_id: Mapped[int | None] = mapped_column(ForeignKey("jam_sessions.id", ondelete="SET NULL"), index=True)
+    """The jam session the loop (or mix) was made in; None outside any."""
+    mix_loop_ids: Mapped[list[str] | None]
+    """A mix's layers (their short ids, in order) as they were when it was asked for; None for loops."""
 
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None]
@@ -257,3 +264,58 @@ class InteractionReply(Base):
 
     def __repr__(self) -> str:
         return f"<InteractionReply {self.job_id}>"
+
+
+class JamSession(Base):
+    """A channel's jam: one tempo, bar length, meter and key that its loops share, and its layers.
+
+    At most one runs per channel (`ended_at` is None); an ended one stays for the history.
+    """
+
+    __tablename__ = "jam_sessions"
+    __table_args__ = (
+        Index("ix_jam_sessions_running_channel", "channel_id", unique=True,
+              sqlite_where=text("ended_at IS NULL"), postgresql_where=text("ended_at IS NULL")),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    guild_id: Mapped[int] = mapped_column(BigInteger)
+    channel_id: Mapped[int] = mapped_column(BigInteger)
+    started_by: Mapped[int] = mapped_column(BigInteger)
+    bpm: Mapped[float] = mapped_column(Float)
+    bars: Mapped[int] = mapped_column(Integer)
+    beats_per_bar: Mapped[int] = mapped_column(Integer)
+    shape: Mapped[LoopShape] = composite("bpm", "bars", "beats_per_bar")
+    key: Mapped[str | None] = mapped_column(String(16))
+    """The key every layer is moved to, e.g. "A minor"; None: layers keep their own."""
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_active_at: Mapped[datetime] = mapped_column(default=utcnow)
+    """When it was started, or a layer added, removed or mixed: idle sessions end after `[jam] idle_hours`."""
+    ended_at: Mapped[datetime | None]
+    end_reason: Mapped[str | None] = mapped_column(String(16))
+    """"stopped" or "idle"."""
+    card_message_id: Mapped[int | None] = mapped_column(BigInteger)
+    """The session card the bot posted in the channel, which it edits as layers come and go."""
+
+    layers: Mapped[list[JamLayer]] = relationship(
+        back_populates="jam", order_by="JamLayer.id", cascade="all, delete-orphan", lazy="selectin"
+    )
+
+    def __repr__(self) -> str:
+        return f"<JamSession {self.id} channel={self.channel_id}>"
+
+
+class JamLayer(Base):
+    """One loop of a jam, in the order they were added (layer 1 is the first)."""
+
+    __tablename__ = "jam_layers"
+    __table_args__ = (UniqueConstraint("jam_id", "generation_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    jam_id: Mapped[int] = mapped_column(ForeignKey("jam_sessions.id", ondelete="CASCADE"), index=True)
+    generation_id: Mapped[int] = mapped_column(ForeignKey("generations.id", ondelete="CASCADE"))
+    added_by: Mapped[int] = mapped_column(BigInteger)
+    added_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    jam: Mapped[JamSession] = relationship(back_populates="layers")
+    generation: Mapped[Generation] = relationship(lazy="joined")

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timedelta
 from typing import Any, TypedDict, Unpack
 
-from sqlalchemy import ColumnElement, Select, func, select, update
+from sqlalchemy import ColumnElement, Select, and_, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -32,6 +32,8 @@ DEFAULT_HISTORY_LIMIT = 20
 MAX_DELIVERY_ATTEMPTS = 10
 """With the default 30 s doubling up to an hour: about four hours of trying before giving up."""
 MAX_DELIVERY_DELAY_S = 3600.0
+BPM_TOLERANCE = 0.005
+"""Tempos this close are the same (BPM is kept to two decimals)."""
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,11 @@ class NewGeneration:
     audio_format: str = "wav"
     exact_seed: bool = False
     source_path: str | None = None
+    jam_id: int | None = None
+    target_key: str | None = None
+    """The key the loop is to be moved to (a jam's), e.g. "A minor"."""
+    mix_loop_ids: list[str] | None = None
+    """A mix's layers, by short id; None for a loop."""
 
 
 @dataclass(frozen=True)
@@ -192,10 +199,12 @@ def mark_done(
     stored, so that `/replay` reproduces the loop users heard.
     """
     delivered = {} if seed is None else {"seed": seed}
+    reported = asdict(report)
+    if reported["target_key"] is None:
+        del reported["target_key"]  # the key asked for, stored with the request, stays
     generation_id = _transition(
         session, short_id, [GenerationStatus.RUNNING],
-        status=GenerationStatus.DONE, finished_at=utcnow(), audio_path=audio_path, error=None, **asdict(report),
-        **delivered,
+        status=GenerationStatus.DONE, finished_at=utcnow(), audio_path=audio_path, error=None, **reported, **delivered,
     )
     return _queue_delivery(session, generation_id)
 
@@ -241,10 +250,14 @@ def list_history(
     user_id: int | None = None,
     guild_id: int | None = None,
     search: str | None = None,
+    jam_id: int | None = None,
+    bpm: float | None = None,
+    key: str | None = None,
     limit: int = DEFAULT_HISTORY_LIMIT,
     offset: int = 0,
 ) -> list[Generation]:
-    """Generations, newest first, filtered by user, guild and a case-insensitive prompt search.
+    """Generations, newest first, filtered by user, guild, a case-insensitive prompt search, the jam they
+    were made in, their tempo, and the key they came out in (the key moved to, or else the key found).
 
     The search is ILIKE on PostgreSQL and lower() LIKE lower() on SQLite, where only ASCII
     letters fold case.
@@ -258,6 +271,12 @@ def list_history(
         conditions.append(Generation.guild_id == guild_id)
     if search:
         conditions.append(Generation.prompt.ilike(_contains(search), escape="\\"))
+    if jam_id is not None:
+        conditions.append(Generation.jam_id == jam_id)
+    if bpm is not None:
+        conditions.append(Generation.bpm.between(bpm - BPM_TOLERANCE, bpm + BPM_TOLERANCE))
+    if key is not None:
+        conditions.append(or_(Generation.target_key == key, and_(Generation.target_key.is_(None), Generation.source_key == key)))
     query = (
         select(Generation)
         .where(*conditions)

@@ -71,7 +71,7 @@ def test_a_finished_generation_keeps_every_field(database: Database) -> None:
     with database.session() as session:
         parent = create_generation(session, LOOP_REQUEST)
     with database.session() as session:
-        child = create_generation(session, loop_request(kind=GenerationKind.VARIATION, parent_id=parent.id))
+        child = create_generation(session, loop_request(kind=GenerationKind.VARIATION, parent_id=parent.id, target_key=REPORT.target_key))
         short_id = child.short_id
     with database.session() as session:
         assert mark_running(session, short_id, worker="gpu-1")
@@ -80,7 +80,7 @@ def test_a_finished_generation_keeps_every_field(database: Database) -> None:
     with database.session() as session:
         stored = get_generation(session, short_id)
         assert stored is not None
-        for name, value in vars(loop_request(kind=GenerationKind.VARIATION, parent_id=parent.id)).items():
+        for name, value in vars(loop_request(kind=GenerationKind.VARIATION, parent_id=parent.id, target_key=REPORT.target_key)).items():
             assert getattr(stored, name) == value, name
         for name, value in vars(REPORT).items():
             assert getattr(stored, name) == pytest.approx(value) if isinstance(value, float) else value, name
