@@ -15,6 +15,8 @@ from pathlib import Path, PurePosixPath
 LOOPS_DIR = "loops"
 AUDIO_SUFFIXES = frozenset({".wav", ".flac", ".ogg", ".mp3"})
 WAVEFORM_SUFFIX = ".png"
+STEMS_SUFFIX = ".zip"
+"""A mix's stems (each conformed layer and `jam.json`), beside its audio with the same stem."""
 LOOP_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 """What a loop's short id looks like (it names files)."""
 
