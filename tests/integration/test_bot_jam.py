@@ -27,7 +27,7 @@ import pytest
 import pytest_asyncio
 import soundfile as sf
 from bot_helpers import InProcessBot, NoWorkers
-from discord_double import DiscordDouble, FakeChannel, FakeMember, Permission
+from discord_double import DiscordDouble, FakeChannel, FakeMember, Permission, Upload
 from discord_double.inprocess import running_client
 from sqlalchemy import update
 from sqlalchemy.exc import OperationalError
@@ -213,6 +213,8 @@ async def test_start_posts_the_card_and_a_second_start_is_refused(double: Discor
     again = await answer(double, "jam start", {"bpm": 120}, where.bob, where.channel)
     assert again["data"]["flags"] & EPHEMERAL
     assert f"Jam #{jam_id} (92 BPM · 2 bars · 3/4 · A minor), started by <@{where.alice.user.id}>, is running" in text_of(again)
+    shown = await answer(double, "jam show", {}, where.bob, where.channel)
+    assert shown["data"]["flags"] & EPHEMERAL and shown["data"]["embeds"][0] == card["embeds"][0]
 
 
 async def test_an_unknown_key_is_refused_and_nothing_is_stored(double: DiscordDouble, bot: InProcessBot) -> None:
@@ -237,6 +239,20 @@ async def test_a_loop_in_a_jam_takes_its_tempo_length_and_key_without_a_bpm(doub
     assert response["data"]["embeds"][0]["description"] == "“dusty keys” · 92 BPM · 2 bars · 4/4 · A minor"
     (row,) = rows_of(bot, where.bob)
     assert (row.bpm, row.bars, row.beats_per_bar, row.prompt) == (92, 2, 4, "dusty keys")
+
+
+async def test_loopify_in_a_jam_takes_its_shape_without_a_bpm(double: DiscordDouble, bot: InProcessBot) -> None:
+    where = place(double, "loopify-in-jam")
+    await start(double, bot, where, bars=8)
+    wav = io.BytesIO()
+    sf.write(wav, np.zeros(32000, dtype=np.float32) + 0.1, 32000, format="WAV")
+    since = len(double.requests)
+    sent = await double.slash("loopify", {"file": Upload("take.wav", wav.getvalue(), "audio/wav")}, user=where.bob, channel=where.channel)
+    await sent.wait_callback(timeout=5)
+    queued = await double.wait_for_request(FOLLOW_UP, lambda r: r.path_params["token"] == sent.token, since=since, timeout=10)
+    assert queued.json["embeds"][0]["description"] == "“loopify: take.wav” · 92 BPM · 8 bars · 4/4 · A minor"
+    (row,) = rows_of(bot, where.bob)
+    assert (row.bpm, row.bars, row.source_path is not None) == (92, 8, True)
 
 
 @QUEUE_SIDE
@@ -402,7 +418,7 @@ async def test_the_queue_refuses_a_mix_without_layers_and_keeps_a_mixs_layers(do
     where = place(double, "mix-queue-side")
     jam_id, _ = await start(double, bot, where)
     empty = await answer(double, "jam mix", {}, where.bob, where.channel)
-    assert empty["data"]["flags"] & EPHEMERAL and rows_of(bot, where.bob) == []
+    assert empty["data"].get("flags", 0) & EPHEMERAL and rows_of(bot, where.bob) == []
     layers = [finished(bot, where, where.carol, f"layer {n}") for n in (1, 2)]
     for loop_id in layers:
         await answer(double, "jam add", {"id": loop_id}, where.carol, where.channel)
