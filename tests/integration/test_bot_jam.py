@@ -34,6 +34,7 @@ from sqlalchemy.exc import OperationalError
 from storage_helpers import loop_request
 
 from bot.cogs import jam as jam_cog
+from bot.cogs import loops as loops_cog
 from bot.cogs.loops import NO_BPM
 from generation.config import Settings
 from generation.jobs import QueueService
@@ -569,3 +570,19 @@ async def test_history_filters_by_jam_bpm_and_key(double: DiscordDouble, bot: In
     assert title.endswith("· F# minor") and [name.split()[0] for name in names] == [f"`{in_jam}`"]
     refused = await answer(double, "history", {"key": "H"}, where.bob, where.channel)
     assert refused["data"]["flags"] & EPHEMERAL and text_of(refused).startswith("Unknown key 'H'")
+
+
+async def test_a_database_outage_is_explained_to_jam_and_loop_users(
+    double: DiscordDouble, bot: InProcessBot, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def unreachable(*_: object) -> None:
+        raise OperationalError("SELECT", {}, Exception("connection refused"))
+
+    where = place(double, "outage")
+    monkeypatch.setattr(jam_cog, "_running_card", unreachable)
+    monkeypatch.setattr(loops_cog, "_in_jam", unreachable)
+    for command, options in (("jam show", {}), ("jam mix", {}), ("loop", {"prompt": "dub", "bpm": 90})):
+        response = await answer(double, command, options, where.bob, where.channel)
+        assert response["data"]["flags"] & EPHEMERAL, command
+        assert text_of(response) == "The queue's database is unreachable right now; please try again in a minute.", command
+    assert rows_of(bot, where.bob) == []
