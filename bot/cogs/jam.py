@@ -167,7 +167,7 @@ class Jam(commands.Cog):
         meter="Time signature (default 4/4)",
     )
     @app_commands.choices(bars=BARS_CHOICES, meter=METER_CHOICES)  # type: ignore[misc]  # int and str choices together
-    async def start_jam(
+    async def start_session(
         self,
         interaction: discord.Interaction,
         bpm: app_commands.Range[float, BPM_MIN, BPM_MAX],
@@ -184,7 +184,7 @@ class Jam(commands.Cog):
         message_id = sent.message_id or (await interaction.original_response()).id
         await self.bot.in_db(set_jam_card, card.jam_id, message_id)
 
-    @start_jam.autocomplete("key")
+    @start_session.autocomplete("key")
     async def start_keys(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
         return key_choices(current)
 
@@ -252,7 +252,7 @@ class Jam(commands.Cog):
         await self.loops.enqueue(interaction, request)
 
     @group.command(name="stop", description="End this channel's jam (its starter or Manage Server).")
-    async def stop_jam(self, interaction: discord.Interaction) -> None:
+    async def stop_session(self, interaction: discord.Interaction) -> None:
         card: JamCard = await self.bot.in_db(_stop, Here.of(interaction), Member.of(interaction))
         await interaction.response.send_message(
             f"{card.name} has ended. Its loops and mixes stay in /history (jam:{card.jam_id}).", ephemeral=True)
