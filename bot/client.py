@@ -20,11 +20,12 @@ from .background import LagMonitor
 from .cogs.admin import Settings as SettingsCog
 from .cogs.delivery import Deliveries
 from .cogs.history import History
+from .cogs.jam import Jam
 from .cogs.loops import Loops
 from .cogs.status import Status
 from .core import BotCore
 from .replies import resume_replies, save_replies
-from .views import CancelButton, LoopActionButton
+from .views import CancelButton, JamAddButton, JamMixButton, JamReplaceSelect, LoopActionButton
 
 if tp.TYPE_CHECKING:
     from generation.jobs.service import QueueService
@@ -45,12 +46,13 @@ SCHEMA_HASH_FILE = "commands.sha256"
 
 
 class LoopJamBot(BotCore):
-    """Cogs reach each other through its typed attributes (`bot.loops`, `bot.delivery`), not `get_cog`."""
+    """Cogs reach each other through its typed attributes (`bot.loops`, `bot.delivery`, `bot.jam`), not `get_cog`."""
 
     def __init__(self, settings: Settings, service: QueueService, database: Database, *, sync_guild: int | None = None) -> None:
         super().__init__(settings, service, database, sync_guild=sync_guild)
         self.loops = Loops(self)
         self.delivery = Deliveries(self)
+        self.jam = Jam(self, self.loops)
         self.metrics: web.AppRunner | None = None
         self.lag = LagMonitor()
         self.stopping = False
@@ -58,15 +60,16 @@ class LoopJamBot(BotCore):
         self._closing: asyncio.Future[None] | None = None
 
     async def load_cogs(self) -> None:
-        for cog in (self.loops, History(self, self.loops), Status(self), SettingsCog(self), self.delivery):
+        for cog in (self.loops, History(self, self.loops), Status(self), SettingsCog(self), self.delivery, self.jam):
             await self.add_cog(cog)
-        self.add_dynamic_items(LoopActionButton, CancelButton)
+        self.add_dynamic_items(LoopActionButton, CancelButton, JamMixButton, JamAddButton, JamReplaceSelect)
 
     async def setup_hook(self) -> None:
         await self.load_cogs()
         await self.sync_commands_if_changed()
         await resume_replies(self, self.tracker, self.database)  # before the queue's first events
         self.delivery.start()
+        self.jam.start()
         self.lag.start()
         self.metrics = await start_metrics_server(self.settings.metrics, self.service, event_loop_lag=self.lag.take_worst_s)
         await self.service.start()
@@ -80,6 +83,7 @@ class LoopJamBot(BotCore):
     async def _close(self) -> None:
         self.stopping = True
         await self.delivery.stop()
+        await self.jam.stop()
         await self.lag.stop()
         await self.service.stop()
         await save_replies(self.tracker, self.database)

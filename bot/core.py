@@ -14,8 +14,9 @@ from discord import app_commands
 from discord.ext import commands
 
 from generation.config import Settings, model_label
-from generation.storage import Database
+from generation.storage import Database, redact
 
+from .background import one_line
 from .errors import LoopJamTree, UserFacingError
 from .text import NO_PINGS
 from .tracker import JobTracker
@@ -67,6 +68,10 @@ class BotCore(commands.Bot):
     async def read_db(self, work: tp.Callable[..., tp.Any], *args: tp.Any, **kwargs: tp.Any) -> tp.Any:
         """`in_db` for work that only reads: it never waits for the queue's writes."""
         return await asyncio.to_thread(_unit_of_work, self.database.reading, work, args, kwargs)
+
+    def describe_error(self, error: BaseException) -> str:
+        """A background task's error as one log line, the database's password hidden."""
+        return redact(one_line(error), self.database.url)
 
     async def channel_for(self, channel_id: int) -> discord.abc.Messageable:
         channel = self.get_channel(channel_id) or await self.fetch_channel(channel_id)

@@ -37,10 +37,19 @@ def describe_eta(seconds: float | None) -> str:
     return f", about {seconds / 60:.0f} min"
 
 
-def request_line(prompt: str, shape: LoopShape) -> str:
-    meter = METER_BY_BEATS.get(shape.beats_per_bar, f"{shape.beats_per_bar}/4")
+def meter_text(shape: LoopShape) -> str:
+    return METER_BY_BEATS.get(shape.beats_per_bar, f"{shape.beats_per_bar}/4")
+
+
+def shape_text(shape: LoopShape, key: str | None = None) -> str:
+    """ "92 BPM · 4 bars · 4/4", and " · A minor" when a key is asked for."""
     bars = shape.bars
-    return f"“{quote(prompt)}” · {format_bpm(shape.bpm)} BPM · {bars} bar{'s' if bars != 1 else ''} · {meter}"
+    text = f"{format_bpm(shape.bpm)} BPM · {bars} bar{'s' if bars != 1 else ''} · {meter_text(shape)}"
+    return f"{text} · {key}" if key else text
+
+
+def request_line(prompt: str, shape: LoopShape, key: str | None = None) -> str:
+    return f"“{quote(prompt)}” · {shape_text(shape, key)}"
 
 
 def queued_embed(job_id: str, request: str, position: int, eta: float | None, requester: discord.abc.User) -> discord.Embed:
@@ -103,3 +112,16 @@ def key_text(report: tp.Mapping[str, tp.Any]) -> str:
     if shift and report.get("target_key"):
         return f"{report['target_key']} (moved {shift:+d} semitones from {found})"
     return str(found)
+
+
+def mix_embed(job_id: str, jam_id: int | None, shape: LoopShape, key: str | None, layers: list[tuple[str, str]],
+              credit: str) -> discord.Embed:
+    """A jam's mix: its jam, shape and key, and its layers as (loop id, prompt), in order."""
+    where = f"Jam #{jam_id} · " if jam_id is not None else ""
+    embed = discord.Embed(title="Jam mix", description=f"{where}{shape_text(shape, key)}", colour=COLOUR)
+    lines = [f"{number}. “{quote(prompt, 80)}” · `{loop_id}`" for number, (loop_id, prompt) in enumerate(layers, start=1)]
+    embed.add_field(name="Layers", value="\n".join(lines) or "none", inline=False)
+    embed.add_field(name="Length", value=f"{shape.seconds:.2f} s")
+    embed.add_field(name="Made", value=credit, inline=False)
+    embed.set_footer(text=f"id {job_id}")
+    return embed

@@ -15,6 +15,7 @@ import discord
 from discord import app_commands
 
 from generation.jobs.api import QueueUnavailable
+from generation.storage import is_unavailable
 
 from .shutdown import refused_while_stopping
 
@@ -43,6 +44,8 @@ def describe(error: Exception) -> tuple[str, str | None]:
         return str(error), None
     if isinstance(original, QueueUnavailable):  # its database is away: a sentence for the user, nothing to look up
         return str(original), None
+    if is_unavailable(original):  # the same outage met by the bot's own reads (a jam, a loop by its id)
+        return str(QueueUnavailable()), None
     if isinstance(error, app_commands.MissingPermissions):
         missing = ", ".join(p.replace("_", " ") for p in error.missing_permissions)
         return f"You need the {missing} permission for this.", None

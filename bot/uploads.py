@@ -1,15 +1,21 @@
-"""Making a loop fit the guild's upload limit: WAV, then FLAC, then OGG Vorbis."""
+"""Making a loop (or a mix's stems) fit the guild's upload limit: WAV, then FLAC, then OGG Vorbis."""
 
 from __future__ import annotations
 
+import json
+import tempfile
+import zipfile
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from generation.audio_io import read_audio, write_audio
+from generation.jobs.files import AUDIO_SUFFIXES
 
 from .text import file_size
 
 SMALLER_FORMATS = ("flac", "ogg")
+FORMAT_NAMES = {"flac": "FLAC (lossless)", "ogg": "OGG Vorbis (lossy)"}
+MANIFEST = "jam.json"
 ENVELOPE_BYTES = 64 * 1024
 """Room left for the embed, the picture and the multipart framing."""
 
@@ -34,6 +40,59 @@ def fit_upload(original: Path, filesize_limit: int) -> Upload:
     for fmt in SMALLER_FORMATS:
         smaller = write_audio(original.with_suffix(f".{fmt}"), audio, rate, fmt)
         if smaller.stat().st_size <= budget:
-            name = "FLAC (lossless)" if fmt == "flac" else "OGG Vorbis (lossy)"
-            return Upload(smaller, f"Sent as {name}: the WAV was over this server's upload limit.")
+            return Upload(smaller, f"Sent as {FORMAT_NAMES[fmt]}: the WAV was over this server's upload limit.")
     raise TooLargeToUpload(f"The loop is too large to upload here even as OGG ({file_size(smaller.stat().st_size)}).")
+
+
+def fit_stems(original: Path, filesize_limit: int) -> Upload | None:
+    """The stems zip as it is, else rebuilt (beside it) with its stems as FLAC, then OGG, whichever fits
+    `filesize_limit` bytes first; None when even OGG does not (the mix is posted without its stems)."""
+    budget = filesize_limit - ENVELOPE_BYTES
+    if original.stat().st_size <= budget:
+        return Upload(original, None)
+    for fmt in SMALLER_FORMATS:
+        smaller = reencoded_stems(original, fmt)
+        if smaller.stat().st_size <= budget:
+            return Upload(smaller, f"Stems sent as {FORMAT_NAMES[fmt]}: as they were, they were over this server's upload limit.")
+    return None
+
+
+def reencoded_stems(original: Path, fmt: str) -> Path:
+    """A copy of the stems zip, `<name>-<fmt>.zip`, with every stem in format `fmt` and jam.json naming the new files.
+
+    Entries are read by their base name only: a zip's paths are data, never places to write.
+    """
+    target = original.with_name(f"{original.stem}-{fmt}{original.suffix}")
+    renamed: dict[str, str] = {}
+    manifest: bytes | None = None
+    with tempfile.TemporaryDirectory() as scratch, zipfile.ZipFile(original) as source, \
+            zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as out:
+        for entry in source.infolist():
+            name = PurePosixPath(entry.filename).name
+            if entry.is_dir() or not name:
+                continue
+            if name == MANIFEST:
+                manifest = source.read(entry)
+            elif PurePosixPath(name).suffix.lower() in AUDIO_SUFFIXES:
+                unpacked = Path(scratch) / name
+                unpacked.write_bytes(source.read(entry))
+                audio, rate = read_audio(unpacked)
+                smaller = write_audio(unpacked.with_suffix(f".{fmt}"), audio, rate, fmt)
+                renamed[name] = smaller.name
+                out.write(smaller, smaller.name)
+            else:
+                out.writestr(name, source.read(entry))
+        if manifest is not None:
+            out.writestr(MANIFEST, renamed_manifest(manifest, renamed))
+    return target
+
+
+def renamed_manifest(manifest: bytes, renamed: dict[str, str]) -> bytes:
+    """jam.json with each layer's `stem` renamed as its file was; as it was when it is not the JSON expected."""
+    try:
+        jam = json.loads(manifest)
+        for layer in jam["layers"]:
+            layer["stem"] = renamed.get(layer["stem"], layer["stem"])
+    except (ValueError, KeyError, TypeError):
+        return manifest
+    return json.dumps(jam, indent=2).encode()

@@ -13,9 +13,9 @@ from pathlib import Path
 from discord.ext import commands
 
 from generation.jobs.api import JobCancelled, JobDone, JobEvent, JobFailed, JobProgress
-from generation.storage import redact, sweep_audio, sweep_uploads
+from generation.storage import sweep_audio, sweep_uploads
 
-from ..background import Periodic, TaskSet, one_line
+from ..background import Periodic, TaskSet
 from ..delivery import ResultPoster
 
 if tp.TYPE_CHECKING:
@@ -32,8 +32,8 @@ class Deliveries(commands.Cog):
         self.poster = ResultPoster(bot)
         self.outcomes = TaskSet()
         self.redelivery = Periodic("redelivery", self._redeliver, bot.settings.discord.redelivery_interval_s,
-                                   describe=self._describe)
-        self.retention = Periodic("retention sweep", self._sweep_expired, RETENTION_INTERVAL_S, describe=self._describe)
+                                   describe=bot.describe_error)
+        self.retention = Periodic("retention sweep", self._sweep_expired, RETENTION_INTERVAL_S, describe=bot.describe_error)
 
     def start(self) -> None:
         """Follow the queue's events and start the outbox and retention passes (once the bot runs)."""
@@ -78,6 +78,3 @@ class Deliveries(commands.Cog):
         uploads = await self.bot.in_db(sweep_uploads, Path(storage.data_dir), storage.retention_days)
         if uploads:
             log.info("retention: deleted %d upload(s) no job needs", uploads)
-
-    def _describe(self, error: BaseException) -> str:
-        return redact(one_line(error), self.bot.database.url)

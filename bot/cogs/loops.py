@@ -1,4 +1,12 @@
-"""/loop, /loopify and the buttons under a loop: everything that puts a job on the queue."""
+"""/loop, /loopify and the buttons under a loop: everything that puts a job on the queue.
+
+In a channel with a running jam, /loop and /loopify take the jam's tempo, bars, meter and key: `bpm`
+may be left out, and the request names the jam's key (the result is moved into it) and the jam. A
+user who passes another bpm, bars or meter there gets the loop in the jam's shape anyway, with an
+ephemeral note saying so: a loop that does not fit the jam could never join it, and a note keeps the
+loop coming where a refusal would make them ask again. Outside a jam `bpm` is required (a friendly
+error says to give one or start a jam).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +14,7 @@ import asyncio
 import contextlib
 import re
 import typing as tp
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import aiohttp
@@ -18,7 +26,7 @@ from generation.config import ALLOWED_BARS, BPM_MAX, BPM_MIN, MAX_BARS, MAX_SOUR
 from generation.jobs.api import MAX_VARIATIONS, Accepted, CancelOutcome, JobKind, JobRequest, QueueUnavailable, Refused
 from generation.prompts import InvalidRequest, check_source
 from generation.shape import LoopShape
-from generation.storage import UPLOADS_DIR, Generation, get_guild_generation, list_history
+from generation.storage import UPLOADS_DIR, Generation, get_guild_generation, list_history, running_jam, same_shape
 
 from .. import embeds
 from ..errors import RateLimited, UserFacingError
@@ -47,6 +55,24 @@ FORMAT_CHOICES = [app_commands.Choice(name=name, value=value) for name, value in
                   (("WAV", "wav"), ("FLAC", "flac"), ("OGG Vorbis", "ogg"))]
 
 
+NO_BPM = "Give a bpm, or start a jam in this channel with /jam start: loops made here then take its tempo."
+
+
+@dataclass(frozen=True)
+class Placed:
+    """Where a new loop's shape and key come from: the user's options, or the channel's running jam."""
+
+    shape: LoopShape
+    key: str | None = None
+    jam_id: int | None = None
+    note: str | None = None
+    """Set when the jam's shape replaced one the user asked for: told to them alone."""
+
+
+def no_such_loop(job_id: str) -> UserFacingError:
+    return UserFacingError(f"There is no loop with the id {quote(job_id, 40)}. /history lists them.")
+
+
 class Loops(commands.Cog):
     def __init__(self, bot: BotCore) -> None:
         self.bot = bot
@@ -71,8 +97,23 @@ class Loops(commands.Cog):
         if interaction.guild_id is not None:  # in a DM no id resolves: loops belong to servers
             row = await self.bot.read_db(get_guild_generation, job_id, interaction.guild_id)
         if row is None:
-            raise UserFacingError(f"There is no loop with the id {quote(job_id, 40)}. /history lists them.")
+            raise no_such_loop(job_id)
         return row
+
+    async def place(self, interaction: discord.Interaction, bpm: float | None, bars: int | None, meter: str | None) -> Placed:
+        """The shape (and key and jam) of a loop asked for here: the running jam's, else the options given."""
+        jam: Placed | None = await self.bot.read_db(_in_jam, interaction.channel_id)
+        if jam is None:
+            if bpm is None:
+                raise UserFacingError(NO_BPM)
+            return Placed(LoopShape(bpm, bars or 4, BEATS_BY_METER[meter or "4/4"]))
+        shape = jam.shape
+        asked = LoopShape(bpm or shape.bpm, bars or shape.bars, BEATS_BY_METER[meter] if meter else shape.beats_per_bar)
+        if same_shape(asked, shape):
+            return jam
+        return replace(jam, note=(
+            f"This channel's Jam #{jam.jam_id} plays {embeds.shape_text(shape, jam.key)}, so your loop is made at that, "
+            f"not at the {embeds.shape_text(asked)} you asked for. For another tempo or length, ask in another channel."))
 
     def role_ids(self, interaction: discord.Interaction) -> frozenset[int]:
         roles = getattr(interaction.user, "roles", None) or []
@@ -87,7 +128,7 @@ class Loops(commands.Cog):
                 raise RateLimited(result.without_wait, result.retry_after)
             raise UserFacingError(result.message)
         assert isinstance(result, Accepted)
-        line = embeds.request_line(request.prompt, request.shape)
+        line = embeds.request_line(request.prompt, request.shape, request.key)
         embed = embeds.queued_embed(result.job_id, line, result.position, result.eta_seconds, interaction.user)
         self.bot.tracker.track(TrackedJob(result.job_id, line, interaction))
         if interaction.response.is_done():  # deferred (/loopify, while downloading): the follow-up fills the reply
@@ -95,15 +136,22 @@ class Loops(commands.Cog):
         else:
             await interaction.response.send_message(embed=embed, view=cancel_view(result.job_id), allowed_mentions=NO_PINGS)
 
+    async def enqueue_placed(self, interaction: discord.Interaction, request: JobRequest, placed: Placed) -> None:
+        """`enqueue` a loop placed by `place`, then tell its requester alone when the jam's shape replaced theirs."""
+        await self.enqueue(interaction, replace(request, shape=placed.shape, key=placed.key, jam_id=placed.jam_id))
+        if placed.note:
+            with contextlib.suppress(discord.HTTPException):  # the loop is queued: a lost note must not undo that
+                await interaction.followup.send(placed.note, ephemeral=True, allowed_mentions=NO_PINGS)
+
     # --- /loop ----------------------------------------------------------------------------------
 
     @app_commands.command(name="loop", description="Make a loop that repeats seamlessly at an exact tempo.")
     @app_commands.guild_only()
     @app_commands.describe(
         prompt="What it should sound like, e.g. “dusty boom bap, vinyl crackle”",
-        bpm=f"Tempo in beats per minute, {BPM_MIN:g} to {BPM_MAX:g} (decimals allowed)",
-        bars="Length in bars (default 4)",
-        meter="Time signature (default 4/4)",
+        bpm=f"Tempo in beats per minute, {BPM_MIN:g} to {BPM_MAX:g} (decimals allowed); in a jam, the jam's",
+        bars="Length in bars (default 4; in a jam, the jam's)",
+        meter="Time signature (default 4/4; in a jam, the jam's)",
         variations=f"How many different loops to make at once (1-{MAX_VARIATIONS})",
         temperature="Sampling temperature: lower is safer, higher is wilder (default 1.0)",
         top_k="Sample from the k most likely tokens (default 250)",
@@ -118,9 +166,9 @@ class Loops(commands.Cog):
         self,
         interaction: discord.Interaction,
         prompt: app_commands.Range[str, 1, PROMPT_MAX_CHARS],
-        bpm: app_commands.Range[float, BPM_MIN, BPM_MAX],
-        bars: int = 4,
-        meter: str = "4/4",
+        bpm: app_commands.Range[float, BPM_MIN, BPM_MAX] | None = None,
+        bars: int | None = None,
+        meter: str | None = None,
         variations: app_commands.Range[int, 1, MAX_VARIATIONS] = 1,
         temperature: app_commands.Range[float, 0.05, 2.0] | None = None,
         top_k: app_commands.Range[int, 0, 2048] | None = None,
@@ -132,13 +180,14 @@ class Loops(commands.Cog):
     ) -> None:
         if model is not None:
             model = self.bot.allowed_model(model)
+        placed = await self.place(interaction, bpm, bars, meter)
         request = JobRequest(
-            user_id=interaction.user.id, prompt=prompt, shape=LoopShape(bpm, bars, BEATS_BY_METER[meter]),
+            user_id=interaction.user.id, prompt=prompt, shape=placed.shape,
             guild_id=interaction.guild_id, channel_id=interaction.channel_id, role_ids=self.role_ids(interaction),
             model=model, seed=seed, temperature=temperature, top_k=top_k, top_p=top_p, cfg_coef=cfg,
             variations=variations, audio_format=format,
         )
-        await self.enqueue(interaction, request)
+        await self.enqueue_placed(interaction, request, placed)
 
     @loop.autocomplete("prompt")
     async def recent_prompts(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
@@ -157,16 +206,18 @@ class Loops(commands.Cog):
 
     @app_commands.command(name="loopify", description="Make an exact-tempo loop from an audio file you upload.")
     @app_commands.guild_only()
-    @app_commands.describe(file=f"An audio file (WAV, FLAC, OGG, MP3), at most {MAX_SOURCE_SECONDS / 60:g} minutes", bpm="Its tempo in BPM",
-                           bars="Length of the loop in bars (default 4)", meter="Time signature (default 4/4)")
+    @app_commands.describe(file=f"An audio file (WAV, FLAC, OGG, MP3), at most {MAX_SOURCE_SECONDS / 60:g} minutes",
+                           bpm="Its tempo in BPM (in a jam, the jam's)",
+                           bars="Length of the loop in bars (default 4; in a jam, the jam's)",
+                           meter="Time signature (default 4/4; in a jam, the jam's)")
     @app_commands.choices(bars=BARS_CHOICES, meter=METER_CHOICES)  # type: ignore[misc]  # int and str choices together
     async def loopify(
         self,
         interaction: discord.Interaction,
         file: discord.Attachment,
-        bpm: app_commands.Range[float, BPM_MIN, BPM_MAX],
-        bars: int = 4,
-        meter: str = "4/4",
+        bpm: app_commands.Range[float, BPM_MIN, BPM_MAX] | None = None,
+        bars: int | None = None,
+        meter: str | None = None,
     ) -> None:
         content_type = file.content_type or ""
         if not content_type.startswith(AUDIO_TYPES):
@@ -174,17 +225,18 @@ class Loops(commands.Cog):
         if file.size > MAX_UPLOAD_BYTES:
             raise UserFacingError(f"That file is {file_size(file.size)}; the limit is {file_size(MAX_UPLOAD_BYTES)}.")
         self.check_channel(interaction)
+        placed = await self.place(interaction, bpm, bars, meter)
         # Answered before the download, which can take longer than the 3 seconds Discord waits.
         await interaction.response.defer(thinking=True)
         try:
             source = await self.download(file)
             request = JobRequest(
                 user_id=interaction.user.id, prompt=f"loopify: {shortened(file.filename, UPLOAD_NAME_CHARS)}",
-                shape=LoopShape(bpm, bars, BEATS_BY_METER[meter]), guild_id=interaction.guild_id,
+                shape=placed.shape, guild_id=interaction.guild_id,
                 channel_id=interaction.channel_id, role_ids=self.role_ids(interaction), source_audio=source,
             )
             try:
-                await self.enqueue(interaction, request)
+                await self.enqueue_placed(interaction, request, placed)
             except (UserFacingError, QueueUnavailable):
                 Path(source).unlink(missing_ok=True)  # not queued: the upload is not kept
                 raise
@@ -243,6 +295,12 @@ class Loops(commands.Cog):
         if not result.ok:
             raise UserFacingError(result.message)
         await interaction.response.edit_message(embed=discord.Embed(title="Cancelled", description=result.message), view=None)
+
+
+def _in_jam(session: tp.Any, channel_id: int | None) -> Placed | None:
+    """A loop asked for in the channel, placed in its running jam; None when no jam runs there."""
+    jam = running_jam(session, channel_id) if channel_id is not None else None
+    return Placed(jam.shape, jam.key, jam.id) if jam is not None else None
 
 
 def info_embed(row: tp.Any) -> discord.Embed:

@@ -16,7 +16,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from ..shape import LoopShape
-from .models import Generation, GenerationStatus, JamLayer, JamSession, utcnow
+from .models import Generation, GenerationKind, GenerationStatus, JamLayer, JamSession, utcnow
 from .repository import BPM_TOLERANCE
 
 MAX_LAYERS = 8
@@ -42,6 +42,8 @@ class LayerOutcome(str, enum.Enum):
     OTHER_SHAPE = "other_shape"
     NO_SUCH_LAYER = "no_such_layer"
     """The layer to replace is not (any longer) in the jam."""
+    MIX = "mix"
+    """A jam's mix is made of layers; it is not one."""
 
 
 def same_shape(first: LoopShape, second: LoopShape) -> bool:
@@ -78,6 +80,8 @@ def start_jam(session: Session, new: NewJam) -> JamSession | None:
 def add_layer(session: Session, jam: JamSession, loop: Generation, added_by: int, *, replacing: int | None = None) -> LayerOutcome:
     """Add a finished loop of the jam's shape as its last layer, or in place of layer `replacing` (1-based),
     which then leaves the jam and the new one comes last."""
+    if loop.kind is GenerationKind.MIX:
+        return LayerOutcome.MIX
     if loop.status is not GenerationStatus.DONE:
         return LayerOutcome.NOT_FINISHED
     if not same_shape(loop.shape, jam.shape):
@@ -132,3 +136,11 @@ def set_jam_card(session: Session, jam_id: int, message_id: int) -> None:
     jam = session.get(JamSession, jam_id)
     if jam is not None:
         jam.card_message_id = message_id
+
+
+def latest_mix(session: Session, jam_id: int) -> Generation | None:
+    """The jam's newest mix that was posted (the card links to it)."""
+    query = (select(Generation)
+             .where(Generation.jam_id == jam_id, Generation.kind == GenerationKind.MIX, Generation.posted_message_id.is_not(None))
+             .order_by(Generation.id.desc()).limit(1))
+    return session.scalar(query)

@@ -77,7 +77,7 @@ def downgrade() -> None:
     # Foreign keys are off on SQLite while migrating: what refers to a mix goes with it by hand.
     mixes = "SELECT id FROM generations WHERE kind = 'mix'"
     op.execute(sa.text(f"DELETE FROM deliveries WHERE generation_id IN ({mixes})"))
-    op.execute(sa.text(f"DELETE FROM interaction_replies WHERE job_id IN (SELECT short_id FROM generations WHERE kind = 'mix')"))
+    op.execute(sa.text("DELETE FROM interaction_replies WHERE job_id IN (SELECT short_id FROM generations WHERE kind = 'mix')"))
     op.execute(sa.text(f"UPDATE generations SET parent_id = NULL WHERE parent_id IN ({mixes})"))
     op.execute(sa.text("DELETE FROM generations WHERE kind = 'mix'"))
     with op.batch_alter_table("generations", recreate="auto") as batch:

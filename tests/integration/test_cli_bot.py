@@ -45,7 +45,7 @@ def test_commands_prints_the_schema_that_would_be_synced() -> None:
     result = CliRunner().invoke(app, ["commands"])
     assert result.exit_code == 0, result.output
     schema = {command["name"]: command for command in json.loads(result.output)}
-    assert set(schema) == {"loop", "loopify", "history", "replay", "status", "settings"}
+    assert set(schema) == {"loop", "loopify", "history", "replay", "status", "settings", "jam"}
     options = {option["name"]: option for option in schema["loop"]["options"]}
     assert options["bpm"]["min_value"] == 40 and options["bpm"]["max_value"] == 240
     assert options["prompt"]["max_length"] == 500 and options["prompt"]["autocomplete"]
