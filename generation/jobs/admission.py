@@ -19,7 +19,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Protocol
 
-from ..config import PROMPT_MAX_CHARS, Settings
+from ..config import Settings
 from ..guild_rules import GuildRules
 from ..music import Key, UnknownKey, parse_key, prompt_words
 from ..prompts import InvalidRequest, build_prompt, check_source, validate_request
@@ -190,7 +190,7 @@ def check_request(
 
 def mix_prompt(layers: int) -> str:
     """What a mix is called in the history, where a loop has its prompt."""
-    return f"jam mix: {layers} layer{'s' if layers != 1 else ''}"[:PROMPT_MAX_CHARS]
+    return f"jam mix: {layers} layer{'s' if layers != 1 else ''}"
 
 
 def check_mix(

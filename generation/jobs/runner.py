@@ -150,9 +150,13 @@ class _Batch:
             self.generate(generated)
 
     def without_model(self, item: WorkItem) -> bool:
-        """Run a loopify or a mix (they start from audio, not from the model); False for any other job."""
+        """Run a loopify or a mix (they start from audio, not from the model); False for any other job.
+
+        One cancelled before its turn is not run (and gets no event)."""
         if item.source_audio is None and item.mix is None:
             return False
+        if item.job_id in self.cancelled:
+            return True
         self.send(WorkProgress((item.job_id,), "looping", 0.0))
         try:
             if item.mix is not None:
