@@ -38,6 +38,8 @@ class LayerOrigin:
     prompt: str | None = None
     seed: int | None = None
     model: str | None = None
+    loop_id: str | None = None
+    """The loop's short id in the history, for a layer of a jam made in Discord."""
 
     @property
     def name(self) -> str:
@@ -80,7 +82,8 @@ class MixedLayer:
     def as_dict(self) -> dict[str, Any]:
         """JSON-able: origin, gain, shift, whether it was conformed and the engine's verdict then."""
         return {
-            "file": self.origin.file, "prompt": self.origin.prompt, "seed": self.origin.seed, "model": self.origin.model,
+            "file": self.origin.file, "loop_id": self.origin.loop_id, "prompt": self.origin.prompt, "seed": self.origin.seed,
+            "model": self.origin.model,
             "gain_db": self.gain_db, "shift_semitones": self.shift_semitones, "conformed": self.conformed,
             "verdict": self.report.verdict if self.report else None, "drum": self.drum, "source_key": self.source_key,
         }
@@ -97,6 +100,28 @@ class MixResult:
     """Integrated loudness of the mix; None when it is silent."""
     key: Key | None = None
     """The key the layers were moved into, when one was asked for."""
+
+    def report(self) -> dict[str, Any]:
+        """The mix as a loop report (`LoopReport.as_dict`'s field names, JSON scalars only), for the history.
+
+        Its verdict and reason are those of the worst layer the loop engine had to cut ("good" when
+        every layer was an exact loop); its key is the one found in the mix; `key_shift_semitones` is
+        0: the mix itself is not moved (its layers' shifts are in jam.json).
+        """
+        cut = [(number, layer.report) for number, layer in enumerate(self.layers, start=1) if layer.report is not None]
+        worst = min(cut, key=lambda each: each[1].quality, default=None)
+        estimate = detect_key(self.audio, self.sample_rate)
+        return {
+            "source_bpm": self.shape.bpm, "stretch_ratio": 1.0, "source_start_seconds": 0.0,
+            "loudness_lufs": None if self.loudness_lufs is None else round(self.loudness_lufs, 4),
+            "verdict": worst[1].verdict if worst is not None else "good",
+            "reason": f"layer {worst[0]}: {worst[1].reason}" if worst is not None and worst[1].reason else None,
+            "source_key": estimate.key.name if estimate.key is not None else None,
+            "key_confidence": round(estimate.confidence, 3),
+            "target_key": self.key.name if self.key is not None else None,
+            "key_shift_semitones": 0 if self.key is not None else None,
+            "layers": len(self.layers), "conformed_layers": len(cut),
+        }
 
 
 def read_layer(path: Path, gain_db: float = 0.0) -> Layer:

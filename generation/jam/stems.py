@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import json
 import re
+import tempfile
 import unicodedata
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -71,3 +73,14 @@ def write_stems(result: MixResult, directory: Path, fmt: str, ceiling_db: float)
     manifest = directory / MANIFEST
     manifest.write_text(json.dumps(jam_manifest(result, made), indent=2) + "\n")
     return [*paths, manifest]
+
+
+def write_stems_zip(result: MixResult, path: Path, fmt: str, ceiling_db: float) -> Path:
+    """Write the stems and `jam.json` as one zip file at `path` (a mix's "Stems" download); returns `path`."""
+    with tempfile.TemporaryDirectory(prefix="loopjam-stems-") as scratch:
+        written = write_stems(result, Path(scratch), fmt, ceiling_db)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+            for each in written:
+                archive.write(each, each.name)
+    return path

@@ -21,6 +21,7 @@ from typing import Protocol
 
 from ..config import Settings
 from ..guild_rules import GuildRules
+from ..music import Key, UnknownKey, parse_key, prompt_words
 from ..prompts import InvalidRequest, build_prompt, check_source, validate_request
 from ..seeds import new_seed, variation_seeds
 from ..storage import (
@@ -28,14 +29,24 @@ from ..storage import (
     GenerationKind,
     GenerationStatus,
     GuildSettings,
+    JamSession,
     NewGeneration,
     Session,
     create_request_groups,
     get_guild_generation,
+    get_jam,
+    running_jam,
+    touch_jam,
     utcnow,
 )
 from ..storage.queue import count_waiting_requests, guild_settings_of, queued_requests_by_user, request_times_by_user
 from .api import AUDIO_FORMATS, MAX_VARIATIONS, JobKind, JobRequest, RefusalKind, Refused
+
+NO_JAM = "There is no jam running in this channel. Start one with /jam start."
+EMPTY_JAM = "This jam has no layers yet: add loops with /jam add or the Add to jam button."
+KEEPS_PARENT_KEY = frozenset({JobKind.VARIATION, JobKind.REROLL, JobKind.DOUBLE, JobKind.REPLAY})
+"""Kinds made from a parent loop that keep its key when the request names none: they stay in the jam's
+key, and a replay sends the model the same words, so it reproduces the loop."""
 
 
 @dataclass(frozen=True)
@@ -79,6 +90,27 @@ def check_parent(request: JobRequest, parent: Generation | None) -> None:
         raise InvalidRequest("That loop isn't finished, so there is nothing to vary yet.")
 
 
+def target_key(request: JobRequest, parent: Generation | None) -> Key | None:
+    """The key the loops are moved into: the request's, else the parent's for a kind that keeps it
+    (`KEEPS_PARENT_KEY`); `InvalidRequest` for a key that is none."""
+    text = request.key
+    if text is None and parent is not None and resolved_kind(request) in KEEPS_PARENT_KEY:
+        text = parent.target_key
+    if text is None:
+        return None
+    try:
+        return parse_key(text)
+    except UnknownKey as error:
+        raise InvalidRequest(str(error)) from None
+
+
+def check_place(rules: GuildRules, request: JobRequest) -> None:
+    """Raise `InvalidRequest` when the guild does not take requests in this channel."""
+    if not rules.allows_channel(request.channel_id):
+        channels = ", ".join(f"<#{channel}>" for channel in rules.allowed_channel_ids)
+        raise InvalidRequest(f"Loops are made in {channels} on this server.")
+
+
 def check_options(request: JobRequest) -> None:
     """Raise `InvalidRequest` for a variation count, format or source file the queue does not take."""
     if not 1 <= request.variations <= MAX_VARIATIONS:
@@ -101,14 +133,18 @@ def request_seeds(request: JobRequest) -> list[int]:
 
 
 def check_request(
-    settings: Settings, request: JobRequest, guild: GuildSettings | None, parent: Generation | None = None
+    settings: Settings, request: JobRequest, guild: GuildSettings | None, parent: Generation | None = None,
+    jam: JamSession | None = None,
 ) -> list[NewGeneration] | Refused:
     """The request as rows to insert (one per variation), or an INVALID refusal saying what to change.
 
     A variation takes its parent's BPM, bars and meter: it is cut on the parent's grid. The rows
-    keep every option of the job (format, exact seed, a loopify's source file), so a restart
-    rebuilds it as it was asked for.
+    keep every option of the job (format, exact seed, a loopify's source file, the key), so a
+    restart rebuilds it as it was asked for. A key is stored by its name ("A minor") and named to
+    the model. `jam` is the jam the request names (`request_jam`): a mix's, or the one a loop is made in.
     """
+    if resolved_kind(request) is JobKind.MIX:
+        return check_mix(settings, request, guild, jam)
     if resolved_kind(request) is JobKind.VARIATION and parent is not None:
         request = replace(request, shape=parent.shape)
     rules = GuildRules.of(settings, guild)
@@ -117,11 +153,12 @@ def check_request(
         prompt = validate_request(request.prompt, request.shape)
         check_options(request)
         check_parent(request, parent)
+        key = target_key(request, parent)
+        if request.jam_id is not None and jam is None:
+            raise InvalidRequest(NO_JAM)
         if model not in settings.model.allowed and model != settings.model.name:
             raise InvalidRequest(f"The model {model!r} is not available here.")
-        if not rules.allows_channel(request.channel_id):
-            channels = ", ".join(f"<#{channel}>" for channel in rules.allowed_channel_ids)
-            raise InvalidRequest(f"Loops are made in {channels} on this server.")
+        check_place(rules, request)
         if request.shape.bars > rules.max_bars:
             raise InvalidRequest(f"This server allows loops of at most {rules.max_bars} bars.")
     except InvalidRequest as error:
@@ -131,7 +168,7 @@ def check_request(
         NewGeneration(
             user_id=request.user_id, guild_id=request.guild_id, channel_id=request.channel_id,
             prompt=prompt,
-            prompt_sent=build_prompt(prompt, request.shape).text,
+            prompt_sent=build_prompt(prompt, request.shape, None if key is None else prompt_words(key)).text,
             shape=request.shape,
             temperature=_or(request.temperature, generation.temperature),
             top_k=int(_or(request.top_k, generation.top_k)),
@@ -144,9 +181,57 @@ def check_request(
             audio_format=request.audio_format,
             exact_seed=request.exact_seed,
             source_path=request.source_audio,
+            jam_id=request.jam_id,
+            target_key=None if key is None else key.name,
         )
         for seed in request_seeds(request)
     ]
+
+
+def mix_prompt(layers: int) -> str:
+    """What a mix is called in the history, where a loop has its prompt."""
+    return f"jam mix: {layers} layer{'s' if layers != 1 else ''}"
+
+
+def check_mix(
+    settings: Settings, request: JobRequest, guild: GuildSettings | None, jam: JamSession | None
+) -> list[NewGeneration] | Refused:
+    """A mix of `jam` as its one row, or an INVALID refusal: the jam must be the one running in the
+    request's channel, with a layer at least.
+
+    The row is the jam's shape and key, and its layers' short ids as they are now: a layer added
+    or removed later does not change a mix already asked for. The mix needs no model; the row
+    names the default one, and a layer that must be made again uses its own.
+    """
+    rules = GuildRules.of(settings, guild)
+    try:
+        check_options(request)
+        if request.variations != 1:
+            raise InvalidRequest("A mix is one loop; ask for 1 variation.")
+        check_place(rules, request)
+        if jam is None or jam.ended_at is not None or (jam.guild_id, jam.channel_id) != (request.guild_id, request.channel_id):
+            raise InvalidRequest(NO_JAM)
+        if not jam.layers:
+            raise InvalidRequest(EMPTY_JAM)
+    except InvalidRequest as error:
+        return Refused(RefusalKind.INVALID, str(error))
+    generation, prompt = settings.generation, mix_prompt(len(jam.layers))
+    return [NewGeneration(
+        user_id=request.user_id, guild_id=request.guild_id, channel_id=request.channel_id,
+        prompt=prompt, prompt_sent=prompt, shape=jam.shape,
+        temperature=generation.temperature, top_k=generation.top_k, top_p=generation.top_p, cfg_coef=generation.cfg_coef,
+        seed=0, model=rules.default_model, kind=GenerationKind.MIX, audio_format=request.audio_format,
+        jam_id=jam.id, target_key=jam.key, mix_loop_ids=[layer.generation.short_id for layer in jam.layers],
+    )]
+
+
+def request_jam(session: Session, request: JobRequest) -> JamSession | None:
+    """The jam the request names (in its guild), or for a mix naming none, the one running in its channel."""
+    if request.jam_id is not None:
+        return get_jam(session, request.jam_id, request.guild_id)
+    if resolved_kind(request) is JobKind.MIX and request.channel_id is not None:
+        return running_jam(session, request.channel_id)
+    return None
 
 
 def rate_limited(limits: Limits, retry_after: float) -> Refused:
@@ -211,6 +296,8 @@ class Checked:
     request: JobRequest
     rows: list[NewGeneration]
     limits: Limits
+    jam: JamSession | None = None
+    """The jam the request names: a mix admitted touches it (its idle time starts again)."""
 
 
 @dataclass
@@ -261,8 +348,10 @@ def check_requests(session: Session, settings: Settings, requests: Sequence[JobR
     for request in requests:
         guild = guilds.get(request.guild_id) if request.guild_id is not None else None
         parent = None if request.parent_loop_id is None else get_guild_generation(session, request.parent_loop_id, request.guild_id)
-        rows = check_request(settings, request, guild, parent)
-        checked.append(rows if isinstance(rows, Refused) else Checked(request, rows, Limits.resolve(settings, guild, request.role_ids)))
+        jam = request_jam(session, request)
+        rows = check_request(settings, request, guild, parent, jam)
+        limits = Limits.resolve(settings, guild, request.role_ids)
+        checked.append(rows if isinstance(rows, Refused) else Checked(request, rows, limits, jam))
     return checked
 
 
@@ -287,6 +376,9 @@ def admit_group(
 
 
 def insert_admitted(session: Session, decided: Sequence[Checked | Refused]) -> list[list[Generation] | Refused]:
-    """Queue the rows of the requests let in (one flush for all); refusals pass through."""
+    """Queue the rows of the requests let in (one flush for all); refusals pass through. A mix let in touches its jam."""
+    for item in decided:
+        if isinstance(item, Checked) and item.jam is not None and resolved_kind(item.request) is JobKind.MIX:
+            touch_jam(item.jam)
     admitted = iter(create_request_groups(session, [item.rows for item in decided if isinstance(item, Checked)]))
     return [item if isinstance(item, Refused) else next(admitted) for item in decided]

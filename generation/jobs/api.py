@@ -161,7 +161,8 @@ class JobDone:
 
     job_id: str
     files: list[Path]
-    """The loop audio files (absolute paths); each has its waveform at `.with_suffix('.png')`."""
+    """The loop audio files (absolute paths); each has its waveform at `.with_suffix('.png')`, and a
+    mix its stems (a zip of its layers and jam.json) at `.with_suffix(files.STEMS_SUFFIX)`."""
     report: dict[str, Any]
     seed: int
     """The seed of the delivered candidate: `/replay` with it gives the same loop."""

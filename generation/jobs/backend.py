@@ -29,6 +29,22 @@ class ParentLoop:
 
 
 @dataclass(frozen=True)
+class MixLayer:
+    """One layer of a mix: a finished loop of the jam's shape, its kept audio, or how to make it again."""
+
+    loop_id: str
+    """The layer's loop (its public short id)."""
+    prompt: str
+    """As its user typed it: what the layer is called in the stems and jam.json."""
+    seed: int
+    model: str
+    audio_path: str | None
+    """Relative to the data directory; None (or a missing file) once the retention sweep took it."""
+    remake: WorkItem | None
+    """The loop as an exact-seed job, to regenerate it; None when it cannot be (a loopified upload, a mix)."""
+
+
+@dataclass(frozen=True)
 class WorkItem:
     """One job (one request, 1-4 loops) as a worker needs it: what to make, and nothing about who asked."""
 
@@ -51,6 +67,10 @@ class WorkItem:
     """Loopify: loop this file as it is, with no model."""
     parent: ParentLoop | None = None
     """Variation: the loop to continue."""
+    key: str | None = None
+    """The key the loops are moved into ("A minor", as `music.Key.name` writes it), or None to leave them in theirs."""
+    mix: tuple[MixLayer, ...] | None = None
+    """Mix: the layers to layer into one loop of `shape` (moved into `key`), with its stems; no model."""
 
     @property
     def seed(self) -> int:
@@ -61,9 +81,9 @@ class WorkItem:
     def batch_key(self) -> tuple[Any, ...]:
         """Jobs with equal keys can share one `generate` call: same model and sampling, similar length.
 
-        A loopify or a variation (its prompt audio fixes the batch's prompt length) runs alone.
+        A loopify, a mix or a variation (its prompt audio fixes the batch's prompt length) runs alone.
         """
-        if self.source_audio is not None or self.parent is not None:
+        if self.source_audio is not None or self.parent is not None or self.mix is not None:
             return ("alone", self.job_id)
         seconds = self.shape.seconds
         bucket = math.ceil(seconds / DURATION_BUCKET_S)

@@ -5,16 +5,19 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import replace
 
-from ..storage import Generation, GenerationKind, LoopReportFields
+from sqlalchemy.orm import object_session
+
+from ..storage import Generation, GenerationKind, LoopReportFields, get_generation
 from .api import Refused
-from .backend import ParentLoop, WorkItem
+from .backend import MixLayer, ParentLoop, WorkItem
 from .fair import QueuedJob
 
 
 def work_item(rows: Sequence[Generation]) -> WorkItem:
     """A request's rows (one per variation, in order) as the job a worker runs; call it in a session.
 
-    The rows keep every option of the job, so one rebuilt after a restart is the job as asked for.
+    The rows keep every option of the job (the key, a mix's layers), so one rebuilt after a restart
+    is the job as asked for.
     """
     first = rows[0]
     return WorkItem(
@@ -23,6 +26,7 @@ def work_item(rows: Sequence[Generation]) -> WorkItem:
         cfg_coef=first.cfg_coef, loop_ids=tuple(row.short_id for row in rows), seeds=tuple(row.seed for row in rows),
         exact_seed=first.exact_seed, audio_format=first.audio_format, source_audio=first.source_path,
         parent=parent_loop(first.parent) if first.kind is GenerationKind.VARIATION and first.parent else None,
+        key=first.target_key, mix=None if first.mix_loop_ids is None else mix_layers(first, first.mix_loop_ids),
     )
 
 
@@ -31,9 +35,27 @@ def work_items(decisions: Sequence[list[Generation] | Refused]) -> list[WorkItem
     return [work_item(rows) if isinstance(rows, list) else rows for rows in decisions]
 
 
+def remake(row: Generation) -> WorkItem:
+    """A finished loop as the job that makes it again: exactly its seed (a loopify loops its upload, a mix mixes)."""
+    return replace(work_item([row]), exact_seed=True)
+
+
 def parent_loop(parent: Generation) -> ParentLoop:
     """The loop a variation continues: its file while kept, and the parent as an exact-seed job to make it again."""
-    return ParentLoop(audio_path=parent.audio_path, remake=replace(work_item([parent]), exact_seed=True))
+    return ParentLoop(audio_path=parent.audio_path, remake=remake(parent))
+
+
+def mix_layers(mix: Generation, loop_ids: Sequence[str]) -> tuple[MixLayer, ...]:
+    """A mix's layers (`loop_ids`, its snapshot) as the worker reads them: each one's file while kept, and how
+    to make it again. A layer whose row is gone is one with neither (the mix fails naming it)."""
+    session = object_session(mix)
+    assert session is not None, "call it in a session"
+    layers = []
+    for loop_id in loop_ids:
+        row = get_generation(session, loop_id)
+        layers.append(MixLayer(loop_id, loop_id, 0, mix.model, None, None) if row is None else MixLayer(
+            loop_id, row.prompt, row.seed, row.model, row.audio_path, remake(row)))
+    return tuple(layers)
 
 
 def queued_jobs(rows: Sequence[Generation]) -> list[QueuedJob]:

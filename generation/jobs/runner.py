@@ -17,18 +17,19 @@ from pathlib import Path
 from typing import Any
 
 from ..config import GenerationSettings, LoopSettings, model_label
+from ..music import Key, parse_key
 from .backend import (
     EventSink,
     MadeLoop,
+    MixLayer,
     ModelUnavailable,
-    ParentLoop,
     WorkDone,
     WorkerReady,
     WorkFailed,
     WorkItem,
     WorkProgress,
 )
-from .files import AUDIO_SUFFIXES, WAVEFORM_SUFFIX, UnsafeFile, inside, loop_file
+from .files import AUDIO_SUFFIXES, STEMS_SUFFIX, WAVEFORM_SUFFIX, UnsafeFile, inside, loop_file
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,16 @@ CRASH_MESSAGE = "Something went wrong while making this loop. Please try again."
 LOST_PARENT = "The loop to vary is no longer kept and could not be made again. Make a new loop and vary that one."
 UNREADABLE_SOURCE = "I can't read the uploaded file as audio any more. Please upload it again."
 SILENT_SOURCE = "The uploaded file is silent, so there is no loop in it."
+LOST_LAYER = "Layer {number} ({name}) is no longer kept and could not be made again. Remove it with /jam remove, then mix again."
+MIX_READ_PERCENT = 80.0
+"""A mix's "looping" progress once every layer is read (or made again); mixing them is the rest."""
+
+
+def lost_layer(number: int, layer: MixLayer) -> str:
+    """Why a mix failed: its layer `number` (1-based) is gone for good, named by its prompt and loop id."""
+    prompt = layer.prompt if len(layer.prompt) <= 60 else layer.prompt[:59] + "…"
+    name = f"loop {layer.loop_id}" if prompt == layer.loop_id else f"“{prompt}”, loop {layer.loop_id}"
+    return LOST_LAYER.format(number=number, name=name)
 
 
 @dataclass(frozen=True)
@@ -133,26 +144,31 @@ class _Batch:
         self.cancelled = cancelled
 
     def run(self, items: Sequence[WorkItem]) -> None:
-        """Loopify jobs one by one (no model), then generate the others in one batch."""
-        for item in items:
-            if item.source_audio is not None:
-                self.loopify(item)
-        generated = [item for item in items if item.source_audio is None]
+        """Loopify and mix jobs one by one (no model), then generate the others in one batch."""
+        generated = [item for item in items if not self.without_model(item)]
         if generated:
             self.generate(generated)
 
-    def loopify(self, item: WorkItem) -> None:
+    def without_model(self, item: WorkItem) -> bool:
+        """Run a loopify or a mix (they start from audio, not from the model); False for any other job.
+
+        One cancelled before its turn is not run (and gets no event)."""
+        if item.source_audio is None and item.mix is None:
+            return False
+        if item.job_id in self.cancelled:
+            return True
         self.send(WorkProgress((item.job_id,), "looping", 0.0))
         try:
-            outcome = self.loopified(item)
+            if item.mix is not None:
+                self.send(WorkDone(item.job_id, (self.save_mix(item, self.mixed(item, self.send)),)))
+            else:
+                self.deliver(item, [self.loopified(item)])
         except LoopUnavailable as error:
             self.send(WorkFailed(item.job_id, str(error)))
-            return
         except Exception:
-            log.exception("loopify %s failed", item.job_id)
+            log.exception("%s %s failed", "mix" if item.mix is not None else "loopify", item.job_id)
             self.send(WorkFailed(item.job_id, CRASH_MESSAGE))
-            return
-        self.deliver(item, [outcome])
+        return True
 
     def generate(self, items: Sequence[WorkItem]) -> None:
         from ..engine import GenerationCancelled
@@ -208,40 +224,53 @@ class _Batch:
 
         previous = None
         if item.parent is not None:
-            audio, rate = self.parent_audio(item.parent)
+            audio, rate = self.parent_audio(item)
             previous = maker.loop_to_continue(audio, rate, item.shape)
         params = SamplingParams(item.temperature, item.top_k, item.top_p, item.cfg_coef)
         return [
-            LoopSpec(item.prompt_sent, item.shape, seed, params, exact_seed=item.exact_seed, previous=previous)
+            LoopSpec(item.prompt_sent, item.shape, seed, params, exact_seed=item.exact_seed, previous=previous,
+                     key=key_of(item))
             for seed in item.seeds
         ]
 
-    def parent_audio(self, parent: ParentLoop) -> tuple[Any, int]:
-        """A variation's parent loop ([C, N] audio, sample rate): its file, or made again from its seed."""
+    def loop_audio(self, audio_path: str | None, remake: WorkItem | None, lost: str) -> tuple[Any, int]:
+        """A finished loop's audio ([C, N], sample rate): its kept file, or made again by `remake`;
+        `LoopUnavailable(lost)` when it is neither."""
         from ..audio_io import read_audio
 
-        if parent.audio_path is not None and (kept := self.kept(parent.audio_path)) is not None:
+        if audio_path is not None and (kept := self.kept(audio_path)) is not None:
             return read_audio(kept)
-        remake = parent.remake
         if remake is None:
-            raise LoopUnavailable(LOST_PARENT)
+            raise LoopUnavailable(lost)
         log.info("the audio of %s is gone: making it again", remake.job_id)
         try:
-            outcome = self.loopified(remake) if remake.source_audio is not None else self.remade(remake)
+            return self.remade_audio(remake)
         except LoopUnavailable as error:
-            raise LoopUnavailable(LOST_PARENT) from error
-        if outcome.loop is None:
-            raise LoopUnavailable(LOST_PARENT)
-        return outcome.loop.audio, outcome.loop.sample_rate
+            raise LoopUnavailable(lost) from error
+
+    def parent_audio(self, item: WorkItem) -> tuple[Any, int]:
+        """A variation's parent loop ([C, N] audio, sample rate): its file, or made again from its seed."""
+        assert item.parent is not None
+        return self.loop_audio(item.parent.audio_path, item.parent.remake, LOST_PARENT)
 
     def kept(self, audio_path: str) -> Path | None:
         """A kept loop's audio file: strictly under the data directory, or None."""
         try:
             path = inside(self.config.data_dir, audio_path, AUDIO_SUFFIXES)
         except UnsafeFile:
-            log.warning("a parent loop's audio is not a loop file of the data directory: %r", audio_path[:200])
+            log.warning("a loop's audio is not a loop file of the data directory: %r", audio_path[:200])
             return None
         return path if path.is_file() else None
+
+    def remade_audio(self, item: WorkItem) -> tuple[Any, int]:
+        """The audio ([C, N], sample rate) of the loop an exact-seed item makes again: mixed, loopified or generated."""
+        if item.mix is not None:
+            result = self.mixed(item)
+            return result.audio, result.sample_rate
+        outcome = self.loopified(item) if item.source_audio is not None else self.remade(item)
+        if outcome.loop is None:
+            raise LoopUnavailable(outcome.error or CRASH_MESSAGE)
+        return outcome.loop.audio, outcome.loop.sample_rate
 
     def remade(self, item: WorkItem) -> Any:
         """The `LoopOutcome` of the item's first loop, generated again (an exact-seed item reproduces it)."""
@@ -268,7 +297,24 @@ class _Batch:
         spec = LoopSpec(item.prompt_sent, item.shape, item.seed)
         if loop.report.silent:
             return LoopOutcome(spec, item.seed, error=SILENT_SOURCE)
-        return LoopOutcome(spec, item.seed, loop=in_key(loop, None, self.config.loop), candidates_tried=1)
+        return LoopOutcome(spec, item.seed, loop=in_key(loop, key_of(item), self.config.loop), candidates_tried=1)
+
+    def mixed(self, item: WorkItem, send: EventSink | None = None) -> Any:
+        """The `jam.MixResult` of a mix item: its layers read (or made again), layered in its key.
+
+        `send` gets the mix's progress (a mix made again as a layer or a parent reports none).
+        """
+        from ..jam import Layer, LayerOrigin, mix_layers
+
+        assert item.mix is not None
+        layers = []
+        for number, layer in enumerate(item.mix, start=1):
+            audio, rate = self.loop_audio(layer.audio_path, layer.remake, lost_layer(number, layer))
+            origin = LayerOrigin(prompt=layer.prompt, seed=layer.seed, model=layer.model, loop_id=layer.loop_id)
+            layers.append(Layer(audio, rate, origin))
+            if send is not None:
+                send(WorkProgress((item.job_id,), "looping", MIX_READ_PERCENT * number / len(item.mix)))
+        return mix_layers(layers, item.shape, self.config.loop, key=key_of(item))
 
     def deliver(self, item: WorkItem, outcomes: Sequence[Any]) -> None:
         """Write the item's loops; one WorkDone for all of them, or WorkFailed when none came out."""
@@ -284,10 +330,28 @@ class _Batch:
 
     def save(self, item: WorkItem, loop_id: str, outcome: Any) -> MadeLoop:
         """Write one loop in the item's format, and its waveform PNG beside it (same stem)."""
+        relative, _ = self.write_loop(item, loop_id, outcome.loop.audio, outcome.loop.sample_rate)
+        return MadeLoop(loop_id, relative, outcome.loop.report.as_dict(), outcome.seed)
+
+    def save_mix(self, item: WorkItem, result: Any) -> MadeLoop:
+        """Write a mix like a loop, and its stems beside it: a zip of the layers as mixed and jam.json (same stem)."""
+        from ..jam import write_stems_zip
+
+        relative, path = self.write_loop(item, item.job_id, result.audio, result.sample_rate)
+        write_stems_zip(result, path.with_suffix(STEMS_SUFFIX), item.audio_format, self.config.loop.true_peak_dbtp)
+        return MadeLoop(item.job_id, relative, result.report(), item.seed)
+
+    def write_loop(self, item: WorkItem, loop_id: str, audio: Any, sample_rate: int) -> tuple[str, Path]:
+        """Write a loop's audio [C, N] in the item's format and its waveform PNG beside it; (relative name, path)."""
         from ..audio_io import extension, write_audio
         from ..loop.waveform import waveform_png
 
         relative = loop_file(loop_id, f".{extension(item.audio_format)}")
-        path = write_audio(self.config.data_dir / relative, outcome.loop.audio, outcome.loop.sample_rate, item.audio_format)
-        path.with_suffix(WAVEFORM_SUFFIX).write_bytes(waveform_png(outcome.loop.audio, item.shape))
-        return MadeLoop(loop_id, relative, outcome.loop.report.as_dict(), outcome.seed)
+        path = write_audio(self.config.data_dir / relative, audio, sample_rate, item.audio_format)
+        path.with_suffix(WAVEFORM_SUFFIX).write_bytes(waveform_png(audio, item.shape))
+        return relative, path
+
+
+def key_of(item: WorkItem) -> Key | None:
+    """The item's key, or None to leave its loops in their own."""
+    return None if item.key is None else parse_key(item.key)

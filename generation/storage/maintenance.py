@@ -34,7 +34,7 @@ class SweepResult:
 def sweep_audio(
     session: Session, data_dir: Path, retention_days: float, *, now: datetime | None = None
 ) -> SweepResult:
-    """Delete the audio (and its waveform) of generations finished more than `retention_days` ago; keep their metadata.
+    """Delete the audio (its waveform, a mix's stems) of generations finished more than `retention_days` ago; keep their metadata.
 
     Paths are relative to `data_dir`; a path resolving outside it is never touched. A file that
     is already gone is fine: the sweep is safe to repeat after a crash between delete and commit.
@@ -57,6 +57,7 @@ def sweep_audio(
         else:
             path.unlink(missing_ok=True)
             path.with_suffix(".png").unlink(missing_ok=True)  # its waveform, written beside it by the worker
+            path.with_suffix(".zip").unlink(missing_ok=True)  # a mix's stems, beside it too (jobs.files.STEMS_SUFFIX)
         cleared_ids.append(generation_id)
     if cleared_ids:
         session.execute(update(Generation).where(Generation.id.in_(cleared_ids)).values(audio_path=None))

@@ -8,12 +8,14 @@ reason, except in CI (`CI` set), where they fail.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
 import sys
 import uuid
 import wave
+import zipfile
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,13 +27,17 @@ from redis.asyncio import Redis
 from saq.job import Status
 from saq.queue.redis import RedisQueue
 
+from generation.audio_io import read_audio
 from generation.config import Settings
-from generation.jobs import Accepted, JobCancelled, JobDone, JobEvent, JobProgress, JobRequest, QueueService, Stage
-from generation.jobs.backend import MadeLoop, ParentLoop, WorkDone, WorkFailed, WorkItem
+from generation.jobs import Accepted, JobCancelled, JobDone, JobEvent, JobKind, JobProgress, JobRequest, QueueService, Stage
+from generation.jobs.backend import MadeLoop, MixLayer, ParentLoop, WorkDone, WorkFailed, WorkItem
 from generation.jobs.distributed import RedisRateLimiter, SaqBackend, Timing
 from generation.jobs.distributed.wire import (
     COLLECTED_TTL_S,
     RUN_BATCH,
+    RogueItem,
+    RogueResult,
+    check_result,
     decode_event,
     decode_items,
     encode_event,
@@ -43,8 +49,19 @@ from generation.jobs.distributed.wire import (
 )
 from generation.jobs.files import UnsafeFile
 from generation.shape import LoopShape
-from generation.storage import Base, Database, GenerationStatus, get_generation
+from generation.storage import (
+    Base,
+    Database,
+    GenerationKind,
+    GenerationStatus,
+    NewJam,
+    add_layer,
+    get_generation,
+    get_jam,
+    start_jam,
+)
 
+ROOT = Path(__file__).resolve().parents[2]
 WORKER_START_TIMEOUT_S = 180.0  # importing torch and loading the model, two at once, on a busy 2-core machine
 FAST = Timing(heartbeat_s=3, sweep_s=1, poll_s=0.2, workers_poll_s=0.5)
 """A killed worker's batch is swept a few seconds after its last heartbeat."""
@@ -128,6 +145,56 @@ def test_a_worker_opens_no_path_a_job_names(tmp_path: Path) -> None:
         with_local_inputs((item("../../etc"),), worker, {})
 
 
+def layer(loop_id: str, **changes: object) -> MixLayer:
+    fields: dict[str, object] = {"loop_id": loop_id, "prompt": "warm pad", "seed": 9, "model": "tiny",
+                                 "audio_path": f"loops/{loop_id}.wav", "remake": item(loop_id, exact_seed=True, key="C major"),
+                                 **changes}
+    return MixLayer(**fields)  # type: ignore[arg-type]
+
+
+def test_a_mix_and_a_keyed_loop_travel_and_tampered_ones_are_refused(tmp_path: Path) -> None:
+    import numpy as np
+
+    from generation.audio_io import write_audio
+
+    keyed = item("keyedkey", key="F# minor")
+    mixed = item("mixmixmi", key="A minor", mix=(layer("layerone"), layer("layertwo", audio_path=None)))
+    assert decode_items(encode_items([keyed, mixed])) == (keyed, mixed)
+
+    # The kept layer's audio travels as data; the swept one's remake is there to make it again.
+    bot, worker = tmp_path / "bot", tmp_path / "worker"
+    write_audio(bot / "loops" / "layerone.wav", np.zeros((1, 3200), dtype="float32"), 32000)
+    local = with_local_inputs((mixed,), worker, input_files(bot, [mixed]))[0]
+    assert local.mix is not None
+    assert [each.audio_path for each in local.mix] == ["inputs/mixmixmi.layer1.wav", None]
+    assert (worker / "inputs" / "mixmixmi.layer1.wav").is_file() and local.mix[1].remake == mixed.mix[1].remake  # type: ignore[index]
+
+    tampered = {
+        "a layer's file outside the data directory": item("mixmixmi", mix=(layer("layerone", audio_path="../../etc/passwd.wav"),)),
+        "another loop's file": item("mixmixmi", mix=(layer("layerone", audio_path="loops/layertwo.wav"),)),
+        "a layer id that names a path": item("mixmixmi", mix=(layer("../x", audio_path=None),)),
+        "nine layers": item("mixmixmi", mix=tuple(layer(f"layer{n}") for n in range(9))),
+        "no layers": item("mixmixmi", mix=()),
+        "not a key": item("keyedkey", key="H minor"),
+        "not a key in a layer's remake": item("mixmixmi", mix=(layer("layerone", remake=item("layerone", key="la")),)),
+    }
+    taken = []
+    for case, crafted in tampered.items():
+        try:
+            decode_items(encode_items([crafted]))
+            taken.append(case)
+        except RogueItem:
+            pass
+    assert taken == []
+
+    # A mix's stems come back beside its audio; a loop has none.
+    stems = {"as": "raw", "data": ""}
+    result = {"worker": "w", "seconds": 1.0, "events": [], "files": {"loops/mixmixmi.zip": stems}}
+    assert check_result(result, [mixed]).files == {"loops/mixmixmi.zip": stems}
+    with pytest.raises(RogueResult):
+        check_result({**result, "files": {"loops/keyedkey.zip": stems}}, [keyed])
+
+
 # --- services ---------------------------------------------------------------------------------
 
 
@@ -163,6 +230,7 @@ class Workers:
     def start(self, name: str) -> None:
         env = {
             **os.environ, "OMP_NUM_THREADS": "1",  # two workers on two cores: no oversubscription
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),  # this checkout's code
             "LOOPJAM_MODEL__NAME": str(self.model_dir), "LOOPJAM_MODEL__DEVICE": "cpu", "LOOPJAM_MODEL__WARMUP": "false",
             "LOOPJAM_GENERATION__EXTRA_SECONDS": "0.5", "LOOPJAM_GENERATION__CANDIDATES": "1",
             "LOOPJAM_GENERATION__RETRY_BUDGET": "0",
@@ -337,6 +405,51 @@ async def test_a_restarted_service_collects_what_ran_while_it_was_down(workers, 
         assert await deliveries(after.backend, job_ids) == Counter(job_ids)
     finally:
         await after.stop()
+
+
+@pytest.mark.redis
+@pytest.mark.postgres
+async def test_a_mix_runs_on_a_worker_and_its_stems_come_back(workers, database, tiny_model_dir, tmp_path) -> None:
+    """A jam's mix whose first layer was swept: the worker makes it again (in the jam's key) from its seed,
+    reads the other from the copy sent, and the mix, its waveform and its stems land in the bot's data directory."""
+    settings = tiny_settings(tiny_model_dir, tmp_path, batch_size=1)
+    service = distributed_service(settings, database, workers)
+    await service.start()
+    try:
+        await both_workers_ready(service, workers)
+        with database.session() as session:
+            jam = start_jam(session, NewJam(guild_id=5, channel_id=50, started_by=1, shape=SHORT, key="A minor"))
+            assert jam is not None
+            session.flush()
+            jam_id = jam.id
+        in_jam = [JobRequest(user_id=user, prompt=prompt, shape=SHORT, key="A minor", jam_id=jam_id, guild_id=5)
+                  for user, prompt in ((1, "warm pad"), (2, "deep bass"))]
+        layers = await submit_all(service, in_jam)
+        finals = await asyncio.gather(*(final_event(service, job_id) for job_id in layers))
+        assert all(isinstance(final, JobDone) for final in finals), finals
+        with database.session() as session:
+            jam = get_jam(session, jam_id, 5)
+            for loop_id in layers:
+                add_layer(session, jam, get_generation(session, loop_id), added_by=1)
+            swept = get_generation(session, layers[0])
+            (tmp_path / swept.audio_path).unlink()
+            swept.audio_path = None
+
+        (mix_id,) = await submit_all(service, [JobRequest(user_id=3, prompt="mix", shape=SHORT, kind=JobKind.MIX,
+                                                          jam_id=jam_id, guild_id=5, channel_id=50)])
+        done = await final_event(service, mix_id)
+        assert isinstance(done, JobDone), done
+        audio, rate = read_audio(done.files[0])
+        assert audio.shape == (2, SHORT.samples(rate)) and done.files[0].with_suffix(".png").is_file()
+        with zipfile.ZipFile(done.files[0].with_suffix(".zip")) as archive:
+            assert archive.namelist() == ["01-warm-pad.wav", "02-deep-bass.wav", "jam.json"]
+            manifest = json.loads(archive.read("jam.json"))
+        assert manifest["key"] == "A minor" and [each["loop_id"] for each in manifest["layers"]] == layers
+        with database.session() as session:
+            row = get_generation(session, mix_id)
+            assert (row.status, row.kind, row.mix_loop_ids) == (GenerationStatus.DONE, GenerationKind.MIX, layers)
+    finally:
+        await service.stop()
 
 
 @pytest.mark.redis

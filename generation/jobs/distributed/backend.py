@@ -50,6 +50,7 @@ from .wire import (
     RESULT_TTL_S,
     RUN_BATCH,
     SWEEP_S,
+    RogueItem,
     RogueResult,
     cancel_key,
     check_result,
@@ -129,7 +130,7 @@ class SaqBackend:
             await queue.connect()
             async for job in queue.iter_jobs():
                 if job.function == RUN_BATCH and job.kwargs is not None:
-                    self._batches[job.key] = _Batch(decode_items(job.kwargs["items"]), enqueued=True)
+                    self._resume(job.key, job.kwargs["items"])
             self._queue = queue
             await self._refresh_workers()
         except REDIS_ERRORS as error:  # at start there is nothing to wait for: the operator must know at once
@@ -158,6 +159,14 @@ class SaqBackend:
         if self._queue is not None:
             await self._queue.disconnect()
             self._queue = None
+
+    def _resume(self, key: str, items: list[dict[str, Any]]) -> None:
+        """Follow a batch a previous run enqueued; one whose items the bot would never have sent is left
+        out (its rows are recovered like a lost batch's)."""
+        try:
+            self._batches[key] = _Batch(decode_items(items), enqueued=True)
+        except RogueItem as rogue:
+            log.warning("batch %s in Redis is not one this bot queued (%s); not resuming it", key, rogue)
 
     def resumed(self) -> dict[str, tuple[str, ...]]:
         """Batches from before this `start` still in Redis: their key (the rows' worker) -> job ids."""

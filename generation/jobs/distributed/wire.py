@@ -19,9 +19,10 @@ import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ...storage import LoopReportFields
-from ..backend import BackendEvent, ModelUnavailable, ParentLoop, WorkDone, WorkFailed, WorkItem
-from ..files import AUDIO_SUFFIXES, WAVEFORM_SUFFIX, checked_id, inside, is_loop_file
+from ...music import UnknownKey, parse_key
+from ...storage import MAX_LAYERS, LoopReportFields
+from ..backend import BackendEvent, MixLayer, ModelUnavailable, ParentLoop, WorkDone, WorkFailed, WorkItem
+from ..files import AUDIO_SUFFIXES, STEMS_SUFFIX, WAVEFORM_SUFFIX, UnsafeFile, checked_id, inside, is_loop_file
 
 RUN_BATCH = "run_batch"
 """The saq function name of a batch."""
@@ -87,8 +88,60 @@ def encode_items(items: typing.Sequence[WorkItem]) -> list[dict[str, Any]]:
     return [to_json(item) for item in items]
 
 
+class RogueItem(ValueError):
+    """A work item from Redis that the bot would never queue: its whole batch is refused."""
+
+
 def decode_items(data: list[dict[str, Any]]) -> tuple[WorkItem, ...]:
-    return tuple(from_json(WorkItem, item) for item in data)
+    """The batch's work items, each checked (`checked_item`); `RogueItem` says what is wrong with one."""
+    try:
+        return tuple(checked_item(from_json(WorkItem, item)) for item in data)
+    except RogueItem:
+        raise
+    except Exception as error:  # missing or extra fields, wrong shapes
+        raise RogueItem(f"malformed work item: {str(error)[:200]}") from None
+
+
+def checked_item(item: WorkItem) -> WorkItem:
+    """`item` when every field the worker acts on is one the bot would send; `RogueItem` otherwise.
+
+    Ids name files, so they are ids; a key is a key (`music.parse_key`); a mix has 1 to `MAX_LAYERS`
+    layers, each kept file its own loop's file under the data directory. Whatever a job makes again
+    (a parent, a layer) is checked the same way. Paths are never opened as named: see `with_local_inputs`.
+    """
+    try:
+        for loop_id in (item.job_id, *item.loop_ids):
+            checked_id(loop_id)
+        if item.key is not None:
+            parse_key(item.key)
+    except (UnsafeFile, UnknownKey, TypeError, AttributeError) as error:
+        raise RogueItem(f"work item {str(item.job_id)[:80]!r}: {error}") from None
+    _expect_item(isinstance(item.loop_ids, tuple) and len(item.loop_ids) == len(item.seeds) >= 1, item, "loops and seeds differ")
+    if item.parent is not None and item.parent.remake is not None:
+        checked_item(item.parent.remake)
+    if item.mix is not None:
+        _expect_item(1 <= len(item.mix) <= MAX_LAYERS, item, f"a mix of {len(item.mix)} layers")
+        for layer in item.mix:
+            _checked_layer(item, layer)
+    return item
+
+
+def _checked_layer(item: WorkItem, layer: MixLayer) -> None:
+    try:
+        checked_id(layer.loop_id)
+    except UnsafeFile as error:
+        raise RogueItem(f"work item {item.job_id!r}: {error}") from None
+    _expect_item(layer.audio_path is None or is_loop_file(layer.audio_path, layer.loop_id, AUDIO_SUFFIXES), item,
+                 f"layer {layer.loop_id}'s audio is not its loop file: {str(layer.audio_path)[:200]!r}")
+    _expect_item(isinstance(layer.prompt, str) and isinstance(layer.model, str) and isinstance(layer.seed, int), item,
+                 f"malformed layer {layer.loop_id}")
+    if layer.remake is not None:
+        checked_item(layer.remake)
+
+
+def _expect_item(condition: bool, item: WorkItem, problem: str) -> None:
+    if not condition:
+        raise RogueItem(f"work item {item.job_id!r}: {problem}")
 
 
 def encode_event(event: BackendEvent) -> dict[str, Any]:
@@ -123,13 +176,13 @@ def _pack(path: Path) -> dict[str, str]:
 
 
 INPUTS_DIR = "inputs"
-INPUT_ROLES = ("source", "parent")
-"""What a job starts from: its upload (`source_audio`), its parent loop's audio. A parent's remake
-has inputs of its own, named after it: `parent.source`, `parent.parent`, ..."""
+INPUT_ROLES = ("source", "parent", "layer<N>")
+"""What a job starts from: its upload (`source_audio`), its parent loop's audio, a mix's layers (`layer1`...).
+A remake has inputs of its own, named after what it makes again: `parent.source`, `layer2.parent`, ..."""
 
 
 def input_files(data_dir: Path, items: typing.Sequence[WorkItem]) -> dict[str, dict[str, dict[str, str]]]:
-    """The audio the items start from, as data by job id and role: uploads and parent loops.
+    """The audio the items start from, as data by job id and role: uploads, parent loops and mix layers.
 
     A worker on another machine has neither, and a worker must never open a path a job names:
     `with_local_inputs` writes these copies under its scratch directory and points the items at them.
@@ -142,11 +195,13 @@ def input_files(data_dir: Path, items: typing.Sequence[WorkItem]) -> dict[str, d
 def _inputs_of(data_dir: Path, item: WorkItem, role: str = "") -> typing.Iterator[tuple[str, Path]]:
     if item.source_audio is not None and (source := _audio(data_dir, item.source_audio)) is not None:
         yield f"{role}source", source
-    if item.parent is not None:
-        if item.parent.audio_path is not None and (parent := _audio(data_dir, item.parent.audio_path)) is not None:
-            yield f"{role}parent", parent
-        if item.parent.remake is not None:
-            yield from _inputs_of(data_dir, item.parent.remake, f"{role}parent.")
+    made_from = [("parent", item.parent.audio_path, item.parent.remake)] if item.parent is not None else []
+    made_from += [(f"layer{number}", layer.audio_path, layer.remake) for number, layer in enumerate(item.mix or (), start=1)]
+    for name, audio_path, remake in made_from:
+        if audio_path is not None and (kept := _audio(data_dir, audio_path)) is not None:
+            yield f"{role}{name}", kept
+        if remake is not None:
+            yield from _inputs_of(data_dir, remake, f"{role}{name}.")
 
 
 def _audio(data_dir: Path, name: str) -> Path | None:
@@ -179,23 +234,27 @@ def _localized(item: WorkItem, root: Path, sent: dict[str, dict[str, str]], job_
         _unpack(root / relative, entry)
         return relative
 
+    def remade(remake: WorkItem | None, name: str) -> WorkItem | None:
+        return remake and _localized(remake, root, sent, job_id, f"{role}{name}.")
+
     source = None if item.source_audio is None else str(root / (copy("source") or f"{INPUTS_DIR}/missing"))
-    parent = None
-    if item.parent is not None:
-        remake = item.parent.remake and _localized(item.parent.remake, root, sent, job_id, f"{role}parent.")
-        parent = ParentLoop(audio_path=copy("parent"), remake=remake)
-    return dataclasses.replace(item, source_audio=source, parent=parent)
+    parent = None if item.parent is None else ParentLoop(audio_path=copy("parent"), remake=remade(item.parent.remake, "parent"))
+    mix = None if item.mix is None else tuple(
+        dataclasses.replace(layer, audio_path=copy(f"layer{number}"), remake=remade(layer.remake, f"layer{number}"))
+        for number, layer in enumerate(item.mix, start=1)
+    )
+    return dataclasses.replace(item, source_audio=source, parent=parent, mix=mix)
 
 
 def unpack_files(root: Path, packed: dict[str, dict[str, str]]) -> None:
     """Write `pack_files`' output under `root`; each file appears whole (written aside, then renamed).
 
-    Only loop audio and waveforms, strictly under `root` (`check_result` has checked the names);
-    `RogueResult` for a file that is not that, or whose data cannot be decoded.
+    Only loop audio, waveforms and a mix's stems, strictly under `root` (`check_result` has checked
+    the names); `RogueResult` for a file that is not that, or whose data cannot be decoded.
     """
     for relative, entry in packed.items():
         try:
-            _unpack(inside(root, relative, AUDIO_SUFFIXES | {WAVEFORM_SUFFIX}), entry)
+            _unpack(inside(root, relative, AUDIO_SUFFIXES | {WAVEFORM_SUFFIX, STEMS_SUFFIX}), entry)
         except (ValueError, RuntimeError, KeyError) as error:  # UnsafeFile, bad base64, not FLAC (soundfile's errors)
             raise RogueResult(f"file {relative!r}: {error}") from None
 
@@ -233,7 +292,8 @@ def check_result(result: Any, items: typing.Sequence[WorkItem]) -> BatchResult:
     """The result of the batch of `items`, every field checked; `RogueResult` says what is wrong.
 
     Events are about the batch's own jobs and loops only, name each loop's file by its loop id
-    (`files.loop_file`), with an audio suffix; the files sent are those loops' audio and waveforms.
+    (`files.loop_file`), with an audio suffix; the files sent are those loops' audio and waveforms,
+    and a mix's stems.
     """
     if not isinstance(result, dict):
         raise RogueResult(f"not a result: {type(result).__name__}")
@@ -242,11 +302,13 @@ def check_result(result: Any, items: typing.Sequence[WorkItem]) -> BatchResult:
             and isinstance(files, dict), "malformed result")
     jobs = {item.job_id: item for item in items}
     loop_ids = {loop_id for item in items for loop_id in item.loop_ids}
+    mix_ids = {item.job_id for item in items if item.mix is not None}
     decoded = tuple(_checked_event(event, jobs) for event in typing.cast(list[Any], events))
     reported = [event.job_id for event in decoded if isinstance(event, (WorkDone, WorkFailed))]
     _expect(len(reported) == len(set(reported)), "a job reported twice")
     for name, entry in typing.cast(dict[Any, Any], files).items():
-        _expect(any(is_loop_file(name, loop_id, AUDIO_SUFFIXES | {WAVEFORM_SUFFIX}) for loop_id in loop_ids),
+        _expect(any(is_loop_file(name, loop_id, AUDIO_SUFFIXES | {WAVEFORM_SUFFIX}) for loop_id in loop_ids)
+                or any(is_loop_file(name, mix_id, {STEMS_SUFFIX}) for mix_id in mix_ids),
                 f"a file that is no loop of the batch: {str(name)[:200]!r}")
         _expect(isinstance(entry, dict) and entry.get("as") in ("flac", "raw") and isinstance(entry.get("data"), str)
                 and (entry["as"] == "raw" or entry.get("wav_subtype") in LOSSLESS_WAV), f"malformed file {name!r}")
