@@ -3,10 +3,6 @@ service whose worker never starts, finished loops written straight into the hist
 test_bot_tree does) and posted by the outbox, so every button pressed here is one the bot posted.
 
 Each test runs in a channel of its own: one jam per channel.
-
-Tests marked `QUEUE_SIDE` need the queue's half of issue #12 (it stores a jam loop's key and jam,
-refuses a mix without layers, snapshots a mix's layers). They are strict xfails until it is merged:
-once it is, they pass, the xfail turns into a failure, and the mark is to be deleted.
 """
 
 from __future__ import annotations
@@ -58,7 +54,6 @@ from generation.storage import (
 )
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
-QUEUE_SIDE = pytest.mark.xfail(strict=True, reason="needs the queue side of #12; delete this mark once it is merged")
 EPHEMERAL = 64
 UPDATE_MESSAGE = 7
 FOLLOW_UP = "POST /webhooks/{application_id}/{token}"
@@ -256,7 +251,6 @@ async def test_loopify_in_a_jam_takes_its_shape_without_a_bpm(double: DiscordDou
     assert (row.bpm, row.bars, row.source_path is not None) == (92, 8, True)
 
 
-@QUEUE_SIDE
 async def test_the_queue_keeps_a_jam_loops_key_and_jam(double: DiscordDouble, bot: InProcessBot) -> None:
     where = place(double, "queue-keeps-key")
     jam_id, _ = await start(double, bot, where)
@@ -411,10 +405,9 @@ async def test_jam_mix_and_the_cards_button_queue_a_mix(double: DiscordDouble, b
         embed = response["data"]["embeds"][0]
         assert embed["title"] == "Queued" and embed["description"] == "“jam mix” · 92 BPM · 4 bars · 4/4"
     mixes = [row for who in (where.bob, where.carol) for row in rows_of(bot, who) if row.kind is GenerationKind.MIX]
-    assert [(row.bpm, row.bars, row.prompt) for row in mixes] == [(92, 4, "jam mix")] * 2
+    assert [(row.bpm, row.bars, row.prompt) for row in mixes] == [(92, 4, "jam mix: 2 layers")] * 2  # the queue names the layers it took
 
 
-@QUEUE_SIDE
 async def test_the_queue_refuses_a_mix_without_layers_and_keeps_a_mixs_layers(double: DiscordDouble, bot: InProcessBot) -> None:
     where = place(double, "mix-queue-side")
     jam_id, _ = await start(double, bot, where)
