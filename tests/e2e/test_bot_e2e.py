@@ -6,6 +6,7 @@ import asyncio
 import io
 import json
 import os
+import zipfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -155,20 +156,23 @@ async def test_cancel_only_by_the_requester(double: DiscordDouble, bot: BotProce
     assert update["type"] == 7 and update["data"]["embeds"][0]["title"] == "Cancelled"
 
 
-async def test_loopify_makes_an_exact_loop_from_an_upload(double: DiscordDouble, bot: BotProcess) -> None:
+def clicks(bpm: float, seconds: int = 8, rate: int = 32000) -> Upload:
+    """A click track at `bpm`, accented on each bar's first beat, as an uploaded WAV."""
     import numpy as np
 
-    rate, bpm = 32000, 100.0
-    clicks = np.zeros(rate * 8, dtype=np.float32)
-    for beat in range(int(8 * bpm / 60)):
+    track = np.zeros(rate * seconds, dtype=np.float32)
+    for beat in range(int(seconds * bpm / 60)):
         start = int(beat * 60 / bpm * rate)
-        clicks[start : start + 800] = np.hanning(800) * (0.9 if beat % 4 == 0 else 0.5)
+        track[start : start + 800] = np.hanning(800) * (0.9 if beat % 4 == 0 else 0.5)
     buffer = io.BytesIO()
-    sf.write(buffer, clicks, rate, format="WAV")
+    sf.write(buffer, track, rate, format="WAV")
+    return Upload("groove.wav", buffer.getvalue(), "audio/wav")
+
+
+async def test_loopify_makes_an_exact_loop_from_an_upload(double: DiscordDouble, bot: BotProcess) -> None:
+    bpm = 100.0
     since = len(double.requests)
-    sent = await double.slash(
-        "loopify", {"file": Upload("groove.wav", buffer.getvalue(), "audio/wav"), "bpm": bpm, "bars": 1}, user="alice"
-    )
+    sent = await double.slash("loopify", {"file": clicks(bpm), "bpm": bpm, "bars": 1}, user="alice")
     assert (await sent.wait_callback(timeout=3)).json["type"] == 5  # deferred: the download comes after the answer
     queued = await double.wait_for_request(FOLLOW_UP, lambda r: r.path_params.get("token") == sent.token, since=since)
     assert queued.json["embeds"][0]["title"] == "Queued"
@@ -176,6 +180,52 @@ async def test_loopify_makes_an_exact_loop_from_an_upload(double: DiscordDouble,
     assert wav_samples(result) == exact_samples(bpm, 1)
     uploads = Path(bot.env["LOOPJAM_STORAGE__DATA_DIR"]) / "uploads"
     assert not any(uploads.iterdir())  # deleted once its job was done
+
+
+async def test_a_jam_layers_two_members_loops_into_a_mix_with_its_stems(double: DiscordDouble, bot: BotProcess) -> None:
+    """The whole jam, worker included: loops made in the jam take its tempo, join it by their button, and mix."""
+    world = double.world
+    channel = world.add_channel(world.guild, "jam-session")
+    started = await double.slash("jam start", {"bpm": 100, "key": "Am", "bars": 1}, user="alice", channel=channel)
+    await started.wait_callback(timeout=3)
+    card_id = int(double.original_message(started)["id"])
+    since = len(double.requests)
+    # No bpm given: the jam's. Alice's upload needs no model; bob's loop is generated.
+    loopified = await double.slash("loopify", {"file": clicks(100)}, user="alice", channel=channel)
+    generated = await double.slash("loop", {"prompt": "warm bass line"}, user="bob", channel=channel)
+    results = [await result_of(double, sent, since) for sent in (loopified, generated)]
+    for result in results:
+        assert wav_samples(result) == exact_samples(100, 1)
+        # In the jam's key once moved (its relative major counts as in it), or unpitched and left alone.
+        assert field(result, "Key").split(" (")[0] in ("A minor", "C major", "none"), field(result, "Key")
+        labels = [c["label"] for row in result.json["components"] for c in row["components"]]
+        assert "Add to jam" in labels
+
+    for presser, result in zip(("bob", "alice"), results):  # each adds the other's loop
+        pressed = await double.click(result.response, f"lj:jamadd:{job_id_of(result)}", user=presser)
+        assert (await pressed.wait_callback(timeout=5)).json["data"]["content"].startswith("Added")
+
+    since = len(double.requests)
+    mixed = await double.slash("jam mix", {}, user="carol", channel=channel)
+    assert (await mixed.wait_callback(timeout=3)).json["data"]["embeds"][0]["title"] == "Queued"
+    mix = await result_of(double, mixed, since)
+    assert mix.json["embeds"][0]["title"].startswith("Jam mix")
+    assert wav_samples(mix) == exact_samples(100, 1)
+    (stems,) = [f for f in mix.files if f.filename.endswith(".zip")]
+    with zipfile.ZipFile(io.BytesIO(stems.data)) as archive:
+        manifest = json.loads(archive.read("jam.json"))
+        audio = [name for name in archive.namelist() if name != "jam.json"]
+        assert [sf.info(io.BytesIO(archive.read(name))).frames for name in audio] == [exact_samples(100, 1)] * 2
+    assert (manifest["bpm"], manifest["bars"], manifest["key"]) == (100, 1, "A minor")
+    assert [layer["prompt"] for layer in manifest["layers"]] == ["loopify: groove.wav", "warm bass line"]
+    for _ in range(100):  # the card links to the mix once it is posted
+        if any(f["name"] == "Last mix" for f in double.messages.get(card_id)["embeds"][0]["fields"]):
+            break
+        await asyncio.sleep(0.1)
+    else:
+        raise AssertionError("the jam's card never linked to its mix")
+    stopped = await double.slash("jam stop", {}, user="alice", channel=channel)
+    assert "has ended" in (await stopped.wait_callback(timeout=3)).json["data"]["content"]
 
 
 async def test_a_restart_keeps_buttons_working_and_finishes_queued_jobs(double: DiscordDouble, bot: BotProcess) -> None:
