@@ -23,7 +23,8 @@ from key_corpus import DRUMS_ONLY, KEY_CORPUS, KeyRendered, render_key_groove
 
 from generation.config import LoopSettings
 from generation.jam import Layer, LayerOrigin, mix_layers, stems
-from generation.music import detect_key, pitch_shift_loop
+from generation.music.detect import detect_key
+from generation.music.shift import pitch_shift_loop
 from generation.shape import LoopShape
 
 KEY_RUNS = 3

@@ -190,7 +190,7 @@ def key(
         samples, rate = read_checked(audio, str(audio))
     except InvalidRequest as error:
         raise source_failure(audio, error) from None
-    from ..music import detect_key
+    from ..music.detect import detect_key
 
     estimate = detect_key(samples, rate)
     name = estimate.key.name if estimate.key is not None else None

@@ -25,7 +25,9 @@ from ..config import LoopSettings
 from ..loop import LoopReport, make_loop
 from ..loop.loudness import integrated_lufs, normalise
 from ..loop.source import read_checked
-from ..music import Key, detect_key, match_key
+from ..music import Key
+from ..music.detect import detect_key
+from ..music.shift import match_key
 from ..shape import LoopShape
 from .duck import duck_gain, find_kicks, pick_drum_layer
 

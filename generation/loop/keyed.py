@@ -13,7 +13,9 @@ import dataclasses
 import math
 
 from ..config import LoopSettings
-from ..music import Key, detect_key, match_key
+from ..music import Key
+from ..music.detect import detect_key
+from ..music.shift import match_key
 from .engine import LoopResult
 from .loudness import normalise
 

@@ -73,3 +73,15 @@ def parse_key(text: str) -> Key:
 def prompt_words(key: Key) -> str:
     """The key as MusicGen's training captions write it ("A minor"), for the end of a prompt."""
     return key.name
+
+
+def shift_semitones(source: Key, target: Key) -> int:
+    """The shortest move from `source` to `target` (or to its relative major/minor), -6..+5.
+
+    A source that is the target or its relative (A minor for C major) is already in key: 0.
+    A tritone goes down (-6): both ways are as far, and lowering never pushes cymbals and voices
+    into the harsher top end.
+    """
+    aim = target if target.mode == source.mode else target.relative
+    up = (aim.tonic - source.tonic) % 12
+    return up - 12 if up >= 6 else up

@@ -15,7 +15,7 @@ import pedalboard
 from scipy.signal import hilbert
 
 from .detect import KeyEstimate, detect_key
-from .keys import Key
+from .keys import Key, shift_semitones
 
 WRAP_CONTEXT_S = 0.5  # loop audio processed before and after the loop, so Rubber Band's edges fall outside it
 WRAP_CROSSFADE_S = 0.01  # the head blends in from the shifted audio that followed the end
@@ -32,18 +32,6 @@ class KeyMatch:
     target: Key
     shift_semitones: int
     """Semitones applied, -6..+5; 0 when the loop was already in key or has no key."""
-
-
-def shift_semitones(source: Key, target: Key) -> int:
-    """The shortest move from `source` to `target` (or to its relative major/minor), -6..+5.
-
-    A source that is the target or its relative (A minor for C major) is already in key: 0.
-    A tritone goes down (-6): both ways are as far, and lowering never pushes cymbals and voices
-    into the harsher top end.
-    """
-    aim = target if target.mode == source.mode else target.relative
-    up = (aim.tonic - source.tonic) % 12
-    return up - 12 if up >= 6 else up
 
 
 def _rubber_band(audio: np.ndarray, sample_rate: int, semitones: int) -> np.ndarray:

@@ -12,7 +12,8 @@ from key_corpus import DRUMS_ONLY, KEY_CORPUS, render_key_groove
 from typer.testing import CliRunner
 
 from generation.cli import app
-from generation.music import detect_key, parse_key
+from generation.music import parse_key
+from generation.music.detect import detect_key
 from generation.shape import LoopShape
 
 pytestmark = pytest.mark.skipif(not fluidsynth_available(), reason="needs the fluidsynth CLI and FluidR3_GM")

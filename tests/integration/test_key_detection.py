@@ -10,7 +10,9 @@ from key_corpus import DRUMS_ONLY, KEY_CORPUS, KeyGroove, KeyRendered, render_ke
 from scipy.signal import butter, sosfiltfilt
 
 from generation.loop import make_loop
-from generation.music import detect_key, match_key, parse_key, pitch_shift_loop
+from generation.music import parse_key
+from generation.music.detect import detect_key
+from generation.music.shift import match_key, pitch_shift_loop
 from generation.shape import LoopShape
 
 pytestmark = pytest.mark.skipif(not fluidsynth_available(), reason="needs the fluidsynth CLI and FluidR3_GM")
