@@ -283,6 +283,7 @@ class Loops(commands.Cog):
             guild_id=interaction.guild_id, channel_id=interaction.channel_id, role_ids=self.role_ids(interaction),
             model=row.model, temperature=row.temperature, top_k=row.top_k, top_p=row.top_p, cfg_coef=row.cfg_coef,
             seed=row.seed if action == "double" else None, kind=kinds[action], parent_loop_id=row.short_id,
+            jam_id=None if action == "double" else row.jam_id,  # twice the bars could never join the jam
         )
         await self.enqueue(interaction, request)
 

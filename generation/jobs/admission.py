@@ -90,12 +90,14 @@ def check_parent(request: JobRequest, parent: Generation | None) -> None:
         raise InvalidRequest("That loop isn't finished, so there is nothing to vary yet.")
 
 
-def target_key(request: JobRequest, parent: Generation | None) -> Key | None:
+def target_key(request: JobRequest, parent: Generation | None, jam: JamSession | None) -> Key | None:
     """The key the loops are moved into: the request's, else the parent's for a kind that keeps it
-    (`KEEPS_PARENT_KEY`); `InvalidRequest` for a key that is none."""
+    (`KEEPS_PARENT_KEY`), else the key of the jam it is made in; `InvalidRequest` for a key that is none."""
     text = request.key
     if text is None and parent is not None and resolved_kind(request) in KEEPS_PARENT_KEY:
         text = parent.target_key
+    if text is None and jam is not None:
+        text = jam.key
     if text is None:
         return None
     try:
@@ -153,7 +155,7 @@ def check_request(
         prompt = validate_request(request.prompt, request.shape)
         check_options(request)
         check_parent(request, parent)
-        key = target_key(request, parent)
+        key = target_key(request, parent, jam)
         if request.jam_id is not None and jam is None:
             raise InvalidRequest(NO_JAM)
         if model not in settings.model.allowed and model != settings.model.name:

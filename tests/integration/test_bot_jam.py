@@ -305,6 +305,13 @@ async def test_two_members_loops_join_by_their_button_and_by_jam_add(double: Dis
     again = await answer(double, "jam add", {"id": bobs}, where.carol, where.channel)
     assert text_of(again) == f"“bob's bassline” (`{bobs}`) is already layer 1 of Jam #{jam_id}."
 
+    # A re-roll or variation of a jam loop is made in the jam, in its key; a double, twice as long, is not.
+    for action in ("reroll", "variation", "double"):
+        await press(double, message, f"lj:{action}:{bobs}", where.carol)
+    made = {row.kind.value: row for row in rows_of(bot, where.carol) if row.parent_id is not None}
+    assert {kind: (row.jam_id, row.target_key) for kind, row in made.items()} == {
+        "reroll": (jam_id, "A minor"), "variation": (jam_id, "A minor"), "double": (None, None)}
+
 
 async def test_loops_that_cannot_join_get_friendly_errors_and_change_nothing(double: DiscordDouble, bot: InProcessBot) -> None:
     where = place(double, "cannot-join")
