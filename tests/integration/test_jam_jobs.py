@@ -1,7 +1,7 @@
 """Jams in the queue: keyed loops, and MIX jobs through the real worker process with the tiny model.
 
-One service (one worker spawn) serves the module; each test has its own users and channel, so rate
-limits and running jams do not meet. Layers are real music where the mix is judged (grooves of the
+One service (one worker spawn, `worker_service`, shared with test_job_kinds) serves the module; each
+test has its own users and channel, so rate limits and running jams do not meet. Layers are real music where the mix is judged (grooves of the
 key corpus, rendered by FluidSynth and cut to exact loops), the tiny model's loops where a layer
 has to be made again from its seed.
 """
@@ -12,12 +12,10 @@ import asyncio
 import io
 import json
 import zipfile
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-import pytest_asyncio
 import soundfile as sf
 from corpus import fluidsynth_available
 from key_corpus import BANDS, KeyGroove, render_key_groove
@@ -67,7 +65,7 @@ from generation.storage import (
 )
 from generation.storage.queue import queued_rows
 
-pytestmark = pytest.mark.asyncio(loop_scope="module")
+pytestmark = pytest.mark.asyncio(loop_scope="session")  # where `worker_service` runs
 SHAPE = LoopShape(120.0, 1)
 """The jams' shape: one bar, so a layer made again by the tiny model costs about a second."""
 GUILD = 77
@@ -75,15 +73,9 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 needs_fluidsynth = pytest.mark.skipif(not fluidsynth_available(), reason="needs the fluidsynth CLI and FluidR3_GM")
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def service(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[QueueService]:
-    data_dir = tmp_path_factory.mktemp("jams")
-    database = migrated_database(data_dir)
-    running = QueueService(tiny_settings(tiny_model_dir, data_dir, rate_limit_jobs=5, max_queued_per_user=5), database)
-    await running.start()
-    yield running
-    await running.stop()
-    database.dispose()
+@pytest.fixture
+def service(worker_service: QueueService) -> QueueService:
+    return worker_service
 
 
 @pytest.fixture(scope="module")
@@ -152,7 +144,7 @@ def finished_loop(settings: Settings, database: Database, prompt: str, audio: np
     """A finished loop of SHAPE in the history whose file holds `audio` (32 kHz): what a worker would have left."""
     with database.session() as session:
         row = create_generation(session, NewGeneration(
-            user_id=1, guild_id=GUILD, channel_id=None, prompt=prompt, prompt_sent=prompt, shape=SHAPE, temperature=1.0,
+            user_id=100, guild_id=GUILD, channel_id=None, prompt=prompt, prompt_sent=prompt, shape=SHAPE, temperature=1.0,
             top_k=250, top_p=0.0, cfg_coef=3.0, seed=seed, model=settings.model.name, kind=kind, source_path=source_path,
         ))
         relative = f"loops/{row.short_id}.wav"
@@ -296,7 +288,7 @@ async def test_a_swept_layer_is_made_again_from_its_seed(service: QueueService) 
     add_layers(service.database, jam_id, made.job_id, other.job_id)
     forget_audio(service, made.job_id)
 
-    done = await finish(service, mix(105, 602, jam_id))
+    done = await finish(service, mix(115, 602, jam_id))  # another member mixes: 105 made its 2 loops
     assert read_audio(done.files[0])[0].shape == (2, SHAPE.samples(32000))
     names, _, archive = stems_of(done)
     assert names == ["01-warm-pad.wav", "02-deep-bass.wav", "jam.json"]

@@ -1,23 +1,21 @@
 """Job kinds through the real worker process and the tiny model: replay, variation, variations=N, loopify, formats.
 
-One service (one worker spawn) serves the whole module; each test uses its own user ids, so the
-rate limit of 2 requests per user applies to each test alone.
+One service (one worker spawn, `worker_service`, shared with test_jam_jobs) serves the module; each
+test uses its own user ids, so the rate limit of 2 requests per user applies to each test alone.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pytest
-import pytest_asyncio
 import soundfile as sf
 from queue_helpers import BROKEN_MODEL, final_event, migrated_database, tiny_settings
 from sqlalchemy import update
 
 from generation.audio_io import read_audio, write_audio
-from generation.config import GenerationSettings
 from generation.jobs import Accepted, JobDone, JobFailed, JobKind, JobRequest, QueueService, RefusalKind, Refused
 from generation.jobs.backend import BatchFinished, EventSink, MadeLoop, WorkDone, WorkerReady, WorkItem
 from generation.jobs.runner import SILENT_SOURCE
@@ -25,7 +23,7 @@ from generation.prompts import UNREADABLE_SOURCE
 from generation.shape import LoopShape
 from generation.storage import UPLOADS_DIR, Generation, GenerationKind, get_generation, list_request_group
 
-pytestmark = pytest.mark.asyncio(loop_scope="module")
+pytestmark = pytest.mark.asyncio(loop_scope="session")  # where `worker_service` runs
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -34,18 +32,9 @@ def loop(user_id: int, **changes: object) -> JobRequest:
     return JobRequest(user_id=user_id, **{"prompt": "dusty boom bap", "shape": LoopShape(120.0, 1), **changes})  # type: ignore[arg-type]
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def service(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[QueueService]:
-    """Best-of-2 (so the delivered seed may be the second candidate's), 2 requests per user."""
-    data_dir = tmp_path_factory.mktemp("kinds")
-    settings = tiny_settings(tiny_model_dir, data_dir, rate_limit_jobs=2, max_queued_per_user=3)
-    settings = settings.model_copy(update={"generation": GenerationSettings(extra_seconds=0.5, candidates=2, retry_budget=0)})
-    database = migrated_database(data_dir)
-    running = QueueService(settings, database)
-    await running.start()
-    yield running
-    await running.stop()
-    database.dispose()
+@pytest.fixture
+def service(worker_service: QueueService) -> QueueService:
+    return worker_service
 
 
 async def finish(service: QueueService, request: JobRequest) -> JobDone:
