@@ -18,7 +18,8 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from generation.config import BPM_MAX, BPM_MIN
+from generation.config import BPM_MAX, BPM_MIN, Settings
+from generation.guild_rules import GuildRules
 from generation.jobs.api import JobKind, JobRequest
 from generation.music.keys import ALL_KEYS, UnknownKey, parse_key
 from generation.shape import LoopShape
@@ -30,6 +31,7 @@ from generation.storage import (
     add_layer,
     end_jam,
     get_guild_generation,
+    get_guild_settings,
     idle_jams,
     remove_layer,
     running_jam,
@@ -179,7 +181,7 @@ class Jam(commands.Cog):
         here = Here.of(interaction)
         new = NewJam(guild_id=here.guild_id, channel_id=here.channel_id, started_by=interaction.user.id,
                      shape=LoopShape(bpm, bars, BEATS_BY_METER[meter]), key=parsed_key(key) if key else None)
-        card: JamCard = await self.bot.in_db(_start, new)
+        card: JamCard = await self.bot.in_db(_start, new, self.bot.settings)
         sent = await interaction.response.send_message(embed=card_embed(card), view=card_view(card), allowed_mentions=NO_PINGS)
         message_id = sent.message_id or (await interaction.original_response()).id
         await self.bot.in_db(set_jam_card, card.jam_id, message_id)
@@ -293,7 +295,14 @@ def _running_card(session: Session, channel_id: int) -> JamCard | None:
     return card_of(session, jam) if jam is not None else None
 
 
-def _start(session: Session, new: NewJam) -> JamCard:
+def _start(session: Session, new: NewJam, settings: Settings) -> JamCard:
+    # The server's rules for loops hold for the jam's: a jam whose loops would all be refused is not started.
+    rules = GuildRules.of(settings, get_guild_settings(session, new.guild_id))
+    if not rules.allows_channel(new.channel_id):
+        channels = ", ".join(f"<#{channel}>" for channel in rules.allowed_channel_ids)
+        raise UserFacingError(f"Loops are made in {channels} on this server, so jams are too.")
+    if new.shape.bars > rules.max_bars:
+        raise UserFacingError(f"This server allows loops of at most {rules.max_bars} bars, so a jam's are too.")
     jam = start_jam(session, new)
     if jam is None:
         running = running_jam(session, new.channel_id)

@@ -50,6 +50,7 @@ from generation.storage import (
     mark_running,
     running_jam,
     start_jam,
+    upsert_guild_settings,
     utcnow,
 )
 
@@ -222,6 +223,24 @@ async def test_an_unknown_key_is_refused_and_nothing_is_stored(double: DiscordDo
         assert running_jam(session, where.channel.id) is None
     suggested = await double.autocomplete("jam start", "key", {"bpm": 92, "key": "f#"}, user=where.alice, channel=where.channel)
     assert [c["value"] for c in (await suggested.wait_callback(timeout=3)).json["data"]["choices"]] == ["F# major", "F# minor"]
+
+
+async def test_a_jam_follows_the_servers_rules_for_loops(double: DiscordDouble, bot: InProcessBot) -> None:
+    """A jam whose loops the server would all refuse (too many bars, a channel without loops) is not started."""
+    where, elsewhere = place(double, "rules"), place(double, "rules-elsewhere")
+    guild_id = where.channel.guild_id
+    with bot.database.session() as session:
+        upsert_guild_settings(session, guild_id, max_bars=2, allowed_channel_ids=[where.channel.id])
+    try:
+        long = await answer(double, "jam start", {"bpm": 92, "bars": 4}, where.alice, where.channel)
+        assert text_of(long) == "This server allows loops of at most 2 bars, so a jam's are too."
+        closed = await answer(double, "jam start", {"bpm": 92, "bars": 2}, elsewhere.alice, elsewhere.channel)
+        assert text_of(closed) == f"Loops are made in <#{where.channel.id}> on this server, so jams are too."
+        with bot.database.session() as session:
+            assert running_jam(session, where.channel.id) is None and running_jam(session, elsewhere.channel.id) is None
+    finally:
+        with bot.database.session() as session:
+            upsert_guild_settings(session, guild_id, max_bars=None, allowed_channel_ids=[])
 
 
 # --- loops in a jam ------------------------------------------------------------------------------------
