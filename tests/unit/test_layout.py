@@ -1,5 +1,12 @@
 """The package boundaries the brief sets: the bot never imports torch, generation never discord;
-imports flow one way (pyproject.toml's import-linter contracts) and no module imports one that imports it back."""
+imports flow one way (pyproject.toml's import-linter contracts) and no module imports one that imports it back.
+
+"generation never imports discord" is an import-linter contract: it reads every import, those inside
+functions too, where importing every module here would see only the top-level ones (and take 16 s).
+The bot's check runs the imports: the queue service the bot runs also holds the worker's code, which
+imports torch inside its functions and runs only in the worker's process, so a static contract would
+see torch behind the bot; only a run can tell.
+"""
 
 from __future__ import annotations
 
@@ -29,17 +36,14 @@ def imported_heavy_modules(package: str) -> list[str]:
     return eval(run.stdout.strip().splitlines()[-1])
 
 
-def test_generation_never_imports_discord() -> None:
-    assert "discord" not in imported_heavy_modules("generation")
-
-
 def test_bot_never_imports_torch_nor_the_audio_analysis() -> None:
     """Keys are named and parsed in the bot; detecting and shifting them (librosa, pedalboard) is the worker's."""
     assert imported_heavy_modules("bot") == ["discord"]
 
 
 def test_the_import_contracts_in_pyproject_hold() -> None:
-    """Layers (command line -> bot -> jobs -> storage, engine, loop -> music), only the CLI imports the bot, no sibling cycles."""
+    """Layers (command line -> bot -> jobs -> storage, engine, loop -> music), only the CLI imports the bot,
+    generation never imports discord, no sibling cycles."""
     lint = subprocess.run(
         [sys.executable, "-c", "from importlinter.cli import lint_imports_command; lint_imports_command()", "--no-cache"],
         capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
