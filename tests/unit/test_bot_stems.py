@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from bot import uploads
 from bot.uploads import ENVELOPE_BYTES, fit_stems
 from generation.audio_io import write_audio
 
@@ -61,3 +62,21 @@ def test_stems_over_the_limit_are_rebuilt_as_flac_then_ogg_with_jam_json_naming_
 
 def test_stems_too_large_even_as_ogg_are_left_out(stems_zip: Path) -> None:
     assert fit_stems(stems_zip, ENVELOPE_BYTES + 1024) is None
+
+
+@pytest.mark.parametrize("fault", ["too many entries", "a stem too large unpacked", "not a zip"])
+def test_a_zip_no_worker_writes_is_left_out_unopened(stems_zip: Path, fault: str, monkeypatch: pytest.MonkeyPatch,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    """In distributed mode the zip came through Redis: what it declares is checked before a byte is unpacked."""
+    if fault == "too many entries":
+        with zipfile.ZipFile(stems_zip, "a") as out:
+            for number in range(3, 10):
+                out.writestr(f"0{number}-layer.wav", b"RIFF")
+    elif fault == "a stem too large unpacked":
+        monkeypatch.setattr(uploads, "MAX_STEM_BYTES", FRAMES * 2 * 2)  # 4 s of 16-bit stereo: each stem, header and all, is over it
+    else:
+        stems_zip.write_bytes(b"PK not really" * 1000)
+    written = set(stems_zip.parent.iterdir())
+    assert fit_stems(stems_zip, stems_zip.stat().st_size + ENVELOPE_BYTES - 1) is None
+    assert set(stems_zip.parent.iterdir()) == written  # nothing unpacked or rebuilt
+    assert "left out the stems mix.zip" in caplog.text
