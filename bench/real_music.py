@@ -1,0 +1,64 @@
+"""The loop engine on the real-music corpus (tests/support/real_corpus.toml): issue #13's table.
+
+    PYTHONPATH=$PWD .venv/bin/python -m bench.real_music
+
+Fetches the excerpts (apt-get download, cached), loops each file as `loopjam loopify` does
+(`loop_file`, 4 bars) at its annotated tempo and, for a few, at a request 4-5 % off it, and
+measures the loop with the rendered corpus's independent measures (tests/support/corpus.py).
+Goals (issue #13): start within 40 ms of a true downbeat, grid spread < 15 ms, drift < 6 ms/bar,
+seam < 1.5, and not unusable.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+from corpus import LoopMeasures, measure_loop
+from real_corpus import EXCERPTS, Excerpt, fetch_all
+
+from generation.loop import LoopResult
+from generation.loop.source import loop_file
+from generation.shape import LoopShape
+
+BARS = 4
+OFF_TEMPO = {"escape": 1.045, "menu": 0.96, "fb-intro": 1.05, "batcave": 0.955}  # request / source tempo
+
+
+def meets_goals(m: LoopMeasures, result: LoopResult) -> bool:
+    return (
+        abs(m.start_error_ms) < 40 and m.grid_deviation_ms < 15 and abs(m.drift_ms_per_bar) < 6
+        and m.seam_ratio < 1.5 and result.report.verdict != "unusable"
+    )
+
+
+def row(excerpt: Excerpt, path, bpm: float) -> str:
+    result = loop_file(path, LoopShape(bpm, BARS, excerpt.beats_per_bar))
+    m = measure_loop(
+        result.audio, result.sample_rate, BARS, excerpt.beats_per_bar,
+        result.report.source_start_seconds, np.array(excerpt.downbeats),
+    )
+    report = result.report
+    goals = "ok" if meets_goals(m, result) else "MISS"
+    return (
+        f"{excerpt.name:20s} {bpm:7.2f} {excerpt.bpm:7.2f} {report.source_bpm:7.2f} {m.start_error_ms:+8.1f}"
+        f" {m.grid_deviation_ms:7.1f} {m.drift_ms_per_bar:+7.2f} {m.seam_ratio:6.2f}  {report.verdict:9s} {goals:5s}"
+        f" {report.reason_code or ''}"
+    )
+
+
+def main() -> None:
+    start = time.perf_counter()
+    files = fetch_all()
+    print(f"corpus ready in {time.perf_counter() - start:.1f} s ({len(files)} excerpts)")
+    print(f"{'excerpt':20s} {'asked':>7s} {'source':>7s} {'found':>7s} {'start ms':>8s} {'spread':>7s}"
+          f" {'drift/b':>7s} {'seam':>6s}  {'verdict':9s} goals reason")
+    for excerpt in EXCERPTS:
+        print(row(excerpt, files[excerpt.name], excerpt.bpm), flush=True)
+    for excerpt in EXCERPTS:
+        if excerpt.name in OFF_TEMPO:
+            print(row(excerpt, files[excerpt.name], round(excerpt.bpm * OFF_TEMPO[excerpt.name], 2)), flush=True)
+
+
+if __name__ == "__main__":
+    main()

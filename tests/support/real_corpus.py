@@ -1,0 +1,106 @@
+"""A real-music corpus for the loop engine: 15 s excerpts of recordings that Debian packages ship.
+
+The annotations (tempo, beats per bar, downbeat times, how each was checked) are kept in
+real_corpus.toml beside this file. The audio is fetched at test time with `apt-get download`,
+unpacked with `dpkg-deb -x` into a cache directory reused across runs, and never committed.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+ANNOTATIONS = Path(__file__).with_name("real_corpus.toml")
+CACHE_ENV = "LOOPJAM_REAL_CORPUS"  # where the packages and excerpts are cached (default below)
+
+
+class CorpusUnavailable(RuntimeError):
+    """The packages could not be fetched (no apt-get or dpkg-deb, or the mirror is unreachable)."""
+
+
+@dataclass(frozen=True)
+class Excerpt:
+    """One annotated excerpt: `seconds` of the package's file `path` from `start`."""
+
+    name: str
+    package: str
+    path: str
+    start: float
+    seconds: float
+    bpm: float
+    beats_per_bar: int
+    downbeats: tuple[float, ...]  # seconds from the excerpt's start
+    description: str
+    checked: str  # how the annotation was verified
+
+
+def _load() -> tuple[dict[str, str], list[Excerpt]]:
+    data = tomllib.loads(ANNOTATIONS.read_text())
+    licences = {name: entry["licence"] for name, entry in data["packages"].items()}
+    excerpts = [Excerpt(**{**row, "downbeats": tuple(row["downbeats"])}) for row in data["excerpt"]]
+    return licences, excerpts
+
+
+LICENCES, EXCERPTS = _load()
+
+
+def cache_dir() -> Path:
+    default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "loopjam" / "real-corpus"
+    return Path(os.environ.get(CACHE_ENV, default))
+
+
+def _unpacked(package: str, cache: Path) -> Path:
+    """The package's files under `cache` (downloaded and unpacked once)."""
+    root = cache / "unpacked" / package
+    if (root / ".done").exists():
+        return root
+    if shutil.which("apt-get") is None or shutil.which("dpkg-deb") is None:
+        raise CorpusUnavailable("apt-get and dpkg-deb are needed to fetch the real-music corpus")
+    debs = cache / "debs"
+    debs.mkdir(parents=True, exist_ok=True)
+    if not list(debs.glob(f"{package}_*.deb")):
+        done = subprocess.run(["apt-get", "download", package], cwd=debs, capture_output=True, text=True, timeout=600)
+        if done.returncode != 0:
+            raise CorpusUnavailable(f"apt-get download {package} failed: {done.stderr.strip()[-300:]}")
+    (deb,) = debs.glob(f"{package}_*.deb")
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
+    subprocess.run(["dpkg-deb", "-x", str(deb), str(root)], check=True, timeout=300)
+    (root / ".done").touch()
+    return root
+
+
+def excerpt_file(excerpt: Excerpt, cache: Path | None = None) -> Path:
+    """The excerpt as a WAV at the source's rate and channels (cut once, then reused)."""
+    cache = cache or cache_dir()
+    wav = cache / "excerpts" / f"{excerpt.name}.wav"
+    if not wav.exists():
+        source = _unpacked(excerpt.package, cache) / excerpt.path
+        rate = sf.info(str(source)).samplerate
+        audio, _ = sf.read(
+            str(source), start=round(excerpt.start * rate), frames=round(excerpt.seconds * rate),
+            dtype="float32", always_2d=True,
+        )
+        wav.parent.mkdir(parents=True, exist_ok=True)
+        partial = wav.with_suffix(".part.wav")
+        sf.write(str(partial), audio, rate)
+        partial.replace(wav)
+    return wav
+
+
+def fetch_all(cache: Path | None = None) -> dict[str, Path]:
+    """Every excerpt's WAV by name; raises `CorpusUnavailable` when the packages cannot be fetched."""
+    return {excerpt.name: excerpt_file(excerpt, cache) for excerpt in EXCERPTS}
+
+
+def read_excerpt(path: Path) -> tuple[np.ndarray, int]:
+    """A cached excerpt as ([C, T] float32, sample rate)."""
+    audio, rate = sf.read(str(path), dtype="float32", always_2d=True)
+    return audio.T.copy(), int(rate)
