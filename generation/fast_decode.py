@@ -108,15 +108,19 @@ class FastDecoder:
 
     def start(self, condition_tensors: ConditionTensors, rows: int, steps: int) -> DecodeState:
         """A state for `rows` rows and up to `steps` steps, its cross-attention projected once."""
-        lm, layers, first = self.lm, self.layers, next(self.lm.parameters())
+        lm, layers = self.lm, self.layers
+        weight = layers[0].self_attn.in_proj_weight
+        # Keys come out of the projection in autocast's precision where it is on (float16 on a GPU).
+        on = torch.is_autocast_enabled(weight.device.type)
+        dtype = torch.get_autocast_dtype(weight.device.type) if on else weight.dtype
         heads = layers[0].self_attn.num_heads
         shape = (len(layers), rows, heads, steps, lm.dim // heads)
-        keys = torch.empty(shape, device=first.device, dtype=first.dtype)
+        keys = torch.empty(shape, device=weight.device, dtype=dtype)
         values = torch.empty_like(keys)
         if layers[0].cross_attention is None:
             return DecodeState(keys, values, None, None)
         # The fuser concatenates every cross-attended condition (and adds positions if configured).
-        _, source = lm.fuser(torch.zeros(rows, 0, lm.dim, device=first.device), condition_tensors)
+        _, source = lm.fuser(torch.zeros(rows, 0, lm.dim, device=weight.device), condition_tensors)
         mask = torch.cat([m for name, (_, m) in condition_tensors.items() if lm.fuser.cond2fuse[name] == "cross"], 1)
         cross = [_cross_keys_values(_cross_module(layer), source) for layer in layers]
         return DecodeState(keys, values, cross, _padding_mask(mask.bool()))

@@ -184,3 +184,14 @@ def test_a_model_the_fast_decoder_cannot_run_falls_back_with_one_log_line(
         "melodic: audiocraft's decoder instead of the fast one: conditions fused by prepend (melody conditioning)"
     ]
     assert engine.generate([GenerationRequest("a", 0.5, 1)], SamplingParams())[0].shape == (1, 16000)
+
+
+def test_the_fast_decoder_runs_under_autocast(engines: tuple[MusicGenEngine, MusicGenEngine]) -> None:
+    # As on a GPU, where MusicGen decodes under float16 autocast: the cache takes autocast's precision.
+    decoder = engines[0].fast
+    assert decoder is not None
+    generators = [torch.Generator().manual_seed(1)]
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        codes = decoder.generate(attributes(DESCRIPTIONS[:1]), None, 20, SamplingParams(), generators)
+    assert codes.shape == (1, decoder.lm.num_codebooks, 20)
+    assert bool(((codes >= 0) & (codes < decoder.lm.card)).all())
