@@ -35,7 +35,7 @@ import torch
 from generation.config import GenerationSettings, LoopSettings
 from generation.engine import GenerationRequest, MusicGenEngine, SamplingParams
 from generation.loop.parallel import LoopProcesses, auto_processes
-from generation.model import SMALL, TINY, ModelShape, build_random_musicgen_parts
+from generation.model import MEDIUM, SMALL, TINY, ModelShape, build_random_musicgen_parts
 from generation.pipeline import LoopMaker, LoopOutcome, LoopSpec
 from generation.sampling import RowSeededLMModel
 from generation.shape import LoopShape
@@ -97,7 +97,7 @@ def is_cuda(device: str) -> bool:
 
 
 def shape_name(shape: ModelShape) -> str:
-    return "tiny" if shape == TINY else "musicgen-small"
+    return {TINY: "tiny", MEDIUM: "musicgen-medium"}.get(shape, "musicgen-small")
 
 
 def build_engine(shape: ModelShape, device: str) -> MusicGenEngine:

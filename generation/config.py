@@ -57,10 +57,15 @@ class DiscordSettings(Section):
     redelivery_interval_s: float = Field(default=30.0, gt=0, le=3600)
 
 
+Decoder = Literal["fast", "audiocraft"]
+"""How MusicGen's tokens are decoded: LoopJam's static-cache loop (`generation.fast_decode`) or audiocraft's own."""
+
+
 class ModelSettings(Section):
     name: str = "facebook/musicgen-small"
     allowed: list[str] = Field(default_factory=lambda: ["facebook/musicgen-small"])
     device: Literal["auto", "cuda", "mps", "cpu"] = "auto"
+    decoder: Decoder = "fast"
     warmup: bool = True
 
 

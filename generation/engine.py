@@ -16,7 +16,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .config import Decoder
+from .fast_decode import FastDecoder, unsupported_reason
 from .model import load_musicgen
+from .sampling import SamplingParams
 
 log = logging.getLogger(__name__)
 
@@ -26,14 +29,6 @@ ProgressCallback = tp.Callable[[float], None]
 
 class GenerationCancelled(Exception):
     """The caller asked to stop; raised between two decoding steps."""
-
-
-@dataclass(frozen=True)
-class SamplingParams:
-    temperature: float = 1.0
-    top_k: int = 250
-    top_p: float = 0.0
-    cfg_coef: float = 3.0
 
 
 @dataclass(frozen=True)
@@ -50,13 +45,31 @@ class GenerationRequest:
     prompt_audio: np.ndarray | None = None
 
 
+@dataclass(frozen=True)
+class GeneratedTokens:
+    """A batch's tokens: [B, K, T] codes, the first `prompt_frames` of each row its prompt's."""
+
+    codes: torch.Tensor
+    prompt_frames: int
+    frames: list[int]
+    """Each request's own length in frames, after the prompt."""
+
+
 class MusicGenEngine:
-    def __init__(self, model: tp.Any, name: str) -> None:
+    def __init__(self, model: tp.Any, name: str, decoder: Decoder = "fast") -> None:
+        """`decoder`: "fast" (`generation.fast_decode`) unless the model needs audiocraft's own loop."""
         self.model = model
         self.name = name
+        self.fast: FastDecoder | None = None
+        if decoder == "fast":
+            reason = unsupported_reason(model.lm)
+            if reason is None:
+                self.fast = FastDecoder(model.lm)
+            else:
+                log.warning("%s: audiocraft's decoder instead of the fast one: %s", name, reason)
 
     @classmethod
-    def load(cls, name: str, device: str = "auto") -> MusicGenEngine:
+    def load(cls, name: str, device: str = "auto", decoder: Decoder = "fast") -> MusicGenEngine:
         """Load the model once per process; on CPU, leave one core to the rest of the process."""
         model = load_musicgen(name, device)
         if model.device.type == "cpu":
@@ -66,7 +79,7 @@ class MusicGenEngine:
             # (`bench/cpu_threads.py`). oneDNN off is a little faster still on these small shapes.
             torch.set_num_threads(max(1, (os.cpu_count() or 2) - 1))
             torch.backends.mkldnn.enabled = False  # type: ignore[assignment]  # a settable flag; torch types it as a descriptor
-        return cls(model, name)
+        return cls(model, name, decoder)
 
     @property
     def sample_rate(self) -> int:
@@ -129,6 +142,24 @@ class MusicGenEngine:
         """
         if not requests:
             return
+        tokens = self.generate_tokens(requests, params, progress, should_cancel)
+        # Each row is decoded alone at its own length, so it does not depend on its batch-mates
+        # (decoded together, rows differ from their solo decoding in the last bits).
+        hop = round(self.sample_rate / self.frame_rate)
+        start = tokens.prompt_frames
+        for i, frames in enumerate(tokens.frames):
+            yield self._decode(tokens.codes[i : i + 1, :, : start + frames])[:, start * hop :]
+        if progress is not None:
+            progress(100.0)
+
+    def generate_tokens(
+        self,
+        requests: tp.Sequence[GenerationRequest],
+        params: SamplingParams,
+        progress: ProgressCallback | None = None,
+        should_cancel: tp.Callable[[], bool] | None = None,
+    ) -> GeneratedTokens:
+        """The batch's tokens, before the codec decodes them; see `generate`. `requests` must not be empty."""
         frames = [max(1, math.ceil(r.duration * self.frame_rate)) for r in requests]
         prompts = [r.prompt_audio for r in requests]
         if any(p is not None for p in prompts) and len({None if p is None else p.shape[-1] for p in prompts}) != 1:
@@ -142,10 +173,6 @@ class MusicGenEngine:
         # later codebooks; generating n_q frames past the longest request keeps every kept frame
         # independent of where the run stops.
         total_frames = prompt_frames + max(frames) + self.model.lm.num_codebooks
-        self.model.set_generation_params(
-            use_sampling=True, top_k=params.top_k, top_p=params.top_p, temperature=params.temperature,
-            duration=total_frames / self.frame_rate, cfg_coef=params.cfg_coef,
-        )
 
         def on_step(generated: int, _chunk_total: int) -> None:
             if should_cancel is not None and should_cancel():
@@ -153,24 +180,35 @@ class MusicGenEngine:
             if progress is not None:
                 progress(min(99.0, 100.0 * generated / max(frames)))
 
+        generators = [torch.Generator(device=self.model.device).manual_seed(r.seed) for r in requests]
+        if progress is not None:
+            progress(0.0)
+        # Past max_duration audiocraft generates in overlapping windows, which only its loop does.
+        if self.fast is not None and total_frames <= self.max_duration * self.frame_rate:
+            with torch.no_grad(), self.model.autocast:
+                codes = self.fast.generate(attributes, prompt_tokens, total_frames, params, generators, on_step)
+        else:
+            codes = self._audiocraft_tokens(attributes, prompt_tokens, total_frames, params, generators, on_step)
+        return GeneratedTokens(codes, prompt_frames, frames)
+
+    def _audiocraft_tokens(
+        self, attributes: list[tp.Any], prompt_tokens: torch.Tensor | None, total_frames: int,
+        params: SamplingParams, generators: list[torch.Generator], on_step: tp.Callable[[int, int], None],
+    ) -> torch.Tensor:
+        """Tokens [B, K, T] from audiocraft's own decoding loop, sampled with LoopJam's row generators."""
+        self.model.set_generation_params(
+            use_sampling=True, top_k=params.top_k, top_p=params.top_p, temperature=params.temperature,
+            duration=total_frames / self.frame_rate, cfg_coef=params.cfg_coef,
+        )
         self.model.set_custom_progress_callback(on_step)
         lm = self.model.lm
-        lm.row_generators = [torch.Generator(device=self.model.device).manual_seed(r.seed) for r in requests]
+        lm.row_generators = generators
         try:
-            if progress is not None:
-                progress(0.0)
             with torch.no_grad():
-                tokens = self.model._generate_tokens(attributes, prompt_tokens, progress=True)
+                return self.model._generate_tokens(attributes, prompt_tokens, progress=True)
         finally:
             lm.row_generators = None
             self.model.set_custom_progress_callback(None)
-        # Each row is decoded alone at its own length, so it does not depend on its batch-mates
-        # (decoded together, rows differ from their solo decoding in the last bits).
-        hop = round(self.sample_rate / self.frame_rate)
-        for i in range(len(requests)):
-            yield self._decode(tokens[i : i + 1, :, : prompt_frames + frames[i]])[:, prompt_frames * hop :]
-        if progress is not None:
-            progress(100.0)
 
     def _decode(self, tokens: torch.Tensor) -> np.ndarray:
         """[1, K, T] tokens -> [C, T * hop] float32 audio."""

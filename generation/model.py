@@ -125,7 +125,7 @@ def load_musicgen(name: str, device: str = "auto") -> MusicGen:
 
 @dataclass(frozen=True)
 class ModelShape:
-    """Sizes of a MusicGen LM and its codec; `TINY` is for tests, `SMALL` matches musicgen-small."""
+    """Sizes of a MusicGen LM and its codec; `TINY` is for tests, `SMALL` and `MEDIUM` match the releases."""
 
     dim: int
     num_heads: int
@@ -138,6 +138,7 @@ class ModelShape:
 
 TINY = ModelShape(dim=32, num_heads=4, num_layers=2, card=64, n_q=4, codec_filters=4, codec_dimension=32)
 SMALL = ModelShape(dim=1024, num_heads=16, num_layers=24, card=2048, n_q=4, codec_filters=64, codec_dimension=128)
+MEDIUM = ModelShape(dim=1536, num_heads=24, num_layers=48, card=2048, n_q=4, codec_filters=64, codec_dimension=128)
 
 SAMPLE_RATE = 32000
 CODEC_RATIOS = [8, 5, 4, 4]  # hop 640 samples: 50 frames a second at 32 kHz, as released MusicGen
@@ -212,6 +213,16 @@ def codec_config(shape: ModelShape) -> dict[str, tp.Any]:
     }
 
 
+def build_random_lm(shape: ModelShape, seed: int = 0, device: str = "cpu") -> tp.Any:
+    """A randomly initialised audiocraft `LMModel` of `shape`, in eval mode, built by audiocraft's builder."""
+    from audiocraft.models import builders
+
+    torch.manual_seed(seed)
+    lm_cfg = OmegaConf.create(lm_config(shape))
+    lm_cfg.device = device
+    return builders.get_lm_model(lm_cfg).eval()
+
+
 def build_random_musicgen_parts(shape: ModelShape, seed: int = 0, device: str = "cpu") -> tuple[tp.Any, tp.Any]:
     """Build a randomly initialised (LM, codec) pair with audiocraft's own builders.
 
@@ -220,11 +231,10 @@ def build_random_musicgen_parts(shape: ModelShape, seed: int = 0, device: str = 
     """
     from audiocraft.models import builders
 
-    torch.manual_seed(seed)
-    lm_cfg, codec_cfg = OmegaConf.create(lm_config(shape)), OmegaConf.create(codec_config(shape))
-    lm_cfg.device = codec_cfg.device = device
+    lm = build_random_lm(shape, seed, device)
+    codec_cfg = OmegaConf.create(codec_config(shape))
+    codec_cfg.device = device
     with _quiet_weight_norm():
-        lm = builders.get_lm_model(lm_cfg).eval()
         codec = builders.get_compression_model(codec_cfg)
     quantizer = tp.cast(torch.nn.Module, codec.quantizer)
     quantizer.train()

@@ -8,9 +8,20 @@ and `/replay` runs that request alone, so each row gets its own `torch.Generator
 from __future__ import annotations
 
 import typing as tp
+from dataclasses import dataclass
 
 import torch
 from audiocraft.models.lm import LMModel
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How each next token is drawn; a temperature of 0 picks the most likely token."""
+
+    temperature: float = 1.0
+    top_k: int = 250
+    top_p: float = 0.0
+    cfg_coef: float = 3.0
 
 
 def keep_top_k(probs: torch.Tensor, k: int) -> torch.Tensor:
@@ -64,14 +75,21 @@ class RowSeededLMModel(LMModel):
         if len(self.row_generators) != sequence.shape[0]:
             raise ValueError(f"{len(self.row_generators)} generators for a batch of {sequence.shape[0]}")
         logits = self._guided_logits(sequence, cfg_conditions, cfg_coef)
-        if not use_sampling or temp <= 0.0:
-            return logits.argmax(dim=-1, keepdim=True)
-        probs = torch.softmax(logits.float() / temp, dim=-1)
-        if top_p > 0.0:
-            probs = keep_top_p(probs, top_p)
-        elif top_k > 0:
-            probs = keep_top_k(probs, top_k)
-        return sample_rows(probs, self.row_generators)
+        params = SamplingParams(temp if use_sampling else 0.0, top_k, top_p)
+        return sample_next_tokens(logits, params, self.row_generators)
+
+
+def sample_next_tokens(logits: torch.Tensor, params: SamplingParams,
+                       generators: tp.Sequence[torch.Generator]) -> torch.Tensor:
+    """Next tokens as LoopJam draws them, row i with `generators[i]`. `logits`: [B, K, card] -> [B, K, 1]."""
+    if params.temperature <= 0.0:
+        return logits.argmax(dim=-1, keepdim=True)
+    probs = torch.softmax(logits.float() / params.temperature, dim=-1)
+    if params.top_p > 0.0:
+        probs = keep_top_p(probs, params.top_p)
+    elif params.top_k > 0:
+        probs = keep_top_k(probs, params.top_k)
+    return sample_rows(probs, generators)
 
 
 def sample_rows(probs: torch.Tensor, generators: tp.Sequence[torch.Generator]) -> torch.Tensor:

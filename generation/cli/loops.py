@@ -81,7 +81,7 @@ def generate(
     )
     seeds = variation_seeds(new_seed() if seed is None else seed, variations)
     specs = [LoopSpec(built.text, shape, each, params, exact_seed=exact, key=target) for each in seeds]
-    engine = MusicGenEngine.load(model_name, conf.model.device)
+    engine = MusicGenEngine.load(model_name, conf.model.device, conf.model.decoder)
     maker = LoopMaker(engine, conf.generation, conf.loop)
     outcomes = _make_with_progress(maker, specs, show=not as_json and sys.stdout.isatty())
 

@@ -35,7 +35,8 @@ def model_info(name: Annotated[str, typer.Argument(help="Hub name or checkpoint 
         raise fail(str(error)) from None
     from ..engine import MusicGenEngine
 
-    engine = MusicGenEngine.load(name, settings().model.device)
+    conf = settings().model
+    engine = MusicGenEngine.load(name, conf.device, conf.decoder)
     typer.echo(f"model:       {name}")
     typer.echo(f"sample rate: {engine.sample_rate} Hz")
     typer.echo(f"frame rate:  {engine.frame_rate:g} Hz")

@@ -153,7 +153,7 @@ class ProcessWorkerPool:
         config = WorkerConfig(
             name=name, model=self.settings.model.name, device=self.device,
             generation=self.settings.generation, loop=self.settings.loop,
-            data_dir=Path(self.settings.storage.data_dir).resolve(),
+            data_dir=Path(self.settings.storage.data_dir).resolve(), decoder=self.settings.model.decoder,
         )
         tasks_recv, tasks_send = self._context.Pipe(duplex=False)
         events_recv, events_send = self._context.Pipe(duplex=False)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config import GenerationSettings, LoopSettings, model_label
+from ..config import Decoder, GenerationSettings, LoopSettings, model_label
 from ..music import Key, parse_key
 from .backend import (
     EventSink,
@@ -60,6 +60,7 @@ class WorkerConfig:
     generation: GenerationSettings
     loop: LoopSettings
     data_dir: Path
+    decoder: Decoder = "fast"
 
 
 def model_error_message(model: str) -> str:
@@ -116,7 +117,7 @@ class BatchRunner:
         from ..pipeline import LoopMaker
 
         try:
-            engine = MusicGenEngine.load(model, self.config.device)
+            engine = MusicGenEngine.load(model, self.config.device, self.config.decoder)
         except Exception:  # any loader error is the model's, not the request's
             log.exception("cannot load %s", model)
             self._unavailable[model] = model_error_message(model)

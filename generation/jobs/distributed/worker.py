@@ -139,7 +139,7 @@ class RemoteWorker:
         self.outage = Outage("Redis", "the worker waits for it; a running batch goes on", "the worker carries on", log)
         config = WorkerConfig(
             name=name, model=self.model, device=settings.model.device, generation=settings.generation,
-            loop=settings.loop, data_dir=scratch_dir,
+            loop=settings.loop, data_dir=scratch_dir, decoder=settings.model.decoder,
         )
         self._runner = BatchRunner(config)
 

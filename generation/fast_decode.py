@@ -1,0 +1,272 @@
+"""MusicGen decoding over audiocraft's own modules and weights, with a preallocated KV cache.
+
+audiocraft's `LMModel.generate` grows each layer's keys and values by concatenation (the whole
+cache is copied at every step) and projects the text's cross-attention keys and values again in
+every layer at every step. `FastDecoder` runs the same modules (embeddings, norms, projections,
+feed-forward, output heads: the state dict as loaded, untouched) in its own step loop:
+
+- the self-attention keys and values go into a cache allocated once for the batch and the longest
+  sequence, written in place;
+- the cross-attention keys and values of the conditioning are projected once per batch;
+- text padding is masked in cross-attention, so a row does not depend on its batch-mates' prompt
+  lengths (audiocraft attends to the zero-embedded padding);
+- classifier-free guidance is one forward pass over the doubled batch, and the delay pattern, the
+  special token and the forced positions come from audiocraft's own pattern objects, as in
+  `LMModel.generate`.
+
+Shapes: B requests, R rows (2 B with guidance: the conditional rows then their null-conditioned
+twins), K codebooks, T steps fed at once, S pattern steps, H heads of d channels, L conditioning
+tokens, D = H d model channels.
+"""
+
+from __future__ import annotations
+
+import typing as tp
+from dataclasses import dataclass
+
+import torch
+from audiocraft.models.lm import LMModel
+from audiocraft.modules.conditioners import ClassifierFreeGuidanceDropout, ConditioningAttributes
+from audiocraft.modules.transformer import StreamingMultiheadAttention, StreamingTransformerLayer, create_sin_embedding
+from torch.nn import functional as F
+
+from .sampling import SamplingParams, sample_next_tokens
+
+StepCallback = tp.Callable[[int, int], None]
+"""Called after each step with (steps done, steps in all), as audiocraft's generation callback."""
+
+UNKNOWN_TOKEN = -1
+"""A pattern position not generated yet, as in `LMModel.generate`."""
+
+ConditionTensors = dict[str, tuple[torch.Tensor, torch.Tensor]]
+"""audiocraft's conditioning output: name -> (embeddings [R, L, D], mask [R, L], 1 = a real token)."""
+
+
+def unsupported_reason(lm: LMModel) -> str | None:
+    """Why `FastDecoder` cannot run `lm` exactly as audiocraft would, or None when it can.
+
+    It covers the released text-to-music MusicGens (small, medium, large, stereo): pre-norm layers,
+    sinusoidal positions, audiocraft's own attention (`memory_efficient`), text by cross-attention.
+    """
+    if lm.training:
+        return "the LM is in training mode"
+    if lm.two_step_cfg:
+        return "two-step classifier-free guidance"
+    other_fusing = sorted(op for op, names in lm.fuser.fuse2cond.items() if names and op != "cross")
+    if other_fusing:
+        return f"conditions fused by {', '.join(other_fusing)} (melody conditioning)"
+    transformer = lm.transformer
+    if transformer.positional_embedding != "sin":
+        return f"positional embedding {transformer.positional_embedding!r}"
+    for layer in transformer.layers:
+        if type(layer) is not StreamingTransformerLayer:
+            return f"transformer layer {type(layer).__name__}"
+        if not layer.norm_first:
+            return "post-norm transformer layers"
+        attn = layer.self_attn
+        if not (attn.custom and attn.causal) or attn.past_context is not None or attn.rope is not None:
+            return "self-attention other than causal, unbounded, audiocraft-custom without rope"
+        if attn.qk_layer_norm or attn.kv_repeat != 1:
+            return "query/key layer norm or repeated key/value heads"
+        cross = layer.cross_attention
+        if cross is not None and (not cross.custom or cross.qk_layer_norm):
+            return "cross-attention other than audiocraft-custom without layer norm"
+    return None
+
+
+@dataclass
+class DecodeState:
+    """Everything a batch's steps read and write besides the weights."""
+
+    keys: torch.Tensor
+    """Self-attention keys, [layers, R, H, S, d]; steps `[0, length)` are filled."""
+    values: torch.Tensor
+    """Self-attention values, like `keys`."""
+    cross: list[tuple[torch.Tensor, torch.Tensor]] | None
+    """Per layer, the conditioning's projected cross-attention (keys, values), each [R, H, L, d]."""
+    cross_mask: torch.Tensor | None
+    """[R, 1, 1, L], True where a row may attend; None when no row has padding to mask."""
+    length: int = 0
+    """Steps already in the cache: the position of the next step fed."""
+
+
+class FastDecoder:
+    """Decoding of one loaded audiocraft `LMModel`, sharing its modules (see the module's docstring)."""
+
+    def __init__(self, lm: LMModel) -> None:
+        reason = unsupported_reason(lm)
+        if reason is not None:
+            raise ValueError(f"the fast decoder cannot run this model: {reason}")
+        self.lm = lm
+        self.layers = tp.cast(list[StreamingTransformerLayer], list(lm.transformer.layers))
+
+    def conditions(self, attributes: tp.Sequence[ConditioningAttributes]) -> ConditionTensors:
+        """The conditioning of B requests then their null twins (2 B rows), as `LMModel.generate` makes it."""
+        provider = self.lm.condition_provider
+        null = ClassifierFreeGuidanceDropout(p=1.0)(list(attributes))
+        return provider(provider.tokenize(list(attributes) + null))
+
+    def start(self, condition_tensors: ConditionTensors, rows: int, steps: int) -> DecodeState:
+        """A state for `rows` rows and up to `steps` steps, its cross-attention projected once."""
+        lm, layers = self.lm, self.layers
+        weight = layers[0].self_attn.in_proj_weight
+        # Keys come out of the projection in autocast's precision where it is on (float16 on a GPU).
+        on = torch.is_autocast_enabled(weight.device.type)
+        dtype = torch.get_autocast_dtype(weight.device.type) if on else weight.dtype
+        heads = layers[0].self_attn.num_heads
+        shape = (len(layers), rows, heads, steps, lm.dim // heads)
+        keys = torch.empty(shape, device=weight.device, dtype=dtype)
+        values = torch.empty_like(keys)
+        if layers[0].cross_attention is None:
+            return DecodeState(keys, values, None, None)
+        # The fuser concatenates every cross-attended condition (and adds positions if configured).
+        _, source = lm.fuser(torch.zeros(rows, 0, lm.dim, device=weight.device), condition_tensors)
+        mask = torch.cat([m for name, (_, m) in condition_tensors.items() if lm.fuser.cond2fuse[name] == "cross"], 1)
+        cross = [_cross_keys_values(_cross_module(layer), source) for layer in layers]
+        return DecodeState(keys, values, cross, _padding_mask(mask.bool()))
+
+    def forward(self, codes: torch.Tensor, state: DecodeState) -> torch.Tensor:
+        """Feed `codes` [R, K, T] at the state's position; the logits of the last step, [R, K, card].
+
+        More than one step at a time (a continuation's prompt) only as the first feed.
+        """
+        lm, transformer = self.lm, self.lm.transformer
+        steps = codes.shape[-1]
+        if steps > 1 and state.length > 0:
+            raise ValueError("several steps at once only as the first feed")
+        x = sum(lm.emb[k](codes[:, k]) for k in range(lm.num_codebooks))
+        assert isinstance(x, torch.Tensor)
+        positions = torch.arange(state.length, state.length + steps, device=x.device).view(1, -1, 1)
+        x = x + transformer.positional_scale * create_sin_embedding(
+            positions, x.shape[-1], max_period=transformer.max_period, dtype=x.dtype
+        )
+        for index, layer in enumerate(self.layers):
+            x = x + layer.layer_scale_1(self_attention(
+                layer.self_attn, layer.norm1(x), state.keys[index], state.values[index], state.length
+            ))
+            if state.cross is not None:
+                keys, values = state.cross[index]
+                x = x + layer.layer_scale_cross(
+                    cross_attention(_cross_module(layer), layer.norm_cross(x), keys, values, state.cross_mask)
+                )
+            x = x + layer.layer_scale_2(layer._ff_block(layer.norm2(x)))
+        state.length += steps
+        out = x[:, -1:]
+        if lm.out_norm is not None:
+            out = lm.out_norm(out)
+        return torch.stack([linear(out) for linear in lm.linears], dim=1)[:, :, 0]
+
+    def guided_logits(self, codes: torch.Tensor, state: DecodeState, cfg_coef: float) -> torch.Tensor:
+        """Logits with classifier-free guidance: `codes` [B, K, T] over 2 B state rows -> [B, K, card]."""
+        conditional, unconditional = self.forward(torch.cat([codes, codes]), state).split(codes.shape[0])
+        return unconditional + (conditional - unconditional) * cfg_coef
+
+    def generate(
+        self,
+        attributes: tp.Sequence[ConditioningAttributes],
+        prompt: torch.Tensor | None,
+        max_gen_len: int,
+        params: SamplingParams,
+        generators: tp.Sequence[torch.Generator],
+        callback: StepCallback | None = None,
+    ) -> torch.Tensor:
+        """Tokens [B, K, max_gen_len] (the prompt [B, K, T] included), row i sampled with `generators[i]`.
+
+        The same steps as audiocraft's `LMModel.generate` with guidance in one pass.
+        """
+        lm = self.lm
+        device = next(lm.parameters()).device
+        batch = len(attributes)
+        if prompt is None:
+            prompt = torch.zeros((batch, lm.num_codebooks, 0), dtype=torch.long, device=device)
+        prompt_len = prompt.shape[-1]
+        if not prompt_len < max_gen_len:
+            raise ValueError(f"a prompt of {prompt_len} frames leaves nothing to generate in {max_gen_len}")
+        pattern = lm.pattern_provider.get_pattern(max_gen_len)
+        codes = torch.full((batch, lm.num_codebooks, max_gen_len), UNKNOWN_TOKEN, dtype=torch.long, device=device)
+        codes[..., :prompt_len] = prompt
+        sequence, _, valid = pattern.build_pattern_sequence(codes, lm.special_token_id)
+        first = pattern.get_first_step_with_timesteps(prompt_len)
+        assert first is not None
+        total = sequence.shape[-1]
+        state = self.start(self.conditions(attributes), 2 * batch, total)
+        previous = 0
+        for offset in range(first, total):
+            logits = self.guided_logits(sequence[..., previous:offset], state, params.cfg_coef)
+            next_token = sample_next_tokens(logits, params, generators)
+            # The model never predicts the special token: positions the pattern leaves empty get it.
+            next_token[~valid[..., offset : offset + 1].expand(batch, -1, -1)] = lm.special_token_id
+            current = sequence[..., offset : offset + 1]
+            sequence[..., offset : offset + 1] = torch.where(current == UNKNOWN_TOKEN, next_token, current)
+            previous = offset
+            if callback is not None:
+                callback(1 + offset - first, total - first)
+        out, _, _ = pattern.revert_pattern_sequence(sequence, special_token=UNKNOWN_TOKEN)
+        return out[..., :max_gen_len]
+
+
+def _cross_module(layer: StreamingTransformerLayer) -> StreamingMultiheadAttention:
+    return tp.cast(StreamingMultiheadAttention, layer.cross_attention)
+
+
+def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """[R, T, H d] -> [R, H, T, d]."""
+    return x.view(x.shape[0], x.shape[1], heads, -1).transpose(1, 2)
+
+
+def _merge_heads(x: torch.Tensor) -> torch.Tensor:
+    """[R, H, T, d] -> [R, T, H d]."""
+    return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], -1)
+
+
+def _padding_mask(mask: torch.Tensor) -> torch.Tensor | None:
+    """[R, L] real-token mask -> [R, 1, 1, L] attention mask, None when there is nothing to mask.
+
+    A row with no real token at all (a null condition) attends to every position, as audiocraft
+    does: they are all zero embeddings, so its output does not depend on how many there are.
+    """
+    mask = mask | ~mask.any(dim=1, keepdim=True)
+    return None if bool(mask.all()) else mask[:, None, None, :]
+
+
+def _attend(attn: StreamingMultiheadAttention, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+            mask: torch.Tensor | None = None, causal: bool = False) -> torch.Tensor:
+    """Scaled dot-product attention as audiocraft runs it, then the output projection: -> [R, T, D]."""
+    dtype = q.dtype
+    if attn.attention_as_float32:
+        q, k, v = q.float(), k.float(), v.float()
+    x = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
+    return attn.out_proj(_merge_heads(x.to(dtype)))
+
+
+def self_attention(attn: StreamingMultiheadAttention, x: torch.Tensor, keys: torch.Tensor,
+                   values: torch.Tensor, start: int) -> torch.Tensor:
+    """Causal self-attention of `x` [R, T, D] at positions `start..`, writing its keys and values
+    into the layer's cache `keys`/`values` [R, H, S, d] in place. -> [R, T, D]."""
+    rows, steps, _ = x.shape
+    projected = F.linear(x, attn.in_proj_weight, attn.in_proj_bias)
+    # audiocraft's packing: "b t (p h d)" with p = q, k, v.
+    q, k, v = projected.view(rows, steps, 3, attn.num_heads, -1).permute(2, 0, 3, 1, 4)
+    end = start + steps
+    keys[:, :, start:end] = k
+    values[:, :, start:end] = v
+    # Causal masking matters only within a multi-step first feed; one step sees the whole cache.
+    return _attend(attn, q, keys[:, :, :end], values[:, :, :end], causal=steps > 1)
+
+
+def _cross_keys_values(attn: StreamingMultiheadAttention, source: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The conditioning `source` [R, L, D] projected to cross-attention (keys, values), each [R, H, L, d]."""
+    dim = attn.embed_dim
+    weight, bias = attn.in_proj_weight, attn.in_proj_bias
+    k = F.linear(source, weight[dim : 2 * dim], None if bias is None else bias[dim : 2 * dim])
+    v = F.linear(source, weight[2 * dim :], None if bias is None else bias[2 * dim :])
+    return _heads(k, attn.num_heads), _heads(v, attn.num_heads)
+
+
+def cross_attention(attn: StreamingMultiheadAttention, x: torch.Tensor, keys: torch.Tensor,
+                    values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Cross-attention of `x` [R, T, D] to projected `keys`/`values` [R, H, L, d], `mask` [R, 1, 1, L]. -> [R, T, D]."""
+    dim = attn.embed_dim
+    bias = attn.in_proj_bias
+    q = F.linear(x, attn.in_proj_weight[:dim], None if bias is None else bias[:dim])
+    return _attend(attn, _heads(q, attn.num_heads), keys, values, mask)
