@@ -14,9 +14,9 @@ from generation.shape import format_bpm
 from generation.storage import GenerationKind, list_history
 
 from .. import embeds
+from ..keys import key_choices, parsed_key
 from ..text import NO_PINGS, quote
 from ..views import HistoryPages
-from .jam import key_choices, parsed_key
 from .loops import Loops
 
 if tp.TYPE_CHECKING:

@@ -21,7 +21,6 @@ from discord.ext import commands
 from generation.config import BPM_MAX, BPM_MIN, Settings
 from generation.guild_rules import GuildRules
 from generation.jobs.api import JobKind, JobRequest
-from generation.music.keys import ALL_KEYS, UnknownKey, parse_key
 from generation.shape import LoopShape
 from generation.storage import (
     MAX_LAYERS,
@@ -44,6 +43,7 @@ from .. import embeds
 from ..background import Periodic
 from ..errors import UserFacingError
 from ..jamcard import JamCard, LayerLine, card_embed, card_of, card_view, show_card
+from ..keys import key_choices, parsed_key
 from ..text import NO_PINGS, quote
 from ..views import JamReplaceSelect
 from .loops import BARS_CHOICES, BEATS_BY_METER, METER_CHOICES, Loops, no_such_loop
@@ -58,19 +58,6 @@ log = logging.getLogger(__name__)
 EXPIRY_INTERVAL_S = 600.0
 MIX_PROMPT = "jam mix"
 NO_JAM = "No jam is running in this channel. Start one with /jam start."
-
-
-def parsed_key(text: str) -> str:
-    """A key as users type it ("Am", "F# major") by its name ("A minor"); a friendly error for anything else."""
-    try:
-        return parse_key(text).name
-    except UnknownKey as error:
-        raise UserFacingError(str(error)) from None
-
-
-def key_choices(current: str) -> list[app_commands.Choice[str]]:
-    """Autocomplete for a key option: the 24 keys whose name contains what was typed."""
-    return [app_commands.Choice(name=key.name, value=key.name) for key in ALL_KEYS if current.strip().lower() in key.name.lower()][:25]
 
 
 @dataclass(frozen=True)
