@@ -20,6 +20,7 @@ from discord.ext import commands
 
 from generation.config import BPM_MAX, BPM_MIN, Settings
 from generation.guild_rules import GuildRules
+from generation.jobs.admission import mix_prompt
 from generation.jobs.api import JobKind, JobRequest
 from generation.shape import LoopShape
 from generation.storage import (
@@ -56,7 +57,6 @@ if tp.TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 EXPIRY_INTERVAL_S = 600.0
-MIX_PROMPT = "jam mix"
 NO_JAM = "No jam is running in this channel. Start one with /jam start."
 
 
@@ -235,7 +235,7 @@ class Jam(commands.Cog):
             ended = f"Jam #{jam_id} has ended. " if jam_id is not None else ""
             raise UserFacingError(ended + NO_JAM)
         request = JobRequest(
-            user_id=interaction.user.id, prompt=MIX_PROMPT, shape=card.shape, guild_id=here.guild_id,
+            user_id=interaction.user.id, prompt=mix_prompt(len(card.layers)), shape=card.shape, guild_id=here.guild_id,
             channel_id=here.channel_id, role_ids=self.loops.role_ids(interaction), kind=JobKind.MIX, jam_id=card.jam_id,
         )
         await self.loops.enqueue(interaction, request)

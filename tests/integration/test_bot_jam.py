@@ -429,9 +429,9 @@ async def test_jam_mix_and_the_cards_button_queue_a_mix(double: DiscordDouble, b
 
     for response in (queued, pressed):
         embed = response["data"]["embeds"][0]
-        assert embed["title"] == "Queued" and embed["description"] == "“jam mix” · 92 BPM · 4 bars · 4/4"
+        assert embed["title"] == "Queued" and embed["description"] == "“jam mix: 2 layers” · 92 BPM · 4 bars · 4/4"
     mixes = [row for who in (where.bob, where.carol) for row in rows_of(bot, who) if row.kind is GenerationKind.MIX]
-    assert [(row.bpm, row.bars, row.prompt) for row in mixes] == [(92, 4, "jam mix: 2 layers")] * 2  # the queue names the layers it took
+    assert [(row.bpm, row.bars, row.prompt) for row in mixes] == [(92, 4, "jam mix: 2 layers")] * 2  # as the queue names the layers it took
 
 
 async def test_the_queue_refuses_a_mix_without_layers_and_keeps_a_mixs_layers(double: DiscordDouble, bot: InProcessBot) -> None:
