@@ -6,6 +6,7 @@ has a beat period of 60/140 s, because one of its beats spans two beats of the l
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import librosa
@@ -16,12 +17,23 @@ from .analysis import Analysis
 
 # Source pulse / target beat ratios a model plays when asked for a tempo, with a prior that
 # prefers the literal tempo when two readings explain the onsets about as well.
-METRIC_RELATIONS: dict[float, float] = {1.0: 1.0, 0.5: 0.9, 2.0: 0.9, 2.0 / 3.0: 0.8, 1.5: 0.8}
+METRIC_RELATIONS: dict[float, float] = {
+    1.0: 1.0, 0.5: 0.9, 2.0: 0.9, 2.0 / 3.0: 0.8, 1.5: 0.8, 4.0 / 3.0: 0.7, 0.75: 0.7,
+}
+BINARY_RELATIONS = (0.5, 2.0)  # half and double time: the only readings reported over the literal one
 SEARCH_SPAN = 2.0  # search this many stretch limits around each relation, to see tempos past the limit
 PEAK_RADIUS_S = 0.015
 MAX_BACKTRACK_S = 0.03  # an onset counts for a beat when its peak is this close
 LOW_HIT_S = 0.06  # a beat's low-end hit is its loudest low-band level this soon after it
 LOW_FLOOR_DB = 40.0  # low-band levels are floored this far under the loudest beat's
+LOW_PULSE_WEIGHT = 0.5  # the kick and bass pulse counts half: it also pulses at the 2-beat kick pattern
+OFF_REQUEST_PENALTY = 0.2  # evidence lost at the edge of a relation's search span (closer pulses win ties)
+SAME_GRID = 0.015  # two readings whose beat periods agree this closely put beats in the same places
+TRACKER_AGREES = 0.03  # the beat tracker's own tempo confirms a pulse this close to it
+TRACKER_AC_SECONDS = 8.0  # its tempogram window
+BEAT_TIGHTNESS = 400.0  # the beat tracker's stiffness: high, so it rarely slips half a beat mid-clip
+SLIP = 0.08  # consecutive beats this far off the period (as a fraction of it): the tracker slipped
+SNAP_S = 0.03  # a grid beat put in where the tracker slipped moves to the onset peak this close
 
 
 @dataclass(frozen=True)
@@ -29,7 +41,7 @@ class TempoEstimate:
     beat_period: float
     """Source seconds per target beat."""
     relation: float
-    """Source pulse / target beat (1, 1/2, 2, 2/3 or 3/2)."""
+    """Source pulse / target beat (1, 1/2, 2, 2/3, 3/2, 4/3 or 3/4)."""
     pulse_strength: float
     """Normalised autocorrelation of the onsets at the beat period, 0 (no pulse) to 1."""
 
@@ -56,43 +68,123 @@ def _refined_peak(values: np.ndarray, index: int) -> float:
     return float(index)
 
 
-def estimate_tempo(analysis: Analysis, target_bpm: float, max_stretch: float) -> TempoEstimate:
-    """The best-supported beat period near the target, over all metric relations."""
-    span = min(0.45, max_stretch * SEARCH_SPAN)
+@dataclass(frozen=True)
+class _Reading:
+    """The best-supported pulse near one metric relation of the request."""
+
+    relation: float
+    lag: float  # pulse period in frames
+    score: float  # evidence times the relation's prior
+    strength: float  # onset autocorrelation at the lag
+
+    def beat_period(self, frame_rate: float) -> float:
+        return self.lag / frame_rate * self.relation
+
+
+def _readings(analysis: Analysis, target_bpm: float, span: float) -> list[_Reading]:
+    """One reading per metric relation whose search span fits in the clip.
+
+    Evidence is a comb on the onset autocorrelation (a true pulse also correlates at twice its
+    period) plus, at half weight, the same comb on the low band's (the kick and bass pulse).
+    """
     longest_pulse = 60.0 / (target_bpm * min(METRIC_RELATIONS) * (1 - span))
     max_lag = min(len(analysis.onset) - 1, int(2 * longest_pulse * analysis.frame_rate) + 2)
-    ac = _autocorrelation(analysis.onset, max_lag)
-    best: tuple[float, float, float, float] | None = None  # (score, pulse lag, relation, strength)
+    full, low = _autocorrelation(analysis.onset, max_lag), _autocorrelation(analysis.low_onset, max_lag)
+    readings = []
     for relation, prior in METRIC_RELATIONS.items():
-        pulse_bpm = target_bpm * relation
-        lags = np.arange(
-            max(1, int(60.0 / (pulse_bpm * (1 + span)) * analysis.frame_rate)),
-            int(60.0 / (pulse_bpm * (1 - span)) * analysis.frame_rate) + 1,
-        )
+        pulse_lag = 60.0 / (target_bpm * relation) * analysis.frame_rate
+        lags = np.arange(max(1, int(pulse_lag / (1 + span))), int(pulse_lag / (1 - span)) + 1)
         lags = lags[lags <= max_lag]
         if not len(lags):
             continue
-        # A comb: a true pulse also correlates at twice its period.
-        doubled = np.where(2 * lags <= max_lag, ac[np.minimum(2 * lags, max_lag)], 0.0)
-        comb = ac[lags] + 0.5 * doubled
+        doubled = np.minimum(2 * lags, max_lag)
+        inside = 2 * lags <= max_lag
+        comb = full[lags] + 0.5 * np.where(inside, full[doubled], 0.0)
+        comb = comb + LOW_PULSE_WEIGHT * (low[lags] + 0.5 * np.where(inside, low[doubled], 0.0))
+        off = np.log(lags / pulse_lag) / np.log(1 + span)
+        comb = comb * (1 - OFF_REQUEST_PENALTY * off**2)
         peak = int(np.argmax(comb))
-        score = comb[peak] * prior
-        if best is None or score > best[0]:
-            lag = lags[0] + _refined_peak(comb, peak)
-            best = (score, lag, relation, float(ac[lags[peak]]))
-    if best is None:  # a clip shorter than one beat
+        lag = lags[0] + _refined_peak(comb, peak)
+        readings.append(_Reading(relation, lag, float(comb[peak]) * prior, max(0.0, float(full[lags[peak]]))))
+    return readings
+
+
+def _tracker_bpm(analysis: Analysis) -> float:
+    """The tempo a beat tracker hears with no request (librosa's tempogram, its prior at 120 BPM)."""
+    tempo = librosa.feature.tempo(
+        onset_envelope=analysis.onset, sr=analysis.sample_rate, hop_length=analysis.hop, ac_size=TRACKER_AC_SECONDS,
+    )
+    return float(np.atleast_1d(tempo)[0])
+
+
+def estimate_tempo(analysis: Analysis, target_bpm: float, max_stretch: float) -> TempoEstimate:
+    """The best-supported beat period near the target, over all metric relations.
+
+    When the literal reading puts beats where the best one does (a groove at the request also
+    pulses at half, double or 2/3 of it), the literal one is reported unless the best is half or
+    double time and the beat tracker's own tempo confirms it: a syncopated bass or a busy hat
+    does not make a track at the requested tempo a half-time or 2/3-time one.
+    """
+    span = min(0.45, max_stretch * SEARCH_SPAN)
+    readings = _readings(analysis, target_bpm, span)
+    if not readings:  # a clip shorter than one beat
         return TempoEstimate(60.0 / target_bpm, 1.0, 0.0)
-    _, lag, relation, strength = best
-    return TempoEstimate(lag / analysis.frame_rate * relation, relation, max(0.0, strength))
+    rate = analysis.frame_rate
+    best = max(readings, key=lambda reading: reading.score)
+    literal = next((reading for reading in readings if reading.relation == 1.0), best)
+    if literal is not best and abs(literal.beat_period(rate) / best.beat_period(rate) - 1) < SAME_GRID:
+        pulse_bpm = 60.0 * rate / best.lag
+        confirmed = best.relation in BINARY_RELATIONS and abs(_tracker_bpm(analysis) / pulse_bpm - 1) < TRACKER_AGREES
+        best = best if confirmed else literal
+    return TempoEstimate(best.beat_period(rate), best.relation, best.strength)
 
 
 def track_beats(analysis: Analysis, beat_period: float) -> np.ndarray:
     """Beat times in seconds [B], by dynamic programming at the given period (drift tolerated)."""
     _, frames = librosa.beat.beat_track(
         onset_envelope=analysis.onset, sr=analysis.sample_rate, hop_length=analysis.hop,
-        bpm=60.0 / beat_period, units="frames",
+        bpm=60.0 / beat_period, tightness=BEAT_TIGHTNESS, units="frames",
     )
-    return np.asarray(frames, dtype=float) / analysis.frame_rate
+    beats = _gaps_filled(np.asarray(frames, dtype=float) / analysis.frame_rate, beat_period)
+    return _without_slips(analysis, beats, beat_period)
+
+
+def _gaps_filled(beat_times: np.ndarray, beat_period: float) -> np.ndarray:
+    """[B'] beats with evenly spaced ones put in the gaps the tracker left (a quiet beat, a break),
+    so that consecutive beats are one beat apart, as the period fit and the bar phase assume."""
+    if len(beat_times) < 2:
+        return beat_times
+    parts = [beat_times[:1]]
+    for before, after in itertools.pairwise(beat_times):
+        count = max(1, round((after - before) / beat_period))
+        parts.append(before + (after - before) * np.arange(1, count + 1) / count)
+    return np.concatenate(parts)
+
+
+def _without_slips(analysis: Analysis, beat_times: np.ndarray, beat_period: float) -> np.ndarray:
+    """[B'] beats on one phase: where the tracker slid onto the off-beats for a while, the beats
+    outside its longest steady run become that run's grid, extended, each moved to the onset
+    peak nearby (so a gentle drift is still followed)."""
+    steady = np.abs(np.diff(beat_times) / beat_period - 1) < SLIP
+    if steady.all() or not steady.any():
+        return beat_times
+    # The longest run of steady intervals: beats first..last.
+    edges = np.flatnonzero(np.diff(np.r_[0, steady.astype(int), 0]))
+    starts, stops = edges[::2], edges[1::2]
+    longest = int(np.argmax(stops - starts))
+    first, last = int(starts[longest]), int(stops[longest])
+    period, intercept, _ = fit_period(beat_times[first : last + 1])
+    lowest = -int(np.floor(intercept / period))
+    index = np.arange(lowest, int((analysis.duration - intercept) / period) + 1)
+    grid = intercept + period * index
+    radius = max(1, round(SNAP_S * analysis.frame_rate))
+    frames = analysis.frame(grid)
+    offsets = np.arange(-radius, radius + 1)
+    window = np.clip(frames[:, None] + offsets, 0, len(analysis.onset) - 1)
+    snapped = (frames + offsets[analysis.onset[window].argmax(axis=1)]) / analysis.frame_rate
+    run = (index >= 0) & (index <= last - first)
+    snapped[run] = beat_times[first : last + 1][: int(run.sum())]
+    return snapped
 
 
 def onset_starts(analysis: Analysis, times: np.ndarray) -> np.ndarray:

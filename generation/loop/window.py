@@ -1,12 +1,15 @@
 """Choosing where to cut: every window of `bars` bars that starts on a downbeat, scored.
 
 A window scores well when the bar that follows its end (what plays after the wrap in the
-source) sounds like its first bar (harmony, timbre, rhythm), when its beats are evenly spaced,
-and when its last bar is not quieter than the rest (models often fade out).
+source) sounds like its first bar (harmony, timbre, rhythm), when it starts and ends with the
+phrase (the harmony changes at both ends: in half time, or with chords that last two bars,
+only every other downbeat starts one), when its beats are evenly spaced, and when its last
+bar is not quieter than the rest (models often fade out).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from dataclasses import dataclass
 
@@ -19,6 +22,9 @@ MAX_LOCAL_DEVIATION = 0.03  # a window's own tempo stays within 3 % of the sourc
 STABILITY_SCALE = 0.08  # beat jitter (relative to the period) at which stability reaches 0
 SPECTRAL_SCALE_DB = 6.0  # mean log-mel difference at which spectral similarity is 1/e
 FADE_TOLERANCE_DB = 1.5
+# A window whose ends both fall on the phrase's downbeats gains this much: 0.15 misses
+# halfchords140, 0.25 trades escape's clean seam for a phrase start.
+PHRASE_WEIGHT = 0.2
 
 
 @dataclass(frozen=True)
@@ -37,6 +43,8 @@ class Window:
     """Level of the last bar relative to the median bar, dB (negative: a fade)."""
     complete: bool
     """False when the source ends before the window does (it will be padded)."""
+    phrase: float = 1.0
+    """0..1; how well its start and end fall on the downbeats where the harmony changes most (1: both)."""
 
     @property
     def end(self) -> float:
@@ -45,7 +53,10 @@ class Window:
     @property
     def score(self) -> float:
         fade_penalty = 0.1 * max(0.0, -self.fade_db - FADE_TOLERANCE_DB)
-        return self.seam + 0.5 * self.stability - fade_penalty - (0.0 if self.complete else 1.0)
+        return (
+            self.seam + 0.5 * self.stability + PHRASE_WEIGHT * self.phrase - fade_penalty
+            - (0.0 if self.complete else 1.0)
+        )
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> float:
@@ -67,6 +78,17 @@ def bar_similarity(analysis: Analysis, first: float, second: float, seconds: flo
     flat = onsets_a.std() == 0 or onsets_b.std() == 0  # silence: no rhythm to compare
     rhythmic = 0.0 if flat else float(np.clip(np.corrcoef(onsets_a, onsets_b)[0, 1], 0.0, 1.0))
     return (harmonic + spectral + rhythmic) / 3.0
+
+
+def harmonic_change(analysis: Analysis, at: float, seconds: float) -> float:
+    """0..1 change of harmony at a source time: 1 - cosine of the mean chroma `seconds` before and after.
+
+    0 when either side falls outside the clip (no evidence).
+    """
+    if at - seconds < 0 or at + seconds > analysis.duration:
+        return 0.0
+    before, after = analysis.span(at - seconds, seconds), analysis.span(at, seconds)
+    return 1.0 - _cosine(analysis.chroma[:, before].mean(axis=1), analysis.chroma[:, after].mean(axis=1))
 
 
 def seam_similarity(analysis: Analysis, start: float, end: float, bar_seconds: float) -> float:
@@ -115,13 +137,30 @@ def score_window(
     )
 
 
+def phrase_weights(analysis: Analysis, beat_times: np.ndarray, downbeats: np.ndarray, bar_seconds: float) -> np.ndarray:
+    """[2] how much the harmony changes, on average, on the even and on the odd downbeats, over the larger.
+
+    Equal when chords change every bar; in half time or with two-bar chords, one parity holds the
+    changes, and a loop should start (and end) there.
+    """
+    changes = np.array([harmonic_change(analysis, float(beat_times[index]), bar_seconds) for index in downbeats])
+    means = np.array([
+        float(np.mean(part[part > 0])) if np.any(part > 0) else 0.0 for part in (changes[0::2], changes[1::2])
+    ])
+    return means / means.max() if means.max() > 0 else np.ones(2)
+
+
 def best_window(
     analysis: Analysis, signal: np.ndarray, beat_times: np.ndarray, downbeats: np.ndarray,
     overall_period: float, beats_per_bar: int, bars: int,
 ) -> Window:
     """The highest-scoring window over all downbeats (beat indices [D]); the first if none fits."""
+    weights = phrase_weights(analysis, beat_times, downbeats, beats_per_bar * overall_period)
     candidates = [
-        score_window(analysis, signal, beat_times, int(first), overall_period, beats_per_bar, bars)
-        for first in downbeats
+        dataclasses.replace(
+            score_window(analysis, signal, beat_times, int(first), overall_period, beats_per_bar, bars),
+            phrase=0.5 * (weights[order % 2] + weights[(order + bars) % 2]),
+        )
+        for order, first in enumerate(downbeats)
     ]
     return max(candidates, key=lambda window: window.score)

@@ -188,6 +188,8 @@ CORPUS: list[Groove] = [
     Groove("slow75", 75.0, render_bpm=75.0 * 0.93, bars=2, source_bars=6),
     Groove("fast140", 140.0, render_bpm=140.0 * 1.08),
     Groove("half140", 140.0, render_bpm=70.0, bars=4, source_bars=5, downbeats_every_beats=2, music_bar_beats=8),
+    # Half time with a chord per bar of the music: only every other requested bar starts a chord.
+    Groove("halfchords140", 140.0, render_bpm=70.0, bars=4, source_bars=5, music_bar_beats=8),
     Groove("rate44k", 128.0, sample_rate=44100),
 ]
 
