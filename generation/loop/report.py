@@ -20,7 +20,7 @@ GOOD_DOWNBEAT_CONFIDENCE = 0.2
 GOOD_SEAM = 0.6
 GOOD_STABILITY = 0.6
 # The loop's median onset deviation from its grid (grid_error.py) above which it is not good. Every
-# loop of the rendered corpus measures <= 3.5 ms and of the real-music corpus <= 6.5 ms; a 3 % tempo
+# loop of the rendered corpus measures <= 4.5 ms and of the real-music corpus <= 6.5 ms; a 3 % tempo
 # wave cut at one ratio measures 17-27 ms.
 GOOD_GRID_ERROR_MS = 8.0
 
