@@ -19,6 +19,7 @@ from corpus import Groove, render
 from generation.config import LoopSettings
 from generation.loop import engine
 from generation.loop.analysis import analyse, mono
+from generation.loop.grid_error import grid_error_ms
 from generation.loop.loudness import normalise
 from generation.loop.tempo import downbeat_phase, estimate_tempo, track_beats
 from generation.loop.window import best_window
@@ -54,13 +55,14 @@ def main() -> None:
         downbeats = np.arange(phase, len(beats), 4)
         window, t = timed(best_window, analysis, signal, beats, downbeats, tempo.beat_period, 4, BARS)
         stages.setdefault("window scoring", []).append(t)
-        speed = BPM * window.beat_period / 60
-        samples = SHAPE.samples(sr)
-        cut, t = timed(engine._cut, audio, sr, window, speed, samples, engine._seam_samples(sr, settings))
-        stages.setdefault("stretch + cut (Rubber Band)", []).append(t)
+        grid = engine.LoopGrid(SHAPE, window.beat_period, BPM * window.beat_period / 60, window.start)
+        warp = engine._warp(beats, window, grid, sr, SHAPE.samples(sr))
+        cut, t = timed(engine._cut, audio, sr, warp, engine._seam_samples(sr, settings))
+        stages.setdefault("warp + cut (Rubber Band)", []).append(t)
         seamed, t = timed(engine._seamed, cut, sr, settings); stages.setdefault("seam crossfade", []).append(t)
-        _, t = timed(normalise, seamed, sr, settings.target_lufs, settings.true_peak_dbtp)
+        (loop, _), t = timed(normalise, seamed, sr, settings.target_lufs, settings.true_peak_dbtp)
         stages.setdefault("loudness + true-peak limit", []).append(t)
+        _, t = timed(grid_error_ms, loop, sr, SHAPE.beats); stages.setdefault("grid error (the loop's onsets)", []).append(t)
         _, t = timed(engine.make_loop, audio, sr, SHAPE); stages.setdefault("whole make_loop", []).append(t)
     for name, times in stages.items():
         print(f"{name:36s} {statistics.median(times) * 1000:7.1f} ms")

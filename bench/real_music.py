@@ -4,7 +4,7 @@
 
 Fetches the excerpts (apt-get download, cached), loops each file as `loopjam loopify` does
 (`loop_file`, 4 bars) at its annotated tempo and, for a few, at a request 4-5 % off it, and
-measures the loop with the rendered corpus's independent measures (tests/support/corpus.py).
+measures the loop with the rendered corpus's independent measures (tests/support/corpus.py); "grid" is the report's own grid error (median, ms).
 Goals (issue #13): start within 40 ms of a true downbeat, grid spread < 15 ms, drift < 6 ms/bar,
 seam < 1.5, and not unusable.
 """
@@ -32,6 +32,10 @@ def meets_goals(m: LoopMeasures, result: LoopResult) -> bool:
     )
 
 
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
 def row(excerpt: Excerpt, path, bpm: float) -> str:
     result = loop_file(path, LoopShape(bpm, BARS, excerpt.beats_per_bar))
     m = measure_loop(
@@ -42,7 +46,8 @@ def row(excerpt: Excerpt, path, bpm: float) -> str:
     goals = "ok" if meets_goals(m, result) else "MISS"
     return (
         f"{excerpt.name:20s} {bpm:7.2f} {excerpt.bpm:7.2f} {report.source_bpm:7.2f} {m.start_error_ms:+8.1f}"
-        f" {m.grid_deviation_ms:7.1f} {m.drift_ms_per_bar:+7.2f} {m.seam_ratio:6.2f}  {report.verdict:9s} {goals:5s}"
+        f" {m.grid_deviation_ms:7.1f} {m.drift_ms_per_bar:+7.2f} {m.seam_ratio:6.2f} {_ms(report.grid_error_ms):>6s}"
+        f"  {report.verdict:9s} {goals:5s}"
         f" {report.reason_code or ''}"
     )
 
@@ -52,7 +57,7 @@ def main() -> None:
     files = fetch_all()
     print(f"corpus ready in {time.perf_counter() - start:.1f} s ({len(files)} excerpts)")
     print(f"{'excerpt':20s} {'asked':>7s} {'source':>7s} {'found':>7s} {'start ms':>8s} {'spread':>7s}"
-          f" {'drift/b':>7s} {'seam':>6s}  {'verdict':9s} goals reason")
+          f" {'drift/b':>7s} {'seam':>6s} {'grid':>6s}  {'verdict':9s} goals reason")
     for excerpt in EXCERPTS:
         print(row(excerpt, files[excerpt.name], excerpt.bpm), flush=True)
     for excerpt in EXCERPTS:

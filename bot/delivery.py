@@ -324,8 +324,8 @@ def _due_outcomes(session: tp.Any, data_dir: Path, limit: int) -> list[tuple[str
 
 def report_of(row: Generation) -> dict[str, tp.Any]:
     """The loop report as stored with a finished row, in the worker's field names."""
-    names = ("source_bpm", "stretch_ratio", "source_start_seconds", "downbeat_confidence", "seam_score",
-             "tempo_stability", "loudness_lufs", "verdict", "source_key", "key_confidence", "target_key", "key_shift_semitones")
+    names = ("source_bpm", "stretch_ratio", "source_start_seconds", "downbeat_confidence", "seam_score", "tempo_stability",
+             "grid_error_ms", "loudness_lufs", "verdict", "source_key", "key_confidence", "target_key", "key_shift_semitones")
     return {**{name: getattr(row, name) for name in names}, "reason": row.verdict_reason}
 
 

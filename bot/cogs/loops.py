@@ -312,6 +312,7 @@ def info_embed(row: tp.Any) -> discord.Embed:
         "Temperature": row.temperature, "Top-k": row.top_k, "Top-p": row.top_p, "CFG": row.cfg_coef,
         "Kind": row.kind.value, "Status": row.status.value, "Source tempo": row.source_bpm,
         "Stretch": row.stretch_ratio, "Seam score": row.seam_score, "Tempo stability": row.tempo_stability,
+        "Grid error (ms)": row.grid_error_ms,
         "Loudness (LUFS)": row.loudness_lufs, "Verdict": row.verdict, "Key found": row.source_key,
         "Key confidence": row.key_confidence, "Moved to": row.target_key if row.key_shift_semitones else None,
         "Shift (semitones)": row.key_shift_semitones or None, "Asked by": f"<@{row.user_id}>",

@@ -7,19 +7,19 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-import pedalboard
 
 from ..config import LoopSettings
 from ..shape import LoopShape
 from .analysis import Analysis, analyse, is_silent, mono
+from .grid_error import grid_error_ms
 from .loudness import normalise
 from .report import Findings, LoopReport, judge
 from .seam import crossfade_head, crossfade_samples, crossfade_tail, max_lag_samples
 from .tempo import downbeat_phase, estimate_tempo, fit_period, onset_starts, track_beats
+from .warp import Warp, markers
 from .window import Window, best_window
 
 STRETCH_CONTEXT_S = 0.25  # audio kept around the window so Rubber Band's edges fall outside it
-STRETCH_EPSILON = 1e-4  # closer than this to 1, the stretch is skipped (under 1 ms per 8 s)
 MAX_GLOBAL_REFIT = 0.05  # beat-fitted tempo may refine the autocorrelation estimate by this much
 
 
@@ -74,18 +74,13 @@ class _Cut:
     complete: bool
 
 
-def _cut(source: np.ndarray, sample_rate: int, window: Window, speed: float, samples: int, seam: int) -> _Cut:
-    """Stretch the window (with context) by `speed` and cut it to exactly `samples`."""
-    context = round(STRETCH_CONTEXT_S * sample_rate)
-    start = round(window.start * sample_rate)
-    first = max(0, start - context - math.ceil(seam * speed))
-    last = min(source.shape[1], round(window.end * sample_rate) + context + math.ceil(seam * speed))
-    segment = np.ascontiguousarray(source[:, first:last])
-    if abs(speed - 1.0) > STRETCH_EPSILON:
-        # Rubber Band's R3 engine (high_quality=True) drifts ~0.2 % against the nominal ratio inside
-        # the buffer; R2 keeps a constant ~2 ms latency, so the bar grid stays exact.
-        segment = pedalboard.time_stretch(segment, sample_rate, speed, high_quality=False)
-    offset = round((start - first) / speed)
+def _cut(source: np.ndarray, sample_rate: int, warp: Warp, seam: int) -> _Cut:
+    """Warp the window (with context) beat by beat onto the grid and cut it to the loop's exact length."""
+    samples, context = int(warp.output[-1]), round(STRETCH_CONTEXT_S * sample_rate)
+    speeds = warp.speeds
+    first = max(0, int(warp.source[0]) - context - math.ceil(seam * speeds[0]))
+    last = min(source.shape[1], int(warp.source[-1]) + context + math.ceil(seam * speeds[-1]))
+    segment, offset = warp.stretch(np.ascontiguousarray(source[:, first:last]), sample_rate, first)
     body = segment[:, offset : offset + samples]
     complete = body.shape[1] == samples
     follow = segment[:, offset + samples : offset + samples + seam]
@@ -113,13 +108,13 @@ def _seam_samples(sample_rate: int, settings: LoopSettings) -> int:
 
 
 def _finish(
-    source: np.ndarray, sample_rate: int, window: Window, grid: LoopGrid, samples: int,
-    findings: Findings, settings: LoopSettings,
+    source: np.ndarray, sample_rate: int, warp: Warp, grid: LoopGrid, findings: Findings, settings: LoopSettings,
 ) -> LoopResult:
-    """Cut, seam, normalise and judge the chosen window on `grid`."""
-    cut = _cut(source, sample_rate, window, grid.stretch_ratio, samples, _seam_samples(sample_rate, settings))
+    """Warp, cut, seam, normalise and judge the chosen window on `grid`."""
+    cut = _cut(source, sample_rate, warp, _seam_samples(sample_rate, settings))
     audio, lufs = normalise(_seamed(cut, sample_rate, settings), sample_rate, settings.target_lufs, settings.true_peak_dbtp)
-    findings = dataclasses.replace(findings, complete=cut.complete)
+    grid_error = grid_error_ms(audio, sample_rate, len(warp.output) - 1)
+    findings = dataclasses.replace(findings, complete=cut.complete, grid_error_ms=grid_error)
     verdict, reason, code = judge(findings, settings.max_stretch)
     report = LoopReport(
         source_bpm=60.0 / grid.source_beat_period * grid.metric_relation,
@@ -129,6 +124,7 @@ def _finish(
         downbeat_confidence=findings.downbeat_confidence,
         seam_score=findings.seam_score,
         tempo_stability=findings.tempo_stability,
+        grid_error_ms=grid_error,
         loudness_lufs=lufs if math.isfinite(lufs) else None,
         verdict=verdict,
         reason=reason,
@@ -155,6 +151,12 @@ def _beats(analysis: Analysis, period: float) -> np.ndarray:
 def _at_attack(analysis: Analysis, window: Window) -> Window:
     """The window moved back to where its first downbeat's attack starts, so the cut keeps it whole."""
     return dataclasses.replace(window, start=float(onset_starts(analysis, np.array([window.start]))[0]))
+
+
+def _warp(beats: np.ndarray, window: Window, grid: LoopGrid, sample_rate: int, samples: int) -> Warp:
+    """The window's beats, from its first on, as warp markers onto the grid at its stretch ratio."""
+    period = grid.stretch_ratio * grid.shape.beat_seconds  # source seconds per loop beat
+    return Warp.onto_grid(markers(beats[window.first_beat :], window.start, period, window.beats), sample_rate, samples)
 
 
 def _speed(bpm: float, beat_period: float, max_stretch: float) -> tuple[float, bool, float]:
@@ -202,7 +204,7 @@ def make_loop(
         pulse_strength=tempo.pulse_strength, within_stretch_limit=within, stretch_needed=needed,
         downbeat_confidence=confidence, seam_score=window.seam, tempo_stability=window.stability,
     )
-    return _finish(source, sample_rate, window, grid, samples, findings, settings)
+    return _finish(source, sample_rate, _warp(beats, window, grid, sample_rate, samples), grid, findings, settings)
 
 
 def variation_prompt(previous: LoopResult, source: np.ndarray, sample_rate: int, bars: int) -> np.ndarray:
@@ -259,4 +261,4 @@ def make_variation_loop(
         seam_score=window.seam,
         tempo_stability=min(window.stability, float(np.clip(1.0 - off_grid / 0.03, 0.0, 1.0))),
     )
-    return _finish(source, sample_rate, window, next_grid, samples, findings, settings)
+    return _finish(source, sample_rate, _warp(beats, window, next_grid, sample_rate, samples), next_grid, findings, settings)

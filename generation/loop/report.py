@@ -19,6 +19,10 @@ NO_PULSE_STRENGTH = 0.12  # onset autocorrelation below this: noise or a drone, 
 GOOD_DOWNBEAT_CONFIDENCE = 0.2
 GOOD_SEAM = 0.6
 GOOD_STABILITY = 0.6
+# The loop's median onset deviation from its grid (grid_error.py) above which it is not good. Every
+# loop of the rendered corpus measures <= 4.5 ms and of the real-music corpus <= 6.5 ms; a 3 % tempo
+# wave cut at one ratio measures 17-27 ms.
+GOOD_GRID_ERROR_MS = 8.0
 
 
 @dataclass(frozen=True)
@@ -41,6 +45,9 @@ class LoopReport:
     """Why the loop is not good, for a human; None when good."""
     reason_code: str | None
     """Machine form of the main reason: silent, no_pulse, tempo_out_of_range, too_short or weak."""
+    grid_error_ms: float | None = None
+    """Median deviation of the loop's onsets from the requested grid, measured on the loop itself;
+    None when it has too few onsets to tell (or was not measured)."""
     source_key: str | None = None
     """The key detected in the loop before any shift ("A minor"); None when not asked for or it has none."""
     key_confidence: float | None = None
@@ -80,6 +87,7 @@ class Findings:
     downbeat_confidence: float = 0.0
     seam_score: float = 0.0
     tempo_stability: float = 0.0
+    grid_error_ms: float | None = None
 
 
 def judge(findings: Findings, max_stretch: float) -> tuple[Verdict, str | None, str | None]:
@@ -100,8 +108,14 @@ def judge(findings: Findings, max_stretch: float) -> tuple[Verdict, str | None, 
             (findings.downbeat_confidence >= GOOD_DOWNBEAT_CONFIDENCE, "the downbeats are unclear"),
             (findings.seam_score >= GOOD_SEAM, "the end does not flow well into the start"),
             (findings.tempo_stability >= GOOD_STABILITY, "the tempo wavers"),
+            (_on_grid(findings.grid_error_ms), "the beat wanders off the grid"),
         ) if not ok
     ]
     if weak:
         return "usable", "Usable, but " + ", and ".join(weak) + ".", WEAK
     return "good", None, None
+
+
+def _on_grid(grid_error_ms: float | None) -> bool:
+    """Whether a loop's onsets keep to its grid; True when it has too few to tell (nothing to wander)."""
+    return grid_error_ms is None or grid_error_ms <= GOOD_GRID_ERROR_MS

@@ -43,6 +43,8 @@ class Window:
     """Level of the last bar relative to the median bar, dB (negative: a fade)."""
     complete: bool
     """False when the source ends before the window does (it will be padded)."""
+    first_beat: int
+    """Index of its first beat in the tracked beats it was chosen from."""
     phrase: float = 1.0
     """0..1; how well its start and end fall on the downbeats where the harmony changes most (1: both)."""
 
@@ -134,6 +136,7 @@ def score_window(
         seam=seam_similarity(analysis, start, end, bar_seconds),
         fade_db=fade,
         complete=end <= analysis.duration,
+        first_beat=first_beat,
     )
 
 

@@ -177,6 +177,8 @@ class Generation(Base):
     downbeat_confidence: Mapped[float | None] = mapped_column(Float)
     seam_score: Mapped[float | None] = mapped_column(Float)
     tempo_stability: Mapped[float | None] = mapped_column(Float)
+    grid_error_ms: Mapped[float | None] = mapped_column(Float)
+    """Median deviation (ms) of the loop's onsets from its beat grid, measured on the loop; None before 0007."""
     loudness_lufs: Mapped[float | None] = mapped_column(Float)
     verdict: Mapped[str | None] = mapped_column(String(32))
     verdict_reason: Mapped[str | None] = mapped_column(Text)

@@ -74,6 +74,8 @@ class LoopReportFields:
     downbeat_confidence: float | None = None
     seam_score: float | None = None
     tempo_stability: float | None = None
+    grid_error_ms: float | None = None
+    """Median deviation of the loop's onsets from its beat grid, measured on the loop itself."""
     loudness_lufs: float | None = None
     verdict: str | None = None
     verdict_reason: str | None = None

@@ -143,7 +143,8 @@ async def test_history_and_info_show_each_loops_key(double: DiscordDouble, bot: 
         for group, (found, target, shift) in zip(groups, keyed.values()):
             mark_running(session, group[0].short_id, "gpu-0")
             mark_done(session, group[0].short_id, audio_path="x.wav", report=LoopReportFields(
-                verdict="good", source_key=found, key_confidence=0.9 if found else 0.0, target_key=target, key_shift_semitones=shift))
+                verdict="good", source_key=found, key_confidence=0.9 if found else 0.0, target_key=target, key_shift_semitones=shift,
+                grid_error_ms=3.2))
         ids = {name: group[0].short_id for name, group in zip(keyed, groups)}
     sent = await double.slash("history", {"search": "keyed"}, user=kim)
     listed = (await sent.wait_callback(timeout=3)).json
@@ -154,6 +155,7 @@ async def test_history_and_info_show_each_loops_key(double: DiscordDouble, bot: 
     info = (await (await double.click(message, f"lj:info:{ids['moved']}", user=kim)).wait_callback(timeout=3)).json
     fields = {field["name"]: field["value"] for field in info["data"]["embeds"][0]["fields"]}
     assert (fields["Key found"], fields["Moved to"], fields["Shift (semitones)"]) == ("C# minor", "A minor", "-4")
+    assert fields["Grid error (ms)"] == "3.2"
 
 
 async def test_hidden_and_reordering_characters_never_reach_an_embed(double: DiscordDouble, bot: InProcessBot) -> None:

@@ -1,7 +1,7 @@
 """The real-music corpus's annotations hold against the audio itself (tests/support/real_corpus.toml).
 
 Fetches the excerpts with apt-get (cached); skips with the reason when that is impossible, except in
-CI, where it fails. The loop engine's goals on this corpus are not asserted here yet (issue #13).
+CI, where it fails. The loop engine's goals on this corpus are asserted where they hold (issue #13).
 """
 
 from __future__ import annotations
@@ -103,6 +103,10 @@ LOOP_CASES = [
     ("menu", 1.0), ("menu", 0.96), ("fb-intro-breakdown", 1.0), ("war-breakdown", 1.0),
     ("war2", 1.0), ("escape2", 1.0), ("fb-intro", 1.0), ("fb-intro", 1.05),
 ]
+# The loop's beats sit within 15 ms of its grid (grid spread) on every case but these (issue #13:
+# war2's spread is 26 ms; its beats are steady, so warping does not help it). fb-intro's beats
+# wander by up to 19 ms in its window: only the beat-by-beat warp brings it within.
+GRID_MISSES = {"war2"}
 
 
 @pytest.mark.parametrize(("name", "ratio"), LOOP_CASES, ids=[f"{n}@{r}" for n, r in LOOP_CASES])
@@ -124,3 +128,5 @@ def test_loops_start_on_a_downbeat_at_the_source_tempo(name: str, ratio: float, 
         report.source_start_seconds, np.array(excerpt.downbeats),
     )
     assert abs(m.start_error_ms) < 40, m
+    if name not in GRID_MISSES:
+        assert m.grid_deviation_ms < 15, m

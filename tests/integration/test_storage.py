@@ -51,6 +51,7 @@ REPORT = LoopReportFields(
     downbeat_confidence=0.81,
     seam_score=0.93,
     tempo_stability=0.97,
+    grid_error_ms=2.5,
     loudness_lufs=-14.1,
     verdict="clean",
     verdict_reason="steady tempo, seamless seam",

@@ -43,6 +43,8 @@ class Groove:
     pickup_beats: int = 0  # notes before the first downbeat
     lead_silence: float = 0.0  # seconds of silence before anything
     drift: float = 0.0  # the tempo ramps from -drift to +drift over the clip (0.015 = +-1.5 %)
+    wave: float = 0.0  # the tempo swings +-wave around the ramp, a sine of `wave_beats` beats (0.03 = +-3 %)
+    wave_beats: int = 12
     sample_rate: int = 32000
     downbeats_every_beats: int | None = None  # truth downbeat spacing in source beats when not a bar
     music_bar_beats: int | None = None  # requested beats per bar of the *music* (8 for half time in 4/4)
@@ -65,7 +67,8 @@ def beat_durations(groove: Groove) -> np.ndarray:
     """Seconds of each beat (pickup beats included) under the groove's tempo map."""
     count = groove.pickup_beats + groove.source_bars * groove.beats_per_bar
     ramp = np.linspace(-1.0, 1.0, count)  # a slow drift from -drift to +drift over the clip
-    bpm = groove.source_bpm * (1.0 + groove.drift * ramp)
+    wave = np.sin(2 * np.pi * np.arange(count) / groove.wave_beats)  # a player speeding up and slowing down
+    bpm = groove.source_bpm * (1.0 + groove.drift * ramp + groove.wave * wave)
     return 60.0 / bpm
 
 
@@ -183,6 +186,8 @@ CORPUS: list[Groove] = [
     Groove("swing96", 96.0, swing=0.66),
     Groove("pickup100", 100.0, pickup_beats=2, lead_silence=1.3),
     Groove("drift110", 110.0, drift=0.015, source_bars=10),
+    # A tempo wave inside every window: one stretch ratio leaves its beats 20-30 ms off the grid.
+    Groove("wave110", 110.0, wave=0.03, source_bars=8),
     Groove("slow92", 92.0, render_bpm=92.0 * 0.955),
     Groove("fast130", 130.0, render_bpm=130.0 * 1.06),
     Groove("slow75", 75.0, render_bpm=75.0 * 0.93, bars=2, source_bars=6),

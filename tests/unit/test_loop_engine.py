@@ -16,8 +16,9 @@ from typer.testing import CliRunner
 from generation.cli import app
 from generation.loop import LoopResult, make_loop, make_variation_loop, variation_prompt
 from generation.loop.analysis import analyse, mono
+from generation.loop.grid_error import grid_error_ms
 from generation.loop.loudness import integrated_lufs, true_peak_dbtp
-from generation.loop.report import GOOD_DOWNBEAT_CONFIDENCE
+from generation.loop.report import GOOD_DOWNBEAT_CONFIDENCE, GOOD_GRID_ERROR_MS, Findings, judge
 from generation.loop.tempo import downbeat_phase, estimate_tempo, track_beats
 from generation.loop.waveform import waveform_png
 from generation.shape import LoopShape
@@ -57,6 +58,7 @@ def test_corpus_loop(groove: Groove, renders: dict[str, Rendered], loops: dict[s
     assert m.seam_ratio < 1.5, m
     assert abs(m.fade_db) < 4, m
     assert result.report.verdict != "unusable"
+    assert result.report.grid_error_ms is not None and result.report.grid_error_ms <= GOOD_GRID_ERROR_MS, result.report
     assert abs(integrated_lufs(result.audio, result.sample_rate) - (-14.0)) < 0.5
     assert true_peak_dbtp(result.audio) <= -1.0 + 0.05
 
@@ -71,6 +73,24 @@ def test_waltz_downbeats_follow_the_beats_in_every_rotation(name: str, renders: 
         phase, confidence = downbeat_phase(analysis, beats[skipped:], 3)
         assert np.min(np.abs(rendered.downbeat_times - beats[skipped + phase])) < 0.04, (skipped, phase)
         assert confidence >= GOOD_DOWNBEAT_CONFIDENCE
+
+
+def test_a_wandering_grid_is_measured_and_not_judged_good(renders: dict[str, Rendered], loops: dict[str, LoopResult]) -> None:
+    # The tempo wave's source, cut at one ratio (its mean tempo) from a true downbeat: beats up to ~30 ms off.
+    rendered, groove = renders["wave110"], renders["wave110"].groove
+    shape = LoopShape(groove.request_bpm, groove.bars, groove.beats_per_bar)
+    first, end = rendered.downbeat_times[1], rendered.downbeat_times[1 + groove.bars]
+    span = rendered.audio[:, round(first * 32000) : round(end * 32000)]
+    at = np.linspace(0, span.shape[1] - 1, shape.samples(32000))
+    one_ratio = np.stack([np.interp(at, np.arange(span.shape[1]), channel) for channel in span])
+    wandering = grid_error_ms(one_ratio, 32000, shape.beats)
+    assert wandering is not None and wandering > 2 * GOOD_GRID_ERROR_MS
+    verdict, reason, _ = judge(Findings(pulse_strength=1.0, downbeat_confidence=1.0, seam_score=1.0, tempo_stability=1.0,
+                                        grid_error_ms=wandering), max_stretch=0.12)
+    assert verdict == "usable" and reason is not None and "grid" in reason
+    warped = loops["wave110"].report  # warped beat by beat: on the grid (its source's tempo still wavers)
+    assert warped.grid_error_ms is not None and warped.grid_error_ms <= GOOD_GRID_ERROR_MS
+    assert warped.verdict != "unusable" and "grid" not in (warped.reason or "")
 
 
 def test_off_tempo_sources_are_stretched_to_the_request(loops: dict[str, LoopResult]) -> None:
