@@ -22,6 +22,8 @@ STAGE_WORDS = {
     "looping": "Cutting the loop",
     "uploading": "Uploading",
 }
+MIX_STAGE_WORDS = {"looping": "Mixing the layers"}
+"""A jam's mix reports its work as the "looping" stage: reading its layers, then mixing them."""
 
 
 def progress_bar(percent: float) -> str:
@@ -59,8 +61,10 @@ def queued_embed(job_id: str, request: str, position: int, eta: float | None, re
     return embed
 
 
-def progress_embed(job_id: str, request: str, stage: str, percent: float, position: int | None = None) -> discord.Embed:
-    title = STAGE_WORDS.get(stage, stage.title())
+def progress_embed(
+    job_id: str, request: str, stage: str, percent: float, position: int | None = None, *, mixing: bool = False,
+) -> discord.Embed:
+    title = (MIX_STAGE_WORDS.get(stage) if mixing else None) or STAGE_WORDS.get(stage, stage.title())
     if stage == "queued" and position is not None:
         title = f"Queued, position {position}"
     embed = discord.Embed(title=title, description=request, colour=COLOUR)

@@ -43,6 +43,8 @@ class TrackedJob:
     highest: dict[Stage, float] = field(default_factory=dict)
     """The highest percent heard per stage: an event that arrives late never moves the bar back."""
     edit_task: asyncio.Task | None = None
+    mixing: bool = False
+    """A jam's mix: its progress says so."""
 
     def token_alive(self) -> bool:
         return self.interaction is not None and time.monotonic() - self.started < TOKEN_LIFETIME_S - TOKEN_MARGIN_S
@@ -96,7 +98,8 @@ class JobTracker:
             if event is None or not job.token_alive():
                 return
             job.last_edit = time.monotonic()
-            embed = embeds.progress_embed(job.job_id, job.request_line, event.stage.value, event.percent, event.position)
+            embed = embeds.progress_embed(job.job_id, job.request_line, event.stage.value, event.percent, event.position,
+                                         mixing=job.mixing)
             try:
                 await self._edit(job, embed=embed)
             except discord.HTTPException as error:

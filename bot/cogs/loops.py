@@ -130,7 +130,7 @@ class Loops(commands.Cog):
         assert isinstance(result, Accepted)
         line = embeds.request_line(request.prompt, request.shape, request.key)
         embed = embeds.queued_embed(result.job_id, line, result.position, result.eta_seconds, interaction.user)
-        self.bot.tracker.track(TrackedJob(result.job_id, line, interaction))
+        self.bot.tracker.track(TrackedJob(result.job_id, line, interaction, mixing=request.kind is JobKind.MIX))
         if interaction.response.is_done():  # deferred (/loopify, while downloading): the follow-up fills the reply
             await interaction.followup.send(embed=embed, view=cancel_view(result.job_id), allowed_mentions=NO_PINGS)
         else:
