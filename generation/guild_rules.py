@@ -59,3 +59,7 @@ class GuildRules:
 
     def allows_channel(self, channel_id: int | None) -> bool:
         return not self.allowed_channel_ids or channel_id in self.allowed_channel_ids
+
+    def channels_text(self) -> str:
+        """The channels loops are made in, as Discord mentions: "<#1>, <#2>"."""
+        return ", ".join(f"<#{channel}>" for channel in self.allowed_channel_ids)

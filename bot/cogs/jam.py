@@ -286,8 +286,7 @@ def _start(session: Session, new: NewJam, settings: Settings) -> JamCard:
     # The server's rules for loops hold for the jam's: a jam whose loops would all be refused is not started.
     rules = GuildRules.of(settings, get_guild_settings(session, new.guild_id))
     if not rules.allows_channel(new.channel_id):
-        channels = ", ".join(f"<#{channel}>" for channel in rules.allowed_channel_ids)
-        raise UserFacingError(f"Loops are made in {channels} on this server, so jams are too.")
+        raise UserFacingError(f"Loops are made in {rules.channels_text()} on this server, so jams are too.")
     if new.shape.bars > rules.max_bars:
         raise UserFacingError(f"This server allows loops of at most {rules.max_bars} bars, so a jam's are too.")
     jam = start_jam(session, new)

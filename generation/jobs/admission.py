@@ -109,8 +109,7 @@ def target_key(request: JobRequest, parent: Generation | None, jam: JamSession |
 def check_place(rules: GuildRules, request: JobRequest) -> None:
     """Raise `InvalidRequest` when the guild does not take requests in this channel."""
     if not rules.allows_channel(request.channel_id):
-        channels = ", ".join(f"<#{channel}>" for channel in rules.allowed_channel_ids)
-        raise InvalidRequest(f"Loops are made in {channels} on this server.")
+        raise InvalidRequest(f"Loops are made in {rules.channels_text()} on this server.")
 
 
 def check_options(request: JobRequest) -> None:
