@@ -7,11 +7,9 @@ import io
 import json
 import os
 import zipfile
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-import pytest_asyncio
 import soundfile as sf
 from bot_process import (
     CHANNEL_MESSAGE,
@@ -28,17 +26,7 @@ from queue_helpers import descendants, live_children, still_running
 
 from generation.jobs.worker import NICENESS
 
-pytestmark = pytest.mark.asyncio(loop_scope="module")
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def bot(double: DiscordDouble, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[BotProcess]:
-    data_dir = tmp_path_factory.mktemp("bot-data")
-    process = BotProcess(double, tiny_model_dir, data_dir, log=data_dir / "bot.log")
-    await process.start()
-    # The worker process loads the model in the background; wait for the commands to be synced.
-    await double.wait_for_request("PUT /applications/{application_id}/commands", timeout=60)
-    yield process
-    await process.stop()
+pytestmark = pytest.mark.asyncio(loop_scope="session")  # where the shared `bot` runs
 
 
 async def result_of(double: DiscordDouble, sent, since: int) -> RecordedRequest:

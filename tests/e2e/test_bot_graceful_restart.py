@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 import pytest_asyncio
@@ -25,8 +24,8 @@ from bot.shutdown import RESTARTING
 from generation.config import StorageSettings
 from generation.storage import Database, Generation, GenerationStatus, InteractionReply, get_generation, utcnow
 
-# Each test starts the bot (and its worker, which loads the model) twice.
-pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(600)]
+# Each test stops the shared bot and starts it again (its worker loads the model again).
+pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.timeout(600)]
 
 EPHEMERAL = 64
 LONG_LOOP = {"prompt": "slow evolving pad", "bpm": 120, "bars": 4}
@@ -35,14 +34,22 @@ STARTED_S = 240.0
 """How long a (re)started bot may take to load the model and make a loop on a busy 2-core machine."""
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def bot(double: DiscordDouble, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[BotProcess]:
-    data_dir = tmp_path_factory.mktemp("restart-data")
-    process = BotProcess(double, tiny_model_dir, data_dir, log=data_dir / "bot.log")
-    await process.start()
-    await double.wait_for_request("PUT /applications/{application_id}/commands", timeout=60)
-    yield process
-    await process.stop()
+@pytest_asyncio.fixture(scope="module", loop_scope="session", autouse=True)
+async def idle_bot(bot: BotProcess) -> None:
+    """The shared bot has finished what the other module asked of it: these tests count its jobs and replies."""
+    opened = Database.from_settings(StorageSettings(data_dir=bot.env["LOOPJAM_STORAGE__DATA_DIR"]))
+    try:
+        deadline = asyncio.get_running_loop().time() + STARTED_S
+        while True:
+            with opened.session() as session:
+                unfinished = session.query(Generation).filter(
+                    Generation.status.in_([GenerationStatus.QUEUED, GenerationStatus.RUNNING])).count()
+            if not unfinished:
+                return
+            assert asyncio.get_running_loop().time() < deadline, f"the bot still has {unfinished} loop(s) to make"
+            await asyncio.sleep(0.2)
+    finally:
+        opened.dispose()
 
 
 @pytest.fixture
