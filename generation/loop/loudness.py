@@ -2,24 +2,59 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
 import pyloudnorm
-from scipy.ndimage import minimum_filter1d, uniform_filter1d
+from numpy.lib.stride_tricks import sliding_window_view
+from scipy.ndimage import maximum_filter1d, minimum_filter1d, uniform_filter1d
 from scipy.signal import resample_poly
 
 TRUE_PEAK_OVERSAMPLING = 4
-WRAP_CONTEXT = 64  # samples from the other end, so the peak across the wrap counts too
 LIMITER_WINDOW_S = 0.005  # gain dips last about twice this: short enough not to pump
 LIMITER_MARGIN_DB = 0.2  # the smoothed gain can let inter-sample peaks creep up a little
 LIMITER_PASSES = 3
+CHUNK = 1 << 16  # samples interpolated at a time: bounds the gathered windows' memory
+
+
+@functools.cache
+def _interpolator() -> np.ndarray:
+    """[2 R + 1, TRUE_PEAK_OVERSAMPLING] resample_poly's 4x filter, one column per phase.
+
+    Row k, column p weighs sample m - R + k in the value at m + p / TRUE_PEAK_OVERSAMPLING: read
+    from resample_poly's own impulse response, so this is its measure, computed only where needed.
+    """
+    centre = 64  # further from the ends than the filter reaches
+    response = resample_poly(np.eye(1, 2 * centre + 1, centre)[0], TRUE_PEAK_OVERSAMPLING, 1)
+    phases = response.reshape(-1, TRUE_PEAK_OVERSAMPLING)  # row m: the values at m + p / 4
+    used = np.flatnonzero(np.abs(phases).max(axis=1) > 0)
+    reach = int(max(centre - used[0], used[-1] - centre))
+    return phases[centre - reach : centre + reach + 1][::-1].copy()
+
+
+def _sample_peaks(audio: np.ndarray, floor: float) -> np.ndarray:
+    """[N] oversampled peak around each sample over all channels, the loop [C, N] read circularly.
+
+    Exact where it can exceed `floor`; elsewhere an upper bound no higher than `floor` (the
+    filter's absolute sum times the loudest sample it reaches), which is all a comparison with
+    the floor needs. Loud passages are a small part of a loop, so little is interpolated.
+    """
+    taps = _interpolator().astype(np.result_type(audio, np.float32))
+    reach = taps.shape[0] // 2
+    level = np.abs(audio).max(axis=0)
+    peaks = maximum_filter1d(level, 2 * reach + 1, mode="wrap") * np.abs(taps).sum(axis=0).max()
+    wrapped = np.concatenate([audio[:, -reach:], audio, audio[:, :reach]], axis=1)
+    around = sliding_window_view(wrapped, 2 * reach + 1, axis=1)  # [C, N, 2 R + 1], a view
+    loud = np.flatnonzero(peaks > floor)
+    for part in np.split(loud, range(CHUNK, len(loud), CHUNK)):
+        peaks[part] = np.abs(around[:, part] @ taps).max(axis=(0, 2))
+    return peaks
 
 
 def true_peak_dbtp(audio: np.ndarray) -> float:
     """Oversampled peak of a loop [C, N] in dBTP, measured across its wrap."""
-    wrapped = np.concatenate([audio[:, -WRAP_CONTEXT:], audio, audio[:, :WRAP_CONTEXT]], axis=1)
-    peak = float(np.max(np.abs(resample_poly(wrapped, TRUE_PEAK_OVERSAMPLING, 1, axis=1))))
+    peak = float(_sample_peaks(audio, float(np.abs(audio).max(initial=0.0))).max(initial=0.0))
     return 20 * math.log10(peak) if peak > 0 else -math.inf
 
 
@@ -30,14 +65,6 @@ def integrated_lufs(audio: np.ndarray, sample_rate: int) -> float:
     return float(pyloudnorm.Meter(sample_rate).integrated_loudness(measured.T.astype(np.float64)))
 
 
-def _sample_peaks(audio: np.ndarray) -> np.ndarray:
-    """[N] oversampled peak around each sample over all channels (the loop read circularly)."""
-    wrapped = np.concatenate([audio[:, -WRAP_CONTEXT:], audio, audio[:, :WRAP_CONTEXT]], axis=1)
-    over = np.abs(resample_poly(wrapped, TRUE_PEAK_OVERSAMPLING, 1, axis=1)).max(axis=0)
-    per_sample = over.reshape(-1, TRUE_PEAK_OVERSAMPLING).max(axis=1)
-    return per_sample[WRAP_CONTEXT:-WRAP_CONTEXT]
-
-
 def limit(audio: np.ndarray, sample_rate: int, ceiling_dbtp: float) -> np.ndarray:
     """Hold [C, N]'s true peak under the ceiling with a look-ahead gain (circular, so the wrap too).
 
@@ -46,7 +73,7 @@ def limit(audio: np.ndarray, sample_rate: int, ceiling_dbtp: float) -> np.ndarra
     """
     ceiling = 10 ** ((ceiling_dbtp - LIMITER_MARGIN_DB) / 20)
     span = max(3, round(LIMITER_WINDOW_S * sample_rate))
-    needed = np.minimum(1.0, ceiling / np.maximum(_sample_peaks(audio), 1e-12))
+    needed = np.minimum(1.0, ceiling / np.maximum(_sample_peaks(audio, ceiling), 1e-12))
     if needed.min() >= 1.0:
         return audio
     gain = uniform_filter1d(minimum_filter1d(needed, 2 * span + 1, mode="wrap"), 2 * span + 1, mode="wrap")
@@ -67,7 +94,8 @@ def normalise(audio: np.ndarray, sample_rate: int, target_lufs: float, ceiling_d
         loudness = integrated_lufs(out, sample_rate)
         if abs(loudness - target_lufs) < 0.1:
             break
-    overshoot = true_peak_dbtp(out) - ceiling_dbtp
+    peak = float(_sample_peaks(out, 10 ** (ceiling_dbtp / 20)).max(initial=0.0))  # exact only if over the ceiling
+    overshoot = 20 * math.log10(peak) - ceiling_dbtp if peak > 0 else 0.0
     if overshoot > 0:  # never leave a loop over the ceiling, even if that costs loudness
         out = out * np.float32(10 ** (-overshoot / 20))
         loudness -= overshoot
