@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pyloudnorm
 from numpy.lib.stride_tricks import sliding_window_view
-from scipy.ndimage import maximum_filter1d, minimum_filter1d, uniform_filter1d
+from scipy.ndimage import minimum_filter1d, uniform_filter1d
 from scipy.signal import resample_poly, sosfilt
 
 TRUE_PEAK_OVERSAMPLING = 4
@@ -36,6 +36,18 @@ def _interpolator() -> np.ndarray:
     return phases[centre - reach : centre + reach + 1][::-1].copy()
 
 
+def _nearby_max(level: np.ndarray, reach: int) -> np.ndarray:
+    """[N] the largest of `level` [N] within `reach` samples either side of each, read circularly.
+
+    By doubling spans (a max of two maxima), a few passes over the loop: maximum_filter1d takes 20x longer here.
+    """
+    window, span = 2 * reach + 1, 1
+    most = np.concatenate([level[-reach:], level, level[:reach]])  # most[i]: the max of [i, i + span) of this
+    while 2 * span <= window:
+        most, span = np.maximum(most[:-span], most[span:]), 2 * span
+    return np.maximum(most[: len(level)], most[window - span : window - span + len(level)])
+
+
 def _sample_peaks(audio: np.ndarray, floor: float) -> np.ndarray:
     """[N] oversampled peak around each sample over all channels, the loop [C, N] read circularly.
 
@@ -46,7 +58,7 @@ def _sample_peaks(audio: np.ndarray, floor: float) -> np.ndarray:
     taps = _interpolator().astype(np.result_type(audio, np.float32))
     reach = taps.shape[0] // 2
     level = np.abs(audio).max(axis=0)
-    peaks = maximum_filter1d(level, 2 * reach + 1, mode="wrap") * np.abs(taps).sum(axis=0).max()
+    peaks = _nearby_max(level, reach) * np.abs(taps).sum(axis=0).max()
     wrapped = np.concatenate([audio[:, -reach:], audio, audio[:, :reach]], axis=1)
     around = sliding_window_view(wrapped, 2 * reach + 1, axis=1)  # [C, N, 2 R + 1], a view
     loud = np.flatnonzero(peaks > floor)
