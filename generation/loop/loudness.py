@@ -121,7 +121,7 @@ def limit(audio: np.ndarray, sample_rate: int, ceiling_dbtp: float) -> np.ndarra
     if needed.min() >= 1.0:
         return audio
     gain = uniform_filter1d(minimum_filter1d(needed, 2 * span + 1, mode="wrap"), 2 * span + 1, mode="wrap")
-    return (audio * gain).astype(np.float32)
+    return (audio * gain).astype(np.float32, copy=False)
 
 
 def normalise(audio: np.ndarray, sample_rate: int, target_lufs: float, ceiling_dbtp: float) -> tuple[np.ndarray, float]:
@@ -145,4 +145,4 @@ def normalise(audio: np.ndarray, sample_rate: int, target_lufs: float, ceiling_d
     if overshoot > 0:  # never leave a loop over the ceiling, even if that costs loudness
         out = out * np.float32(10 ** (-overshoot / 20))
         loudness -= overshoot
-    return out.astype(np.float32), loudness
+    return out.astype(np.float32, copy=False), loudness
