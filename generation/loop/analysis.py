@@ -11,6 +11,9 @@ from dataclasses import dataclass
 
 import librosa
 import numpy as np
+import scipy.fft
+import scipy.signal
+from numpy.lib.stride_tricks import sliding_window_view
 
 FRAME_RATE_HZ = 200.0  # analysis frames per second (5 ms)
 LONG_INPUT_S = 60.0  # beyond this the hop grows so memory stays bounded on minutes-long files
@@ -18,6 +21,7 @@ N_FFT = 2048
 N_MELS = 64
 LOW_BAND_HZ = 200.0  # kick and bass live below this
 SILENCE_DBFS = -60.0
+FRAMES_PER_FFT = 256  # frames transformed at a time: bounds the memory on long sources
 
 
 @dataclass(frozen=True)
@@ -64,11 +68,26 @@ def is_silent(audio: np.ndarray) -> bool:
     return level_dbfs(audio) < SILENCE_DBFS
 
 
+def _power_spectrogram(signal: np.ndarray, hop: int) -> np.ndarray:
+    """[1 + N_FFT // 2, F] |STFT|^2 of [T]: librosa.stft's Hann frames, frame f centred on sample f * hop.
+
+    librosa transforms in float64 along a strided axis, a few frames at a time; float32 FFTs over
+    contiguous frames give the same power to a few parts in 10^7 in half the time.
+    """
+    frames = sliding_window_view(np.pad(signal, N_FFT // 2), N_FFT)[::hop]  # [F, N_FFT], a view
+    window = scipy.signal.get_window("hann", N_FFT).astype(np.float32)
+    power = np.empty((len(frames), N_FFT // 2 + 1), dtype=np.float32)
+    for first in range(0, len(frames), FRAMES_PER_FFT):
+        spectrum = scipy.fft.rfft(frames[first : first + FRAMES_PER_FFT] * window, axis=1)
+        power[first : first + len(spectrum)] = np.abs(spectrum) ** 2
+    return power.T
+
+
 def analyse(signal: np.ndarray, sample_rate: int) -> Analysis:
     """Features of a mono [T] signal."""
     duration = len(signal) / sample_rate
     hop = max(1, round(sample_rate / FRAME_RATE_HZ)) * max(1, math.ceil(duration / LONG_INPUT_S))
-    power = np.abs(librosa.stft(signal, n_fft=N_FFT, hop_length=hop)) ** 2
+    power = _power_spectrogram(signal, hop)
     fmax = min(16000.0, sample_rate / 2)
     mel = librosa.feature.melspectrogram(S=power, sr=sample_rate, n_mels=N_MELS, fmax=fmax)
     log_mel = librosa.power_to_db(mel, ref=1.0, top_db=None)

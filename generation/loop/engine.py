@@ -189,7 +189,8 @@ def make_loop(
     if source.shape[1] == 0 or is_silent(source):
         return _silent_result(source.shape[0], sample_rate, nominal, samples, settings.max_stretch)
 
-    analysis = analyse(mono(source), sample_rate)
+    signal = mono(source)
+    analysis = analyse(signal, sample_rate)
     tempo = estimate_tempo(analysis, bpm, settings.max_stretch)
     beats = _beats(analysis, tempo.beat_period)
     period = tempo.beat_period
@@ -197,7 +198,7 @@ def make_loop(
         period = float(np.clip(fit_period(beats)[0], period * (1 - MAX_GLOBAL_REFIT), period * (1 + MAX_GLOBAL_REFIT)))
     phase, confidence = downbeat_phase(analysis, beats, beats_per_bar)
     downbeats = np.arange(phase, len(beats), beats_per_bar)
-    window = _at_attack(analysis, best_window(analysis, mono(source), beats, downbeats, period, beats_per_bar, bars))
+    window = _at_attack(analysis, best_window(analysis, signal, beats, downbeats, period, beats_per_bar, bars))
     speed, within, needed = _speed(bpm, window.beat_period, settings.max_stretch)
     grid = LoopGrid(shape, window.beat_period, speed, window.start, tempo.relation)
     findings = Findings(
@@ -239,7 +240,8 @@ def make_variation_loop(
     if source.shape[1] == 0 or is_silent(source):
         return _silent_result(source.shape[0], sample_rate, grid, samples, settings.max_stretch)
 
-    analysis = analyse(mono(source), sample_rate)
+    signal = mono(source)
+    analysis = analyse(signal, sample_rate)
     tempo = estimate_tempo(analysis, grid.shape.bpm, settings.max_stretch)
     beats = _beats(analysis, grid.source_beat_period)
     # Downbeats: the tracked beats nearest the grid's bar lines from `downbeat_seconds` on.
@@ -250,7 +252,7 @@ def make_variation_loop(
     confidence = float(np.clip(1.0 - 4.0 * np.median(miss) / grid.source_beat_period, 0.0, 1.0)) if len(miss) else 0.0
     if not len(downbeats):
         downbeats = np.array([int(np.abs(beats - downbeat_seconds).argmin())])
-    window = best_window(analysis, mono(source), beats, downbeats, grid.source_beat_period, grid.shape.beats_per_bar, grid.shape.bars)
+    window = best_window(analysis, signal, beats, downbeats, grid.source_beat_period, grid.shape.beats_per_bar, grid.shape.bars)
     window = _at_attack(analysis, window)
     off_grid = abs(window.beat_period / grid.source_beat_period - 1.0)
     window = dataclasses.replace(window, beat_period=grid.source_beat_period)  # same grid, same stretch

@@ -68,6 +68,11 @@ class Warp:
     def mean_speed(self) -> float:
         return float((self.source[-1] - self.source[0]) / (self.output[-1] - self.output[0]))
 
+    @property
+    def steady(self) -> bool:
+        """Whether one ratio puts every beat on the grid, up to the rounding of both ends."""
+        return bool(np.all(np.abs(np.diff(self.source) - self.mean_speed * np.diff(self.output)) <= 2))
+
     def stretch(self, segment: np.ndarray, sample_rate: int, first: int) -> tuple[np.ndarray, int]:
         """Stretch `segment` [C, M] (source samples from `first` on) with each beat's own ratio.
 
@@ -75,7 +80,7 @@ class Warp:
         one's. Returns the stretched audio and where the first marker landed in it.
         """
         speeds, mean = self.speeds, self.mean_speed
-        if np.all(np.abs(np.diff(self.source) - mean * np.diff(self.output)) <= 2):  # one ratio, up to the rounding of both ends
+        if self.steady:
             offset = round((self.source[0] - first) / mean)
             if abs(mean - 1.0) <= STRETCH_EPSILON:
                 return segment, offset
