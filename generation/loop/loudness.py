@@ -1,4 +1,4 @@
-"""Loudness: -14 LUFS integrated (ITU-R BS.1770, pyloudnorm's meter) under a true-peak ceiling."""
+"""Loudness: -14 LUFS integrated (ITU-R BS.1770 via pyloudnorm) under a true-peak ceiling."""
 
 from __future__ import annotations
 
@@ -9,16 +9,13 @@ import numpy as np
 import pyloudnorm
 from numpy.lib.stride_tricks import sliding_window_view
 from scipy.ndimage import minimum_filter1d, uniform_filter1d
-from scipy.signal import resample_poly, sosfilt
+from scipy.signal import resample_poly
 
 TRUE_PEAK_OVERSAMPLING = 4
 LIMITER_WINDOW_S = 0.005  # gain dips last about twice this: short enough not to pump
 LIMITER_MARGIN_DB = 0.2  # the smoothed gain can let inter-sample peaks creep up a little
 LIMITER_PASSES = 3
 CHUNK = 1 << 16  # samples interpolated at a time: bounds the gathered windows' memory
-BLOCK_S, BLOCK_STEP = 0.4, 0.25  # BS.1770 gating blocks: 400 ms, a new one every quarter of that
-ABSOLUTE_GATE_LUFS, RELATIVE_GATE_LU = -70.0, -10.0
-CHANNEL_WEIGHTS = (1.0, 1.0, 1.0, 1.41, 1.41)  # L, R, C, Ls, Rs
 
 
 @functools.cache
@@ -73,40 +70,11 @@ def true_peak_dbtp(audio: np.ndarray) -> float:
     return 20 * math.log10(peak) if peak > 0 else -math.inf
 
 
-@functools.cache
-def _k_weighting(sample_rate: int) -> np.ndarray:
-    """[S, 6] second-order sections of pyloudnorm's K-weighting filters (high shelf, then high pass)."""
-    filters = pyloudnorm.Meter(sample_rate)._filters.values()  # its own design; the meter keeps it unexposed
-    return np.array([np.r_[stage.passband_gain * stage.b, stage.a] for stage in filters])
-
-
 def integrated_lufs(audio: np.ndarray, sample_rate: int) -> float:
-    """Integrated loudness of [C, N] (C <= 5); loops shorter than one 400 ms block are measured tiled.
-
-    pyloudnorm's measure (ITU-R BS.1770-4: its K-weighting, 400 ms blocks every 100 ms, the -70
-    LUFS and -10 LU gates) with the blocks summed at once instead of one by one in Python, which
-    made it a third of the loop engine's loudness stage.
-    """
-    block = int(BLOCK_S * sample_rate) + 1
+    """Integrated loudness of [C, N]; loops shorter than one 400 ms block are measured tiled."""
+    block = int(0.4 * sample_rate) + 1
     measured = np.tile(audio, (1, -(-block // audio.shape[1]))) if audio.shape[1] < block else audio
-    squares = sosfilt(_k_weighting(sample_rate), measured, axis=1) ** 2  # float64
-    count = int(np.round((measured.shape[1] / sample_rate - BLOCK_S) / (BLOCK_S * BLOCK_STEP))) + 1
-    steps = np.arange(count) * BLOCK_STEP  # pyloudnorm's block bounds, to the sample (the last may be cut short)
-    bounds = [np.minimum(BLOCK_S * (steps + end) * sample_rate, measured.shape[1]).astype(int) for end in (0, 1)]
-    edges = np.unique(np.concatenate(bounds))  # from 0: the energy before each edge, summed 100 ms at a time
-    pieces = np.add.reduceat(squares, edges[edges < squares.shape[1]], axis=1)
-    energy = np.concatenate([np.zeros((len(squares), 1)), np.cumsum(pieces, axis=1)], axis=1)
-    start, end = (np.searchsorted(edges, bound) for bound in bounds)
-    mean_square = (energy[:, end] - energy[:, start]) / (BLOCK_S * sample_rate)  # [C, blocks]
-    weights = np.array(CHANNEL_WEIGHTS[: len(squares)])
-    with np.errstate(divide="ignore"):
-        blocks = -0.691 + 10 * np.log10(weights @ mean_square)
-        gated = blocks >= ABSOLUTE_GATE_LUFS
-        if not gated.any():
-            return -math.inf
-        relative = -0.691 + 10 * np.log10(weights @ mean_square[:, gated].mean(axis=1)) + RELATIVE_GATE_LU
-        gated &= blocks > relative
-        return float(-0.691 + 10 * np.log10(weights @ mean_square[:, gated].mean(axis=1))) if gated.any() else -math.inf
+    return float(pyloudnorm.Meter(sample_rate).integrated_loudness(measured.T.astype(np.float64)))
 
 
 def limit(audio: np.ndarray, sample_rate: int, ceiling_dbtp: float) -> np.ndarray:
