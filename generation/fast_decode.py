@@ -77,6 +77,24 @@ def unsupported_reason(lm: LMModel) -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class RowPositions:
+    """Each row's own position, for a one-step feed where rows are at different positions."""
+
+    positions: torch.Tensor
+    """[R] long: where each row's step goes."""
+    end: int
+    """One past the furthest position: the cache steps a step attends to."""
+
+    def attention_mask(self, dtype: torch.dtype) -> torch.Tensor:
+        """[R, 1, 1, end] additive mask: 0 up to each row's own position, -inf past it (stale keys of
+        an earlier request in its slot, or none). Additive, made once a step: scaled_dot_product_attention
+        would turn a boolean mask into this in every layer."""
+        past = torch.arange(self.end, device=self.positions.device) > self.positions.view(-1, 1)
+        mask = torch.zeros(past.shape, dtype=dtype, device=past.device).masked_fill(past, float("-inf"))
+        return mask[:, None, None, :]
+
+
 @dataclass
 class DecodeState:
     """Everything a batch's steps read and write besides the weights."""
@@ -159,13 +177,13 @@ class FastDecoder:
         return logits
 
     def step(self, codes: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, cross: CrossCache | None,
-             cross_mask: torch.Tensor | None, start: int | torch.Tensor) -> torch.Tensor:
+             cross_mask: torch.Tensor | None, start: int | RowPositions) -> torch.Tensor:
         """Feed `codes` [R, K, T] to R rows of a cache; the logits of the last step, [R, K, card].
 
         `keys`/`values` [layers, R, H, S, d] and `cross`/`cross_mask` (see `DecodeState`) are the
         rows' (views into a larger cache are written in place). `start` is the position of the first
-        step fed: every row's (an int; T steps, causal among themselves), or each row's own (an [R]
-        tensor; one step, T = 1, each row attending to its own positions up to `start[r]` only).
+        step fed: every row's (an int; T steps, causal among themselves), or each row's own (one
+        step, T = 1, each row attending to its own positions only).
         """
         lm, transformer = self.lm, self.lm.transformer
         steps = codes.shape[-1]
@@ -173,20 +191,18 @@ class FastDecoder:
         assert isinstance(x, torch.Tensor)
         if isinstance(start, int):
             positions = torch.arange(start, start + steps, device=x.device).view(1, -1, 1)
-            own_positions = None
+            own: tuple[RowPositions, torch.Tensor] | None = None
         else:
             if steps != 1:
                 raise ValueError("rows at their own positions take one step at a time")
-            positions = start.view(-1, 1, 1)
-            # [R, 1, 1, end]: a row sees its own positions only, not what a longer batch-mate wrote.
-            end = int(start.max()) + 1
-            own_positions = (torch.arange(end, device=x.device) <= start.view(-1, 1))[:, None, None, :]
+            positions = start.positions.view(-1, 1, 1)
+            own = start, start.attention_mask(keys.dtype)
         x = x + transformer.positional_scale * create_sin_embedding(
             positions, x.shape[-1], max_period=transformer.max_period, dtype=x.dtype
         )
         for index, layer in enumerate(self.layers):
             x = x + layer.layer_scale_1(self_attention(
-                layer.self_attn, layer.norm1(x), keys[index], values[index], start, own_positions
+                layer.self_attn, layer.norm1(x), keys[index], values[index], start if own is None else own
             ))
             if cross is not None:
                 layer_keys, layer_values = cross[index]
@@ -278,17 +294,19 @@ def _attend(attn: StreamingMultiheadAttention, q: torch.Tensor, k: torch.Tensor,
     dtype = q.dtype
     if attn.attention_as_float32:
         q, k, v = q.float(), k.float(), v.float()
+    if mask is not None and mask.dtype not in (torch.bool, q.dtype):
+        mask = mask.to(q.dtype)  # an additive mask made in the cache's precision
     x = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
     return attn.out_proj(_merge_heads(x.to(dtype)))
 
 
 def self_attention(attn: StreamingMultiheadAttention, x: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
-                   start: int | torch.Tensor, own_positions: torch.Tensor | None = None) -> torch.Tensor:
+                   start: int | tuple[RowPositions, torch.Tensor]) -> torch.Tensor:
     """Causal self-attention of `x` [R, T, D], writing its keys and values into the layer's cache
     `keys`/`values` [R, H, S, d] in place. -> [R, T, D].
 
-    `start`: the position of the first step for every row (an int), or each row's own (an [R]
-    tensor, T = 1, with `own_positions` [R, 1, 1, end] the positions each row may attend to).
+    `start`: the position of the first step for every row (an int), or each row's own with its
+    attention mask (`RowPositions.attention_mask`), T = 1.
     """
     rows, steps, _ = x.shape
     projected = F.linear(x, attn.in_proj_weight, attn.in_proj_bias)
@@ -300,12 +318,11 @@ def self_attention(attn: StreamingMultiheadAttention, x: torch.Tensor, keys: tor
         values[:, :, start:end] = v
         # Causal masking matters only within a multi-step first feed; one step sees the whole cache.
         return _attend(attn, q, keys[:, :, :end], values[:, :, :end], causal=steps > 1)
-    assert own_positions is not None
+    own, mask = start
     every_row = torch.arange(rows, device=x.device)
-    keys[every_row, :, start] = k[:, :, 0]
-    values[every_row, :, start] = v[:, :, 0]
-    end = own_positions.shape[-1]
-    return _attend(attn, q, keys[:, :, :end], values[:, :, :end], own_positions)
+    keys[every_row, :, own.positions] = k[:, :, 0]
+    values[every_row, :, own.positions] = v[:, :, 0]
+    return _attend(attn, q, keys[:, :, : own.end], values[:, :, : own.end], mask)
 
 
 def _cross_keys_values(attn: StreamingMultiheadAttention, source: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

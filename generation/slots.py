@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 from audiocraft.modules.codebooks_patterns import Pattern
 
-from .fast_decode import UNKNOWN_TOKEN, ConditionTensors, CrossCache, FastDecoder
+from .fast_decode import UNKNOWN_TOKEN, ConditionTensors, CrossCache, FastDecoder, RowPositions
 from .sampling import SamplingParams, sample_next_tokens
 
 Key = tp.Hashable
@@ -216,25 +216,25 @@ class SlotBatch:
             return []
         lm, device = self.decoder.lm, self._keys.device
         count = occupied[-1] + 1
-        slots = [self._slots[index] for index in occupied]
-        offsets = torch.zeros(count, dtype=torch.long)
-        offsets[occupied] = torch.tensor([slot.offset for slot in slots if slot is not None])
-        offsets = offsets.to(device)
-        fed_at = (offsets - 1).clamp(min=0)  # a free slot is fed its step 0, whatever it holds
+        slots = [tp.cast(_Slot, self._slots[index]) for index in occupied]
+        # Slot i feeds its step `offset - 1`; a free slot below the highest occupied one its step 0.
+        fed = [0] * count
+        for index, slot in zip(occupied, slots):
+            fed[index] = slot.offset - 1
+        fed_at = torch.tensor(fed, device=device)
         codes = self._sequences[:count].gather(2, fed_at.view(-1, 1, 1).expand(-1, lm.num_codebooks, 1))
         codes = codes.clamp(min=0)  # a free slot's stale sequence may hold unknown tokens
         rows = slice(0, 2 * count)
-        masked = any(slot.masked for slot in slots if slot is not None)
+        masked = any(slot.masked for slot in slots)
         logits = self.decoder.step(
             codes.repeat_interleave(2, dim=0), self._keys[:, rows], self._values[:, rows], self._cross_rows(rows),
-            self._text_mask_rows(rows, masked), fed_at.repeat_interleave(2),
+            self._text_mask_rows(rows, masked), RowPositions(fed_at.repeat_interleave(2), max(fed) + 1),
         )
         conditional, unconditional = logits[0::2], logits[1::2]
         guided = unconditional + (conditional - unconditional) * self.params.cfg_coef
         taken = torch.tensor(occupied, device=device)
-        generators = [slot.generator for slot in slots if slot is not None]
-        next_token = sample_next_tokens(guided[taken], self.params, generators)[..., 0]
-        at = offsets[taken]
+        next_token = sample_next_tokens(guided[taken], self.params, [slot.generator for slot in slots])[..., 0]
+        at = fed_at[taken] + 1
         current = self._sequences[taken, :, at]
         # The model never predicts the special token: positions the pattern leaves empty get it.
         next_token = torch.where(self._valid[taken, :, at], next_token, lm.special_token_id)
