@@ -50,9 +50,9 @@ class ContinuousGeneration:
         return self._batch.free
 
     @property
-    def keys(self) -> list[Key]:
+    def admitted(self) -> list[Key]:
         """The requests decoding now."""
-        return self._batch.keys
+        return self._batch.admitted
 
     def __len__(self) -> int:
         return len(self._batch)

@@ -88,7 +88,7 @@ class SlotBatch:
         return self._slots.count(None)
 
     @property
-    def keys(self) -> list[Key]:
+    def admitted(self) -> list[Key]:
         """The requests decoding now, by slot."""
         return [slot.key for slot in self._slots if slot is not None]
 
