@@ -189,20 +189,21 @@ class FastDecoder:
         steps = codes.shape[-1]
         x = sum(lm.emb[k](codes[:, k]) for k in range(lm.num_codebooks))
         assert isinstance(x, torch.Tensor)
+        where: int | tuple[RowPositions, torch.Tensor]
         if isinstance(start, int):
             positions = torch.arange(start, start + steps, device=x.device).view(1, -1, 1)
-            own: tuple[RowPositions, torch.Tensor] | None = None
+            where = start
         else:
             if steps != 1:
                 raise ValueError("rows at their own positions take one step at a time")
             positions = start.positions.view(-1, 1, 1)
-            own = start, start.attention_mask(keys.dtype)
+            where = start, start.attention_mask(keys.dtype)
         x = x + transformer.positional_scale * create_sin_embedding(
             positions, x.shape[-1], max_period=transformer.max_period, dtype=x.dtype
         )
         for index, layer in enumerate(self.layers):
             x = x + layer.layer_scale_1(self_attention(
-                layer.self_attn, layer.norm1(x), keys[index], values[index], start if own is None else own
+                layer.self_attn, layer.norm1(x), keys[index], values[index], where
             ))
             if cross is not None:
                 layer_keys, layer_values = cross[index]
