@@ -93,7 +93,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
     parser.add_argument("--slots", type=int, default=4, help="the static batch size and the continuous batch's slots")
     parser.add_argument("--seconds", default="0.5,1,2", help="request lengths in seconds, one drawn per request")
-    parser.add_argument("--requests", type=int, default=80, help="requests per run (default 80)")
+    parser.add_argument("--requests", type=int, default=200, help="requests per run (default 200)")
     parser.add_argument("--load", type=float, action="append", help="arrival rate over capacity (repeatable; default 0.8)")
     parser.add_argument("--seed", type=int, default=0, help="of the arrival times and lengths")
     parser.add_argument("--wall-clock", action="store_true", help="on CPU, time by the wall clock, not CPU time")
