@@ -6,8 +6,8 @@ by one decoding step and returns the audio of those that finished, decoded alone
 length as `MusicGenEngine.generate` decodes them. A request gets the same tokens and audio as when
 it runs alone with its seed (`tests/unit/test_continuous.py`).
 
-Only the fast decoder batches this way: with audiocraft's decoder, or a request past the model's
-`max_duration`, `accepts` is False and the caller runs it as a static batch (`MusicGenEngine.generate`).
+Only the fast decoder batches this way: with audiocraft's decoder, or for a request past the model's
+`max_duration` (`MusicGenEngine.fits_one_window`), the caller runs a static batch (`MusicGenEngine.generate`).
 """
 
 from __future__ import annotations
@@ -57,14 +57,6 @@ class ContinuousGeneration:
     def __len__(self) -> int:
         return len(self._batch)
 
-    def accepts(self, request: GenerationRequest) -> bool:
-        """Whether the request can join (a free slot aside): the fast decoder runs it in one window."""
-        prompt_frames = 0 if request.prompt_audio is None else self._prompt_frames(request.prompt_audio)
-        return self.engine.fits_one_window(self.engine.frames_to_run(prompt_frames, self.engine.frames(request)))
-
-    def _prompt_frames(self, audio: np.ndarray) -> int:
-        return int(np.ceil(audio.shape[-1] * self.engine.frame_rate / self.engine.sample_rate))
-
     def join(self, key: Key, request: GenerationRequest) -> None:
         """Admit `request` under `key` in a free slot; it takes its first step with the next `step`."""
         engine = self.engine
@@ -75,6 +67,9 @@ class ContinuousGeneration:
             conditions = engine.fast.conditions(attributes)
             prompt_frames = 0 if prompt_tokens is None else prompt_tokens.shape[-1]
             frames = engine.frames(request)
+            if not engine.fits_one_window(engine.frames_to_run(prompt_frames, frames)):
+                raise ValueError(f"{request.duration:g} s is past the model's {engine.max_duration:g} s: "
+                                 "a static batch (audiocraft's windows) makes it")
             generator = torch.Generator(device=engine.model.device).manual_seed(request.seed)
             self._batch.admit(key, conditions, None if prompt_tokens is None else prompt_tokens[0],
                               engine.frames_to_run(prompt_frames, frames), generator)

@@ -107,3 +107,10 @@ def test_text_of_other_lengths_in_the_batch_does_not_change_a_requests_tokens(ti
         alone = slot_batch(1, [(key, tokens, frames, 0)])[key]
         assert together[key].shape == alone.shape == (decoder.lm.num_codebooks, frames)
         assert torch.equal(together[key], alone), key
+
+
+def test_a_request_past_the_models_window_is_refused(tiny_engine: MusicGenEngine) -> None:
+    batch = ContinuousGeneration(tiny_engine, PARAMS, slots=1)
+    with pytest.raises(ValueError, match="past the model's 30 s"):
+        batch.join("long", GenerationRequest("drums", tiny_engine.max_duration, seed=1))  # + n_q frames past it
+    assert batch.free == 1
