@@ -143,12 +143,8 @@ class MusicGenEngine:
         if not requests:
             return
         tokens = self.generate_tokens(requests, params, progress, should_cancel)
-        # Each row is decoded alone at its own length, so it does not depend on its batch-mates
-        # (decoded together, rows differ from their solo decoding in the last bits).
-        hop = round(self.sample_rate / self.frame_rate)
-        start = tokens.prompt_frames
         for i, frames in enumerate(tokens.frames):
-            yield self._decode(tokens.codes[i : i + 1, :, : start + frames])[:, start * hop :]
+            yield self.decode_row(tokens.codes[i], tokens.prompt_frames, frames)
         if progress is not None:
             progress(100.0)
 
@@ -160,7 +156,7 @@ class MusicGenEngine:
         should_cancel: tp.Callable[[], bool] | None = None,
     ) -> GeneratedTokens:
         """The batch's tokens, before the codec decodes them; see `generate`. `requests` must not be empty."""
-        frames = [max(1, math.ceil(r.duration * self.frame_rate)) for r in requests]
+        frames = [self.frames(r) for r in requests]
         prompts = [r.prompt_audio for r in requests]
         if any(p is not None for p in prompts) and len({None if p is None else p.shape[-1] for p in prompts}) != 1:
             raise ValueError("every request of a continuation batch needs a prompt of the same length")
@@ -169,10 +165,7 @@ class MusicGenEngine:
         prompt = None if prompts[0] is None else torch.from_numpy(np.stack([p for p in prompts if p is not None])).float()
         attributes, prompt_tokens = self.model._prepare_tokens_and_attributes(descriptions, prompt)
         prompt_frames = 0 if prompt_tokens is None else prompt_tokens.shape[-1]
-        # With the delay pattern, the last frames of a run see the end-of-sequence padding of the
-        # later codebooks; generating n_q frames past the longest request keeps every kept frame
-        # independent of where the run stops.
-        total_frames = prompt_frames + max(frames) + self.model.lm.num_codebooks
+        total_frames = self.frames_to_run(prompt_frames, max(frames))
 
         def on_step(generated: int, _chunk_total: int) -> None:
             if should_cancel is not None and should_cancel():
@@ -183,13 +176,32 @@ class MusicGenEngine:
         generators = [torch.Generator(device=self.model.device).manual_seed(r.seed) for r in requests]
         if progress is not None:
             progress(0.0)
-        # Past max_duration audiocraft generates in overlapping windows, which only its loop does.
-        if self.fast is not None and total_frames <= self.max_duration * self.frame_rate:
+        if self.fast is not None and self.fits_one_window(total_frames):
             with torch.no_grad(), self.model.autocast:
                 codes = self.fast.generate(attributes, prompt_tokens, total_frames, params, generators, on_step)
         else:
             codes = self._audiocraft_tokens(attributes, prompt_tokens, total_frames, params, generators, on_step)
         return GeneratedTokens(codes, prompt_frames, frames)
+
+    def frames(self, request: GenerationRequest) -> int:
+        """The frames a request keeps, after its prompt."""
+        return max(1, math.ceil(request.duration * self.frame_rate))
+
+    def frames_to_run(self, prompt_frames: int, frames: int) -> int:
+        """The frames to generate for `frames` kept after a prompt of `prompt_frames`.
+
+        With the delay pattern, the last frames of a run see the end-of-sequence padding of the
+        later codebooks; generating n_q frames past the longest request keeps every kept frame
+        independent of where the run stops.
+        """
+        return prompt_frames + frames + self.model.lm.num_codebooks
+
+    def fits_one_window(self, total_frames: int) -> bool:
+        """Whether a generation of `total_frames` fits the model's `max_duration`, as the fast decoder needs.
+
+        Past it audiocraft generates in overlapping windows, which only its loop does.
+        """
+        return total_frames <= self.max_duration * self.frame_rate
 
     def _audiocraft_tokens(
         self, attributes: list[tp.Any], prompt_tokens: torch.Tensor | None, total_frames: int,
@@ -210,8 +222,13 @@ class MusicGenEngine:
             lm.row_generators = None
             self.model.set_custom_progress_callback(None)
 
-    def _decode(self, tokens: torch.Tensor) -> np.ndarray:
-        """[1, K, T] tokens -> [C, T * hop] float32 audio."""
+    def decode_row(self, codes: torch.Tensor, prompt_frames: int, frames: int) -> np.ndarray:
+        """One request's tokens [K, T] -> its new audio [C, frames * hop] float32, after its prompt.
+
+        Each row is decoded alone at its own length, so it does not depend on its batch-mates
+        (decoded together, rows differ from their solo decoding in the last bits).
+        """
+        hop = round(self.sample_rate / self.frame_rate)
         with torch.no_grad():
-            audio = self.model.compression_model.decode(tokens, None)
-        return audio[0].float().cpu().numpy()
+            audio = self.model.compression_model.decode(codes[None, :, : prompt_frames + frames], None)
+        return audio[0, :, prompt_frames * hop :].float().cpu().numpy()

@@ -41,6 +41,9 @@ UNKNOWN_TOKEN = -1
 ConditionTensors = dict[str, tuple[torch.Tensor, torch.Tensor]]
 """audiocraft's conditioning output: name -> (embeddings [R, L, D], mask [R, L], 1 = a real token)."""
 
+CrossCache = list[tuple[torch.Tensor, torch.Tensor]]
+"""Per layer, the conditioning's projected cross-attention (keys, values), each [R, H, L, d]."""
+
 
 def unsupported_reason(lm: LMModel) -> str | None:
     """Why `FastDecoder` cannot run `lm` exactly as audiocraft would, or None when it can.
@@ -74,6 +77,24 @@ def unsupported_reason(lm: LMModel) -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class RowPositions:
+    """Each row's own position, for a one-step feed where rows are at different positions."""
+
+    positions: torch.Tensor
+    """[R] long: where each row's step goes."""
+    end: int
+    """One past the furthest position: the cache steps a step attends to."""
+
+    def attention_mask(self, dtype: torch.dtype) -> torch.Tensor:
+        """[R, 1, 1, end] additive mask: 0 up to each row's own position, -inf past it (stale keys of
+        an earlier request in its slot, or none). Additive, made once a step: scaled_dot_product_attention
+        would turn a boolean mask into this in every layer."""
+        past = torch.arange(self.end, device=self.positions.device) > self.positions.view(-1, 1)
+        mask = torch.zeros(past.shape, dtype=dtype, device=past.device).masked_fill(past, float("-inf"))
+        return mask[:, None, None, :]
+
+
 @dataclass
 class DecodeState:
     """Everything a batch's steps read and write besides the weights."""
@@ -82,7 +103,7 @@ class DecodeState:
     """Self-attention keys, [layers, R, H, S, d]; steps `[0, length)` are filled."""
     values: torch.Tensor
     """Self-attention values, like `keys`."""
-    cross: list[tuple[torch.Tensor, torch.Tensor]] | None
+    cross: CrossCache | None
     """Per layer, the conditioning's projected cross-attention (keys, values), each [R, H, L, d]."""
     cross_mask: torch.Tensor | None
     """[R, 1, 1, L], True where a row may attend; None when no row has padding to mask."""
@@ -108,49 +129,88 @@ class FastDecoder:
 
     def start(self, condition_tensors: ConditionTensors, rows: int, steps: int) -> DecodeState:
         """A state for `rows` rows and up to `steps` steps, its cross-attention projected once."""
-        lm, layers = self.lm, self.layers
-        weight = layers[0].self_attn.in_proj_weight
+        keys, values = self.empty_cache(rows, steps)
+        projected = self.project_conditions(condition_tensors)
+        if projected is None:
+            return DecodeState(keys, values, None, None)
+        cross, mask = projected
+        return DecodeState(keys, values, cross, _padding_mask(mask))
+
+    def empty_cache(self, rows: int, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Zeroed self-attention (keys, values) for `rows` rows and `steps` steps, each [layers, R, H, S, d].
+
+        Zeroed, not empty: a row masks the positions it has not written, and a masked NaN left in
+        memory would still turn its attention output into NaN.
+        """
+        weight = self.layers[0].self_attn.in_proj_weight
         # Keys come out of the projection in autocast's precision where it is on (float16 on a GPU).
         on = torch.is_autocast_enabled(weight.device.type)
         dtype = torch.get_autocast_dtype(weight.device.type) if on else weight.dtype
-        heads = layers[0].self_attn.num_heads
-        shape = (len(layers), rows, heads, steps, lm.dim // heads)
-        keys = torch.empty(shape, device=weight.device, dtype=dtype)
-        values = torch.empty_like(keys)
-        if layers[0].cross_attention is None:
-            return DecodeState(keys, values, None, None)
+        heads = self.layers[0].self_attn.num_heads
+        shape = (len(self.layers), rows, heads, steps, self.lm.dim // heads)
+        keys = torch.zeros(shape, device=weight.device, dtype=dtype)
+        return keys, torch.zeros_like(keys)
+
+    def project_conditions(self, condition_tensors: ConditionTensors) -> tuple[CrossCache, torch.Tensor] | None:
+        """Per layer, the conditioning's cross-attention (keys, values) [R, H, L, d], and its
+        real-token mask [R, L] (bool); None when the model has no cross-attention."""
+        lm = self.lm
+        if self.layers[0].cross_attention is None:
+            return None
+        device = self.layers[0].self_attn.in_proj_weight.device
+        rows = next(iter(condition_tensors.values()))[0].shape[0]
         # The fuser concatenates every cross-attended condition (and adds positions if configured).
-        _, source = lm.fuser(torch.zeros(rows, 0, lm.dim, device=weight.device), condition_tensors)
+        _, source = lm.fuser(torch.zeros(rows, 0, lm.dim, device=device), condition_tensors)
         mask = torch.cat([m for name, (_, m) in condition_tensors.items() if lm.fuser.cond2fuse[name] == "cross"], 1)
-        cross = [_cross_keys_values(_cross_module(layer), source) for layer in layers]
-        return DecodeState(keys, values, cross, _padding_mask(mask.bool()))
+        return [_cross_keys_values(_cross_module(layer), source) for layer in self.layers], mask.bool()
 
     def forward(self, codes: torch.Tensor, state: DecodeState) -> torch.Tensor:
         """Feed `codes` [R, K, T] at the state's position; the logits of the last step, [R, K, card].
 
         More than one step at a time (a continuation's prompt) only as the first feed.
         """
-        lm, transformer = self.lm, self.lm.transformer
         steps = codes.shape[-1]
         if steps > 1 and state.length > 0:
             raise ValueError("several steps at once only as the first feed")
+        logits = self.step(codes, state.keys, state.values, state.cross, state.cross_mask, state.length)
+        state.length += steps
+        return logits
+
+    def step(self, codes: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, cross: CrossCache | None,
+             cross_mask: torch.Tensor | None, start: int | RowPositions) -> torch.Tensor:
+        """Feed `codes` [R, K, T] to R rows of a cache; the logits of the last step, [R, K, card].
+
+        `keys`/`values` [layers, R, H, S, d] and `cross`/`cross_mask` (see `DecodeState`) are the
+        rows' (views into a larger cache are written in place). `start` is the position of the first
+        step fed: every row's (an int; T steps, causal among themselves), or each row's own (one
+        step, T = 1, each row attending to its own positions only).
+        """
+        lm, transformer = self.lm, self.lm.transformer
+        steps = codes.shape[-1]
         x = sum(lm.emb[k](codes[:, k]) for k in range(lm.num_codebooks))
         assert isinstance(x, torch.Tensor)
-        positions = torch.arange(state.length, state.length + steps, device=x.device).view(1, -1, 1)
+        where: int | tuple[RowPositions, torch.Tensor]
+        if isinstance(start, int):
+            positions = torch.arange(start, start + steps, device=x.device).view(1, -1, 1)
+            where = start
+        else:
+            if steps != 1:
+                raise ValueError("rows at their own positions take one step at a time")
+            positions = start.positions.view(-1, 1, 1)
+            where = start, start.attention_mask(keys.dtype)
         x = x + transformer.positional_scale * create_sin_embedding(
             positions, x.shape[-1], max_period=transformer.max_period, dtype=x.dtype
         )
         for index, layer in enumerate(self.layers):
             x = x + layer.layer_scale_1(self_attention(
-                layer.self_attn, layer.norm1(x), state.keys[index], state.values[index], state.length
+                layer.self_attn, layer.norm1(x), keys[index], values[index], where
             ))
-            if state.cross is not None:
-                keys, values = state.cross[index]
+            if cross is not None:
+                layer_keys, layer_values = cross[index]
                 x = x + layer.layer_scale_cross(
-                    cross_attention(_cross_module(layer), layer.norm_cross(x), keys, values, state.cross_mask)
+                    cross_attention(_cross_module(layer), layer.norm_cross(x), layer_keys, layer_values, cross_mask)
                 )
             x = x + layer.layer_scale_2(layer._ff_block(layer.norm2(x)))
-        state.length += steps
         out = x[:, -1:]
         if lm.out_norm is not None:
             out = lm.out_norm(out)
@@ -235,23 +295,35 @@ def _attend(attn: StreamingMultiheadAttention, q: torch.Tensor, k: torch.Tensor,
     dtype = q.dtype
     if attn.attention_as_float32:
         q, k, v = q.float(), k.float(), v.float()
+    if mask is not None and mask.dtype not in (torch.bool, q.dtype):
+        mask = mask.to(q.dtype)  # an additive mask made in the cache's precision
     x = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
     return attn.out_proj(_merge_heads(x.to(dtype)))
 
 
-def self_attention(attn: StreamingMultiheadAttention, x: torch.Tensor, keys: torch.Tensor,
-                   values: torch.Tensor, start: int) -> torch.Tensor:
-    """Causal self-attention of `x` [R, T, D] at positions `start..`, writing its keys and values
-    into the layer's cache `keys`/`values` [R, H, S, d] in place. -> [R, T, D]."""
+def self_attention(attn: StreamingMultiheadAttention, x: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
+                   start: int | tuple[RowPositions, torch.Tensor]) -> torch.Tensor:
+    """Causal self-attention of `x` [R, T, D], writing its keys and values into the layer's cache
+    `keys`/`values` [R, H, S, d] in place. -> [R, T, D].
+
+    `start`: the position of the first step for every row (an int), or each row's own with its
+    attention mask (`RowPositions.attention_mask`), T = 1.
+    """
     rows, steps, _ = x.shape
     projected = F.linear(x, attn.in_proj_weight, attn.in_proj_bias)
     # audiocraft's packing: "b t (p h d)" with p = q, k, v.
     q, k, v = projected.view(rows, steps, 3, attn.num_heads, -1).permute(2, 0, 3, 1, 4)
-    end = start + steps
-    keys[:, :, start:end] = k
-    values[:, :, start:end] = v
-    # Causal masking matters only within a multi-step first feed; one step sees the whole cache.
-    return _attend(attn, q, keys[:, :, :end], values[:, :, :end], causal=steps > 1)
+    if isinstance(start, int):
+        end = start + steps
+        keys[:, :, start:end] = k
+        values[:, :, start:end] = v
+        # Causal masking matters only within a multi-step first feed; one step sees the whole cache.
+        return _attend(attn, q, keys[:, :, :end], values[:, :, :end], causal=steps > 1)
+    own, mask = start
+    every_row = torch.arange(rows, device=x.device)
+    keys[every_row, :, own.positions] = k[:, :, 0]
+    values[every_row, :, own.positions] = v[:, :, 0]
+    return _attend(attn, q, keys[:, :, : own.end], values[:, :, : own.end], mask)
 
 
 def _cross_keys_values(attn: StreamingMultiheadAttention, source: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -2,9 +2,10 @@
 
 `generation/sampling.py` overrides `LMModel._sample_next_token` (its signature changed on
 audiocraft's main branch after 1.3.0), `generation/engine.py` calls MusicGen's private token
-methods, and `generation/fast_decode.py` runs the transformer's modules itself. An audiocraft
-upgrade that moves any of these fails here, naming what changed and which module to update,
-instead of failing deep inside a generation (or, worse, silently decoding differently).
+methods, and `generation/fast_decode.py` runs the transformer's modules itself (and
+`generation/slots.py` through it, with audiocraft's delay pattern). An audiocraft upgrade that
+moves any of these fails here, naming what changed and which module to update, instead of failing
+deep inside a generation (or, worse, silently decoding differently).
 """
 
 from __future__ import annotations
@@ -31,9 +32,9 @@ SIGNATURES: list[tuple[tp.Callable[..., tp.Any], tuple[str, ...], str]] = [
      ("self", "use_sampling", "top_k", "top_p", "temperature", "duration", "cfg_coef", "two_step_cfg", "extend_stride"),
      "generation/engine.py"),
     (MusicGen.set_custom_progress_callback, ("self", "progress_callback"), "generation/engine.py"),
-    (Pattern.build_pattern_sequence, ("self", "z", "special_token", "keep_only_valid_steps"), "generation/fast_decode.py"),
-    (Pattern.revert_pattern_sequence, ("self", "s", "special_token", "keep_only_valid_steps"), "generation/fast_decode.py"),
-    (Pattern.get_first_step_with_timesteps, ("self", "t", "q"), "generation/fast_decode.py"),
+    (Pattern.build_pattern_sequence, ("self", "z", "special_token", "keep_only_valid_steps"), "generation/fast_decode.py and slots.py"),
+    (Pattern.revert_pattern_sequence, ("self", "s", "special_token", "keep_only_valid_steps"), "generation/fast_decode.py and slots.py"),
+    (Pattern.get_first_step_with_timesteps, ("self", "t", "q"), "generation/fast_decode.py and slots.py"),
     (create_sin_embedding, ("positions", "dim", "max_period", "dtype"), "generation/fast_decode.py"),
 ]
 
