@@ -60,9 +60,17 @@ def folded(curve: np.ndarray, bpm: float) -> tuple[float, float]:
     return float(profile.max() / profile.mean()), (int(profile.argmax()) + 0.5) / bins * period
 
 
+def beat_autocorrelation(curve: np.ndarray, beats: np.ndarray, lag: int) -> float:
+    """Correlation of the onset strength on each beat ([B] seconds) with that `lag` beats later."""
+    strength = strength_at(curve, beats)
+    z = (strength - strength.mean()) / max(float(strength.std()), 1e-9)
+    return float(np.mean(z[lag:] * z[:-lag]))
+
+
 def test_the_corpus_spans_the_tempi_and_licences_are_recorded() -> None:
     assert len(EXCERPTS) >= 12
     assert min(e.bpm for e in EXCERPTS) < 95 and max(e.bpm for e in EXCERPTS) > 165
+    assert {e.beats_per_bar for e in EXCERPTS} >= {3, 4}
     assert {e.package for e in EXCERPTS} == set(LICENCES)
     for excerpt in EXCERPTS:
         bar = excerpt.beats_per_bar * 60 / excerpt.bpm
@@ -88,6 +96,11 @@ def test_annotations_agree_with_the_audio(excerpt: Excerpt, files: dict[str, Pat
     period = 60 / excerpt.bpm
     phase = float(np.median(np.array(excerpt.downbeats) % period))
     assert abs((peak - phase + period / 2) % period - period / 2) < min(0.05, 0.15 * period)
+    # Triple meter is heard: the beats' accents repeat every 3 beats, not every 2 or 4.
+    if excerpt.beats_per_bar == 3:
+        beats = np.arange(phase, excerpt.seconds - 0.05, period)
+        accents = {lag: beat_autocorrelation(curve, beats, lag) for lag in (2, 3, 4)}
+        assert accents[3] > max(accents[2], accents[4]) + 0.5, accents
     # A beat tracker hears the same tempo, or twice or half it.
     tracked = float(np.atleast_1d(librosa.beat.beat_track(onset_envelope=curve, sr=RATE, hop_length=HOP)[0])[0])
     assert min(abs(tracked / (excerpt.bpm * k) - 1) for k in (0.5, 1, 2)) < TEMPO_TOLERANCE, tracked
