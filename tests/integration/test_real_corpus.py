@@ -69,7 +69,7 @@ def beat_autocorrelation(curve: np.ndarray, beats: np.ndarray, lag: int) -> floa
 
 def test_the_corpus_spans_the_tempi_and_licences_are_recorded() -> None:
     assert len(EXCERPTS) >= 12
-    assert min(e.bpm for e in EXCERPTS) < 90 and max(e.bpm for e in EXCERPTS) > 165
+    assert min(e.bpm for e in EXCERPTS) < 86 and max(e.bpm for e in EXCERPTS) > 165
     assert {e.beats_per_bar for e in EXCERPTS} >= {3, 4}
     assert {e.package for e in EXCERPTS} == set(LICENCES)
     for excerpt in EXCERPTS:
@@ -120,6 +120,7 @@ LOOP_CASES = [
     ("menu", 1.0), ("menu", 0.96), ("fb-intro-breakdown", 1.0), ("war-breakdown", 1.0),
     ("war2", 1.0), ("escape2", 1.0), ("fb-intro", 1.0), ("fb-intro", 1.05),
     ("menu3", 1.0), ("waltz", 0.955), ("fp-swing", 1.045), ("fp-intro", 1.0), ("halftime", 0.96),
+    ("slow85", 0.955),
 ]
 # The loop's beats sit within 15 ms of its grid (grid spread) on every case but these (issue #13:
 # war2's spread is 26 ms; its beats are steady, so warping does not help it: the source's own onsets,
