@@ -22,7 +22,7 @@ from generation.loop.source import loop_file
 from generation.shape import LoopShape
 
 BARS = 4
-OFF_TEMPO = {"escape": 1.045, "menu": 0.96, "fb-intro": 1.05, "batcave": 0.955}  # request / source tempo
+OFF_TEMPO = {"escape": 1.045, "menu": 0.96, "fb-intro": 1.05, "batcave": 0.955, "fp-swing": 1.045, "waltz": 0.955, "calm": 1.04, "halftime": 0.96, "slow85": 0.955}  # request / source tempo
 
 
 def meets_goals(m: LoopMeasures, result: LoopResult) -> bool:
