@@ -75,11 +75,15 @@ def card_of(session: Session, jam: JamSession) -> JamCard:
     mix_url = None
     if mix is not None and mix.posted_channel_id is not None:
         mix_url = f"https://discord.com/channels/{jam.guild_id}/{mix.posted_channel_id}/{mix.posted_message_id}"
-    layers = tuple(LayerLine(number, layer.generation.short_id, layer.generation.prompt, layer.added_by)
-                   for number, layer in enumerate(jam.layers, start=1))
     return JamCard(jam_id=jam.id, guild_id=jam.guild_id, channel_id=jam.channel_id, card_message_id=jam.card_message_id,
-                   started_by=jam.started_by, shape=jam.shape, key=jam.key, layers=layers, end_reason=jam.end_reason,
-                   last_mix_url=mix_url)
+                   started_by=jam.started_by, shape=jam.shape, key=jam.key, layers=layer_lines(jam),
+                   end_reason=jam.end_reason, last_mix_url=mix_url)
+
+
+def layer_lines(jam: JamSession) -> tuple[LayerLine, ...]:
+    """The jam's layers as its card lists them, numbered from 1."""
+    return tuple(LayerLine(number, layer.generation.short_id, layer.generation.prompt, layer.added_by)
+                 for number, layer in enumerate(jam.layers, start=1))
 
 
 def card_embed(card: JamCard) -> discord.Embed:

@@ -43,7 +43,7 @@ from generation.storage import (
 from .. import embeds
 from ..background import Periodic
 from ..errors import UserFacingError
-from ..jamcard import JamCard, LayerLine, card_embed, card_of, card_view, show_card
+from ..jamcard import JamCard, LayerLine, card_embed, card_of, card_view, layer_lines, show_card
 from ..keys import key_choices, parsed_key
 from ..text import NO_PINGS, quote
 from ..views import JamReplaceSelect
@@ -307,8 +307,7 @@ def _add(session: Session, here: Here, loop_id: str, user_id: int, jam_id: int |
     loop = get_guild_generation(session, loop_id, here.guild_id)
     if loop is None:
         raise no_such_loop(loop_id)
-    layers = card_of(session, jam).layers
-    replaced = next((layer for layer in layers if layer.loop_id == replacing), None)
+    replaced = next((layer for layer in layer_lines(jam) if layer.loop_id == replacing), None)
     if replacing is not None and replaced is None:
         outcome = LayerOutcome.NO_SUCH_LAYER
     else:
