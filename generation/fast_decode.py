@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import torch
 from audiocraft.models.lm import LMModel
+from audiocraft.modules.codebooks_patterns import Pattern
 from audiocraft.modules.conditioners import ClassifierFreeGuidanceDropout, ConditioningAttributes
 from audiocraft.modules.transformer import StreamingMultiheadAttention, StreamingTransformerLayer, create_sin_embedding
 from torch.nn import functional as F
@@ -219,7 +220,7 @@ class FastDecoder:
     def guided_logits(self, codes: torch.Tensor, state: DecodeState, cfg_coef: float) -> torch.Tensor:
         """Logits with classifier-free guidance: `codes` [B, K, T] over 2 B state rows -> [B, K, card]."""
         conditional, unconditional = self.forward(torch.cat([codes, codes]), state).split(codes.shape[0])
-        return unconditional + (conditional - unconditional) * cfg_coef
+        return guided(conditional, unconditional, cfg_coef)
 
     def generate(
         self,
@@ -239,30 +240,48 @@ class FastDecoder:
         batch = len(attributes)
         if prompt is None:
             prompt = torch.zeros((batch, lm.num_codebooks, 0), dtype=torch.long, device=device)
-        prompt_len = prompt.shape[-1]
-        if not prompt_len < max_gen_len:
-            raise ValueError(f"a prompt of {prompt_len} frames leaves nothing to generate in {max_gen_len}")
-        pattern = lm.pattern_provider.get_pattern(max_gen_len)
-        codes = torch.full((batch, lm.num_codebooks, max_gen_len), UNKNOWN_TOKEN, dtype=torch.long, device=device)
-        codes[..., :prompt_len] = prompt
-        sequence, _, valid = pattern.build_pattern_sequence(codes, lm.special_token_id)
-        first = pattern.get_first_step_with_timesteps(prompt_len)
-        assert first is not None
+        pattern, sequence, valid, first = pattern_start(lm, prompt, max_gen_len)
         total = sequence.shape[-1]
         state = self.start(self.conditions(attributes), 2 * batch, total)
         previous = 0
         for offset in range(first, total):
             logits = self.guided_logits(sequence[..., previous:offset], state, params.cfg_coef)
             next_token = sample_next_tokens(logits, params, generators)
-            # The model never predicts the special token: positions the pattern leaves empty get it.
-            next_token[~valid[..., offset : offset + 1].expand(batch, -1, -1)] = lm.special_token_id
-            current = sequence[..., offset : offset + 1]
-            sequence[..., offset : offset + 1] = torch.where(current == UNKNOWN_TOKEN, next_token, current)
+            step = slice(offset, offset + 1)
+            sequence[..., step] = placed(next_token, sequence[..., step], valid[..., step], lm.special_token_id)
             previous = offset
             if callback is not None:
                 callback(1 + offset - first, total - first)
         out, _, _ = pattern.revert_pattern_sequence(sequence, special_token=UNKNOWN_TOKEN)
         return out[..., :max_gen_len]
+
+
+def pattern_start(lm: LMModel, prompt: torch.Tensor, length: int) -> tuple[Pattern, torch.Tensor, torch.Tensor, int]:
+    """A decoding's pattern for `length` frames whose first P are `prompt` [B, K, P]: (pattern, its
+    sequence [B, K, S] with the prompt in and the rest unknown, the valid positions [K, S], the first
+    pattern step to sample), as `LMModel.generate` sets them up."""
+    prompt_len = prompt.shape[-1]
+    if not prompt_len < length:
+        raise ValueError(f"a prompt of {prompt_len} frames leaves nothing to generate in {length}")
+    pattern = lm.pattern_provider.get_pattern(length)
+    codes = torch.full((prompt.shape[0], lm.num_codebooks, length), UNKNOWN_TOKEN, dtype=torch.long, device=prompt.device)
+    codes[..., :prompt_len] = prompt
+    sequence, _, valid = pattern.build_pattern_sequence(codes, lm.special_token_id)
+    first = pattern.get_first_step_with_timesteps(prompt_len)
+    assert first is not None
+    return pattern, sequence, valid, first
+
+
+def guided(conditional: torch.Tensor, unconditional: torch.Tensor, cfg_coef: float) -> torch.Tensor:
+    """Classifier-free guidance of a step's logits [B, K, card] (each row's and its null twin's)."""
+    return unconditional + (conditional - unconditional) * cfg_coef
+
+
+def placed(next_token: torch.Tensor, current: torch.Tensor, valid: torch.Tensor, special_token: int) -> torch.Tensor:
+    """What one pattern step holds once `next_token` is sampled (`current` shaped like it, `valid`
+    broadcasting to it): the model never predicts the special token, so positions the pattern
+    leaves empty get it, and positions already known (a prompt's) keep their token."""
+    return torch.where(current == UNKNOWN_TOKEN, torch.where(valid, next_token, special_token), current)
 
 
 def _cross_module(layer: StreamingTransformerLayer) -> StreamingMultiheadAttention:
@@ -285,8 +304,14 @@ def _padding_mask(mask: torch.Tensor) -> torch.Tensor | None:
     A row with no real token at all (a null condition) attends to every position, as audiocraft
     does: they are all zero embeddings, so its output does not depend on how many there are.
     """
-    mask = mask | ~mask.any(dim=1, keepdim=True)
+    mask = attended(mask)
     return None if bool(mask.all()) else mask[:, None, None, :]
+
+
+def attended(mask: torch.Tensor) -> torch.Tensor:
+    """[R, L] real-token mask -> [R, L] what each row attends to: its real tokens, or all of them
+    when it has none (a null condition, as in audiocraft; see `_padding_mask`)."""
+    return mask | ~mask.any(dim=1, keepdim=True)
 
 
 def _attend(attn: StreamingMultiheadAttention, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,

@@ -26,7 +26,17 @@ from dataclasses import dataclass
 import torch
 from audiocraft.modules.codebooks_patterns import Pattern
 
-from .fast_decode import UNKNOWN_TOKEN, ConditionTensors, CrossCache, FastDecoder, RowPositions
+from .fast_decode import (
+    UNKNOWN_TOKEN,
+    ConditionTensors,
+    CrossCache,
+    FastDecoder,
+    RowPositions,
+    attended,
+    guided,
+    pattern_start,
+    placed,
+)
 from .sampling import SamplingParams, sample_next_tokens
 
 Key = tp.Hashable
@@ -126,16 +136,9 @@ class SlotBatch:
         if any(slot is not None and slot.key == key for slot in self._slots):
             raise ValueError(f"{key!r} is decoding already")
         lm, index = self.decoder.lm, self._slots.index(None)
-        prompt_len = 0 if prompt is None else prompt.shape[-1]
-        if not prompt_len < length:
-            raise ValueError(f"a prompt of {prompt_len} frames leaves nothing to generate in {length}")
-        pattern = lm.pattern_provider.get_pattern(length)
-        codes = torch.full((1, lm.num_codebooks, length), UNKNOWN_TOKEN, dtype=torch.long, device=self._keys.device)
-        if prompt is not None:
-            codes[0, :, :prompt_len] = prompt
-        sequence, _, valid = pattern.build_pattern_sequence(codes, lm.special_token_id)
-        first = pattern.get_first_step_with_timesteps(prompt_len)
-        assert first is not None
+        if prompt is None:
+            prompt = torch.zeros((lm.num_codebooks, 0), dtype=torch.long, device=self._keys.device)
+        pattern, sequence, valid, first = pattern_start(lm, prompt[None], length)
         total = sequence.shape[-1]
         self._reserve_steps(total)
         self._sequences[index, :, :total] = sequence[0]
@@ -164,7 +167,7 @@ class SlotBatch:
         # A row with no real token (the null twin) attends to all of its own: audiocraft's choice
         # (see `fast_decode._padding_mask`), and the padding of longer batch-mates' text is masked.
         self._text_mask[rows] = False
-        self._text_mask[rows, :tokens] = mask | ~mask.any(dim=1, keepdim=True)
+        self._text_mask[rows, :tokens] = attended(mask)
         return not bool(self._text_mask[rows].all())
 
     def _reserve_steps(self, steps: int) -> None:
@@ -230,15 +233,13 @@ class SlotBatch:
             codes.repeat_interleave(2, dim=0), self._keys[:, rows], self._values[:, rows], self._cross_rows(rows),
             self._text_mask_rows(rows, masked), RowPositions(fed_at.repeat_interleave(2), max(fed) + 1),
         )
-        conditional, unconditional = logits[0::2], logits[1::2]
-        guided = unconditional + (conditional - unconditional) * self.params.cfg_coef
         taken = torch.tensor(occupied, device=device)
-        next_token = sample_next_tokens(guided[taken], self.params, [slot.generator for slot in slots])[..., 0]
+        logits = guided(logits[0::2][taken], logits[1::2][taken], self.params.cfg_coef)
+        next_token = sample_next_tokens(logits, self.params, [slot.generator for slot in slots])[..., 0]
         at = fed_at[taken] + 1
-        current = self._sequences[taken, :, at]
-        # The model never predicts the special token: positions the pattern leaves empty get it.
-        next_token = torch.where(self._valid[taken, :, at], next_token, lm.special_token_id)
-        self._sequences[taken, :, at] = torch.where(current == UNKNOWN_TOKEN, next_token, current)
+        self._sequences[taken, :, at] = placed(
+            next_token, self._sequences[taken, :, at], self._valid[taken, :, at], lm.special_token_id
+        )
         return self._advance(occupied)
 
     def _advance(self, occupied: list[int]) -> list[FinishedRow]:

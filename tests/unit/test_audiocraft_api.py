@@ -32,9 +32,9 @@ SIGNATURES: list[tuple[tp.Callable[..., tp.Any], tuple[str, ...], str]] = [
      ("self", "use_sampling", "top_k", "top_p", "temperature", "duration", "cfg_coef", "two_step_cfg", "extend_stride"),
      "generation/engine.py"),
     (MusicGen.set_custom_progress_callback, ("self", "progress_callback"), "generation/engine.py"),
-    (Pattern.build_pattern_sequence, ("self", "z", "special_token", "keep_only_valid_steps"), "generation/fast_decode.py and slots.py"),
+    (Pattern.build_pattern_sequence, ("self", "z", "special_token", "keep_only_valid_steps"), "generation/fast_decode.py (pattern_start)"),
     (Pattern.revert_pattern_sequence, ("self", "s", "special_token", "keep_only_valid_steps"), "generation/fast_decode.py and slots.py"),
-    (Pattern.get_first_step_with_timesteps, ("self", "t", "q"), "generation/fast_decode.py and slots.py"),
+    (Pattern.get_first_step_with_timesteps, ("self", "t", "q"), "generation/fast_decode.py (pattern_start)"),
     (create_sin_embedding, ("positions", "dim", "max_period", "dtype"), "generation/fast_decode.py"),
 ]
 
