@@ -64,9 +64,14 @@ def _sample_peaks(audio: np.ndarray, floor: float) -> np.ndarray:
     return peaks
 
 
-def true_peak_dbtp(audio: np.ndarray) -> float:
-    """Oversampled peak of a loop [C, N] in dBTP, measured across its wrap."""
-    peak = float(_sample_peaks(audio, float(np.abs(audio).max(initial=0.0))).max(initial=0.0))
+def true_peak_dbtp(audio: np.ndarray, above_dbtp: float | None = None) -> float:
+    """Oversampled peak of a loop [C, N] in dBTP, measured across its wrap.
+
+    With `above_dbtp`, exact only when the peak is above it (otherwise a value no higher than it):
+    all a comparison with a ceiling needs, and only the loud passages are interpolated.
+    """
+    floor = float(np.abs(audio).max(initial=0.0)) if above_dbtp is None else 10 ** (above_dbtp / 20)
+    peak = float(_sample_peaks(audio, floor).max(initial=0.0))
     return 20 * math.log10(peak) if peak > 0 else -math.inf
 
 
@@ -108,8 +113,7 @@ def normalise(audio: np.ndarray, sample_rate: int, target_lufs: float, ceiling_d
         loudness = target_lufs if out is scaled else integrated_lufs(out, sample_rate)
         if abs(loudness - target_lufs) < 0.1:
             break
-    peak = float(_sample_peaks(out, 10 ** (ceiling_dbtp / 20)).max(initial=0.0))  # exact only if over the ceiling
-    overshoot = 20 * math.log10(peak) - ceiling_dbtp if peak > 0 else 0.0
+    overshoot = true_peak_dbtp(out, above_dbtp=ceiling_dbtp) - ceiling_dbtp
     if overshoot > 0:  # never leave a loop over the ceiling, even if that costs loudness
         out = out * np.float32(10 ** (-overshoot / 20))
         loudness -= overshoot
