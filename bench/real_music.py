@@ -14,7 +14,14 @@ from __future__ import annotations
 import time
 
 import numpy as np
-from corpus import LoopMeasures, measure_loop
+from corpus import (
+    GOAL_DRIFT_MS_PER_BAR,
+    GOAL_SEAM_RATIO,
+    GOAL_SPREAD_MS,
+    GOAL_START_MS,
+    LoopMeasures,
+    measure_loop,
+)
 from real_corpus import EXCERPTS, Excerpt, fetch_all
 
 from generation.loop import LoopResult
@@ -27,8 +34,9 @@ OFF_TEMPO = {"escape": 1.045, "menu": 0.96, "fb-intro": 1.05, "batcave": 0.955, 
 
 def meets_goals(m: LoopMeasures, result: LoopResult) -> bool:
     return (
-        abs(m.start_error_ms) < 40 and m.grid_deviation_ms < 15 and abs(m.drift_ms_per_bar) < 6
-        and m.seam_ratio < 1.5 and result.report.verdict != "unusable"
+        abs(m.start_error_ms) < GOAL_START_MS and m.grid_deviation_ms < GOAL_SPREAD_MS
+        and abs(m.drift_ms_per_bar) < GOAL_DRIFT_MS_PER_BAR and m.seam_ratio < GOAL_SEAM_RATIO
+        and result.report.verdict != "unusable"
     )
 
 

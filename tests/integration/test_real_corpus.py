@@ -131,7 +131,7 @@ GRID_MISSES = {"war2"}
 
 @pytest.mark.parametrize(("name", "ratio"), LOOP_CASES, ids=[f"{n}@{r}" for n, r in LOOP_CASES])
 def test_loops_start_on_a_downbeat_at_the_source_tempo(name: str, ratio: float, files: dict[str, Path]) -> None:
-    from corpus import measure_loop
+    from corpus import GOAL_SPREAD_MS, GOAL_START_MS, measure_loop
 
     from generation.loop.source import loop_file
     from generation.shape import LoopShape
@@ -147,6 +147,6 @@ def test_loops_start_on_a_downbeat_at_the_source_tempo(name: str, ratio: float, 
         result.audio, result.sample_rate, LOOP_BARS, excerpt.beats_per_bar,
         report.source_start_seconds, np.array(excerpt.downbeats),
     )
-    assert abs(m.start_error_ms) < 40, m
+    assert abs(m.start_error_ms) < GOAL_START_MS, m
     if name not in GRID_MISSES:
-        assert m.grid_deviation_ms < 15, m
+        assert m.grid_deviation_ms < GOAL_SPREAD_MS, m

@@ -205,6 +205,14 @@ MEASURE_HOP = 128
 BEAT_SEARCH_S = 0.06  # an onset belongs to a grid beat when this close (and within a quarter beat)
 
 
+# Issue #13's goals for a loop, on both corpora: its start this close to a true downbeat, its beats'
+# spread around its grid, its drift, and the flux at its wrap against the other downbeats'.
+GOAL_START_MS = 40.0
+GOAL_SPREAD_MS = 15.0
+GOAL_DRIFT_MS_PER_BAR = 6.0
+GOAL_SEAM_RATIO = 1.5
+
+
 @dataclass(frozen=True)
 class LoopMeasures:
     start_error_ms: float  # reported start - nearest true downbeat (negative: early)

@@ -9,7 +9,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from corpus import CORPUS, Groove, Rendered, fluidsynth_available, measure_loop, render
+from corpus import (
+    CORPUS,
+    GOAL_DRIFT_MS_PER_BAR,
+    GOAL_SEAM_RATIO,
+    GOAL_SPREAD_MS,
+    GOAL_START_MS,
+    Groove,
+    Rendered,
+    fluidsynth_available,
+    measure_loop,
+    render,
+)
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -50,12 +61,12 @@ def test_corpus_loop(groove: Groove, renders: dict[str, Rendered], loops: dict[s
         result.audio, result.sample_rate, groove.bars, groove.beats_per_bar,
         result.report.source_start_seconds, rendered.downbeat_times, groove.music_bar_beats,
     )
-    assert abs(m.start_error_ms) < 40, m
+    assert abs(m.start_error_ms) < GOAL_START_MS, m
     assert abs(m.grid_offset_ms) < 40, m  # in the loop itself, beat 1 is at its start
     assert m.beats_found >= 0.9, m
-    assert m.grid_deviation_ms < 15, m
-    assert abs(m.drift_ms_per_bar) < 6, m
-    assert m.seam_ratio < 1.5, m
+    assert m.grid_deviation_ms < GOAL_SPREAD_MS, m
+    assert abs(m.drift_ms_per_bar) < GOAL_DRIFT_MS_PER_BAR, m
+    assert m.seam_ratio < GOAL_SEAM_RATIO, m
     assert abs(m.fade_db) < 4, m
     assert result.report.verdict != "unusable"
     assert result.report.grid_error_ms is not None and result.report.grid_error_ms <= GOOD_GRID_ERROR_MS, result.report
