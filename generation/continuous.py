@@ -12,6 +12,7 @@ Only the fast decoder batches this way: with audiocraft's decoder, or for a requ
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -56,6 +57,14 @@ class ContinuousGeneration:
 
     def __len__(self) -> int:
         return len(self._batch)
+
+    def fits(self, request: GenerationRequest) -> bool:
+        """Whether `request` can join: within the model's `max_duration`, its prompt counted at the
+        most frames its audio can encode to."""
+        engine = self.engine
+        prompt = 0 if request.prompt_audio is None else request.prompt_audio.shape[-1]
+        prompt_frames = math.ceil(prompt * engine.frame_rate / engine.sample_rate)
+        return engine.fits_one_window(engine.frames_to_run(prompt_frames, engine.frames(request)))
 
     def join(self, key: Key, request: GenerationRequest) -> None:
         """Admit `request` under `key` in a free slot; it takes its first step with the next `step`."""

@@ -135,32 +135,39 @@ class LoopMaker:
             raise ValueError("a batch must share its sampling parameters")
         outcomes = [LoopOutcome(spec=spec, seed=spec.seed) for spec in specs]
         for round_index in range(1 + self.generation.retry_budget):
-            pending = [o for o in outcomes if not self._settled(o)]
+            pending = [o for o in outcomes if not self.settled(o)]
             batch = [(o, seed) for o in pending for seed in self.candidate_seeds(o.spec, round_index)]
             if not batch:
                 break
-            requests = [self._request(outcome.spec, seed) for outcome, seed in batch]
-            progress = self._round_progress(on_stage, round_index)
+            requests = [self.request(outcome.spec, seed) for outcome, seed in batch]
+            progress = self.round_progress(on_stage, round_index)
             clips = _looping_from_first(
                 self.engine.generate_each(requests, pending[0].spec.params, progress, should_cancel), on_stage
             )
             # Each clip goes to the loop engine as soon as it is decoded, while the next one decodes.
-            loops = self.processes.run_all(self._cut(outcome.spec, clip) for (outcome, _), clip in zip(batch, clips))
+            loops = self.processes.run_all(self.cut(outcome.spec, clip) for (outcome, _), clip in zip(batch, clips))
             for (outcome, seed), loop in zip(batch, loops):
-                self._consider(outcome, seed, loop)
-        for outcome in outcomes:
-            if outcome.loop is None:
-                outcome.error = SILENCE_ERROR
-        # Keys only for the loops delivered: a shift costs a few hundred ms, too much for every candidate.
-        delivered = [(outcome, outcome.loop) for outcome in outcomes if outcome.loop is not None]
-        keyed = self.processes.run_all(functools.partial(in_key, loop, o.spec.key, self.loop_settings) for o, loop in delivered)
-        for (outcome, _), loop in zip(delivered, keyed):
+                self.consider(outcome, seed, loop)
+        keying = self.keying(outcomes)
+        for (outcome, _), loop in zip(keying, self.processes.run_all(call for _, call in keying)):
             outcome.loop = loop
         if on_stage:
             on_stage("looping", 100.0)
         return outcomes
 
-    def _round_progress(self, on_stage: StageCallback | None, round_index: int) -> tp.Callable[[float], None] | None:
+    def keying(self, outcomes: tp.Sequence[LoopOutcome]) -> list[tuple[LoopOutcome, tp.Callable[[], LoopResult]]]:
+        """Once the outcomes' candidates are all judged: those with no loop get the silence error,
+        and each delivered loop the loop-engine call (picklable) that moves it into its spec's key."""
+        for outcome in outcomes:
+            if outcome.loop is None:
+                outcome.error = SILENCE_ERROR
+        # Keys only for the loops delivered: a shift costs a few hundred ms, too much for every candidate.
+        return [
+            (outcome, functools.partial(in_key, outcome.loop, outcome.spec.key, self.loop_settings))
+            for outcome in outcomes if outcome.loop is not None
+        ]
+
+    def round_progress(self, on_stage: StageCallback | None, round_index: int) -> tp.Callable[[float], None] | None:
         """The engine's progress in one round as the request's: "generating" for the first round; the
         retry rounds fill one "retrying" bar in turn, so a new round never starts it over."""
         if on_stage is None:
@@ -170,7 +177,7 @@ class LoopMaker:
         rounds_before, retries = round_index - 1, self.generation.retry_budget
         return lambda percent: on_stage("retrying", (100.0 * rounds_before + percent) / retries)
 
-    def _request(self, spec: LoopSpec, seed: int) -> GenerationRequest:
+    def request(self, spec: LoopSpec, seed: int) -> GenerationRequest:
         seconds = spec.shape.seconds + self.generation.extra_seconds
         prompt = None if spec.previous is None else self._prompt(spec.previous)
         return GenerationRequest(spec.prompt, seconds, seed, prompt_audio=prompt)
@@ -179,7 +186,7 @@ class LoopMaker:
         """A variation's prompt [C, T]: the last bars of the loop it continues, starting on a downbeat."""
         return variation_prompt(previous, previous.audio, self.engine.sample_rate, VARIATION_PROMPT_BARS)
 
-    def _cut(self, spec: LoopSpec, clip: np.ndarray) -> tp.Callable[[], LoopResult]:
+    def cut(self, spec: LoopSpec, clip: np.ndarray) -> tp.Callable[[], LoopResult]:
         """The loop engine's call (picklable) that makes a candidate's loop: the best window of a
         new clip, or of a continuation on its parent's grid."""
         rate = self.engine.sample_rate
@@ -192,7 +199,7 @@ class LoopMaker:
             make_variation_loop, spec.previous, source, rate, prompt.shape[1] / rate, settings=self.loop_settings
         )
 
-    def _consider(self, outcome: LoopOutcome, seed: int, result: LoopResult) -> None:
+    def consider(self, outcome: LoopOutcome, seed: int, result: LoopResult) -> None:
         outcome.candidates_tried += 1
         if result.report.silent:
             return
@@ -200,5 +207,5 @@ class LoopMaker:
             outcome.loop, outcome.seed = result, seed
 
     @staticmethod
-    def _settled(outcome: LoopOutcome) -> bool:
+    def settled(outcome: LoopOutcome) -> bool:
         return outcome.loop is not None and outcome.loop.report.verdict == "good"

@@ -10,6 +10,7 @@ their parent dies, even by kill -9, so a crashed worker leaves nothing running.
 from __future__ import annotations
 
 import atexit
+import functools
 import logging
 import multiprocessing
 import os
@@ -149,13 +150,60 @@ class LoopProcesses:
                 futures.append(self._executor.submit(call))
             return [future.result() for future in futures]
         except BrokenProcessPool:
-            log.warning("a loop-engine process died; starting new ones, and finishing this batch in the worker")
-            self._executor.shutdown(wait=False, cancel_futures=True)
-            self._start()
+            self._replace(self._executor)
             return _cut_here([*taken, *pending])
+
+    def submit(self, call: tp.Callable[[], T]) -> Cut[T]:
+        """Send one call off and go on; its `Cut` says when it is done and gives its result."""
+        executor = self._executor
+        if executor is not None:
+            try:
+                return Cut(call, executor.submit(call), functools.partial(self._replace, executor))
+            except BrokenProcessPool:
+                self._replace(executor)
+        return Cut(call, _made_here(call), lambda: None)
+
+    def _replace(self, broken: ProcessPoolExecutor) -> None:
+        """`broken` lost a process: start new ones, unless that was done already."""
+        if self._executor is broken:
+            log.warning("a loop-engine process died; starting new ones, and finishing its calls in the worker")
+            broken.shutdown(wait=False, cancel_futures=True)
+            self._start()
 
     def close(self) -> None:
         if self._executor is not None:
             self._executor.shutdown(wait=True, cancel_futures=True)
             self._executor = None
 
+
+
+
+class Cut(tp.Generic[T]):
+    """One call sent off by `LoopProcesses.submit`: its `future` (for `concurrent.futures.wait`) and its result.
+
+    A call whose process died is made again here, in the caller, as `run_all` finishes a batch.
+    """
+
+    def __init__(self, call: tp.Callable[[], T], future: Future[T], on_broken: tp.Callable[[], None]) -> None:
+        self.future = future
+        self._call = call
+        self._on_broken = on_broken
+
+    def result(self) -> T:
+        """The call's result, waiting for it; an exception the call raised is raised here."""
+        try:
+            return self.future.result()
+        except BrokenProcessPool:
+            self._on_broken()
+            self.future = _made_here(self._call)
+            return self.future.result()
+
+
+def _made_here(call: tp.Callable[[], T]) -> Future[T]:
+    """A done future holding what `call` gives (or raises) in this process."""
+    future: Future[T] = Future()
+    try:
+        future.set_result(_cut_here([call])[0])
+    except Exception as error:
+        future.set_exception(error)
+    return future

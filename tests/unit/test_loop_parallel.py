@@ -62,3 +62,12 @@ def test_one_process_means_cutting_in_the_caller() -> None:
     single = LoopProcesses(1)
     single.wait_ready()
     assert single.run_all([os.getpid, os.getpid]) == [os.getpid()] * 2
+
+
+def test_a_call_sent_off_alone_comes_back_even_when_its_process_dies(processes: LoopProcesses) -> None:
+    me = os.getpid()
+    cuts = [processes.submit(functools.partial(exit_unless_in, me)) for _ in range(2)]
+    assert [cut.result() for cut in cuts] == [FINISHED_HERE] * 2
+    processes.wait_ready()
+    assert processes.submit(os.getpid).result() != me  # new processes serve the next calls
+    assert LoopProcesses(1).submit(os.getpid).result() == me

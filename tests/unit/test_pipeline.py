@@ -50,7 +50,7 @@ def test_silent_candidates_are_never_delivered(tiny_engine: MusicGenEngine) -> N
     outcome = LoopOutcome(spec=LoopSpec("silence", LoopShape(120.0, 1, 4), seed=1), seed=1)
     silent_maker = maker(tiny_engine, 1, 0)
     silence = np.zeros((1, 32000 * 4), dtype=np.float32)
-    silent_maker._consider(outcome, 1, silent_maker._cut(outcome.spec, silence)())
+    silent_maker.consider(outcome, 1, silent_maker.cut(outcome.spec, silence)())
     assert outcome.loop is None and outcome.candidates_tried == 1
 
 
