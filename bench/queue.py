@@ -21,7 +21,7 @@ from pathlib import Path
 
 from generation.config import ModelSettings, QueueSettings, Settings, StorageSettings
 from generation.jobs import JobDone, JobRequest, QueueService
-from generation.jobs.backend import BatchFinished, EventSink, MadeLoop, WorkDone, WorkerReady, WorkItem
+from generation.jobs.backend import BatchFinished, EventSink, MadeLoop, Opening, WorkDone, WorkerReady, WorkItem
 from generation.shape import LoopShape
 from generation.storage import Database
 
@@ -51,6 +51,9 @@ class InstantBackend:
 
     def cancel(self, job_id: str) -> None:
         pass
+
+    def openings(self) -> list[Opening]:
+        return []
 
     def workers_alive(self) -> int:
         return 1

@@ -90,6 +90,25 @@ class WorkItem:
         return (self.model, self.temperature, self.top_k, self.top_p, self.cfg_coef, bucket)
 
 
+    @property
+    def join_key(self) -> tuple[Any, ...] | None:
+        """Jobs with equal keys can decode together with continuous batching, whatever their
+        lengths: same model and sampling. None for a loopify or a mix (no model)."""
+        if self.source_audio is not None or self.mix is not None:
+            return None
+        return (self.model, self.temperature, self.top_k, self.top_p, self.cfg_coef)
+
+
+@dataclass(frozen=True)
+class Opening:
+    """A running batch that jobs of `join_key` may join (`JobBackend.run` under its `batch_key`)."""
+
+    batch_key: str
+    join_key: tuple[Any, ...]
+    running: int
+    """Jobs in it now: the dispatcher adds up to its batch size minus these."""
+
+
 # --- what a backend reports -------------------------------------------------------------------
 
 
@@ -99,6 +118,8 @@ class WorkerReady:
     batch_size: int
     """The batch size this worker suggests for its device (8 on a GPU, 2 on a CPU)."""
     model: str
+    joins: bool = False
+    """Jobs may join its running batch (continuous batching: the fast decoder)."""
 
 
 @dataclass(frozen=True)
@@ -151,6 +172,8 @@ class BatchFinished:
     worker: str
     jobs: int
     seconds: float
+    job_ids: tuple[str, ...] = ()
+    """The jobs it ran, those that joined it included (the embedded worker's; a saq batch's are its own)."""
 
 
 @dataclass(frozen=True)
@@ -185,7 +208,11 @@ class JobBackend(Protocol):
         """
 
     def run(self, batch_key: str, batch: Sequence[WorkItem]) -> None:
-        """Run `batch` under `batch_key` (from `next_batch_key`); results come back as events."""
+        """Run `batch` under `batch_key` (from `next_batch_key`, or an `Opening`'s: the jobs join
+        the batch running under it); results come back as events."""
+
+    def openings(self) -> list[Opening]:
+        """Running batches that more jobs may join between two decoding steps (none for saq's workers)."""
 
     def cancel(self, job_id: str) -> None:
         """Stop a running job between decoding steps when it is alone in its batch; its result is dropped otherwise."""

@@ -1,8 +1,10 @@
 """Dispatch: the waiting line, batching compatible jobs, claiming them for a worker, and the ETA.
 
 Jobs wait in a `FairQueue` (users take turns) and run in batches of up to B compatible jobs
-(`WorkItem.batch_key`): the head of the line waits up to `batch_wait_ms` for company. A batch is
-claimed in the history (its rows `running` under the batch key) before the backend runs it.
+(`WorkItem.batch_key`): the head of the line waits up to `batch_wait_ms` for company. While a
+worker decodes a batch with room (`JobBackend.openings`), the head of the line and the jobs that
+decode with it (`WorkItem.join_key`) join that batch at once. A batch is claimed in the history
+(its rows `running` under the batch key) before the backend runs it.
 When the database cannot take the claim, the batch's jobs go back to the front of the line with
 their turn, and dispatch tries again after a pause (`outage.retry_delays`).
 """
@@ -92,14 +94,38 @@ class Dispatcher:
             else:
                 delays = retry_delays()
 
+    def job_left(self) -> None:
+        """A running job finished or failed: its batch may have room for another."""
+        self._worker_free.set()
+
     async def _fill_free_workers(self) -> None:
-        while len(self.queue) and self.backend.next_batch_key() is not None:
-            batch = await self._next_batch()
-            batch_key = self.backend.next_batch_key()
-            if batch_key is None:  # the worker died while the batch filled: the jobs keep their turn
-                self.put_back(batch)
+        while len(self.queue):
+            if self.backend.next_batch_key() is not None:
+                batch = await self._next_batch()
+                batch_key = self.backend.next_batch_key()
+                if batch_key is None:  # the worker died while the batch filled: the jobs keep their turn
+                    self.put_back(batch)
+                    return
+            elif (joining := self._joining()) is not None:
+                batch_key, batch = joining
+            else:
                 return
             await self._start_batch(batch_key, batch)
+
+    def _joining(self) -> tuple[str, list[QueuedJob]] | None:
+        """Jobs that join a running batch with room (continuous batching), under its key.
+
+        Only the head of the line and jobs after it that decode with it: a job that cannot join
+        holds the others back until a worker is free, so joining never jumps the line.
+        """
+        head = self.queue.head()
+        if head is None or head.item.join_key is None:
+            return None
+        for opening in self.backend.openings():
+            room = self.batch_size() - opening.running
+            if opening.join_key == head.item.join_key and room > 0:
+                return opening.batch_key, self.queue.take_batch(room, key_of=lambda item: item.join_key)
+        return None
 
     async def _next_batch(self) -> list[QueuedJob]:
         """Up to B compatible jobs, waiting at most `batch_wait_ms` after the head joined for more."""

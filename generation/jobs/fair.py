@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict, deque
-from collections.abc import Iterator
+from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass, field
 
 from .backend import WorkItem
@@ -82,12 +82,12 @@ class FairQueue:
                 break
         return count
 
-    def take_batch(self, limit: int) -> list[QueuedJob]:
-        """The head and up to `limit - 1` jobs that can share its batch, taken in turn order."""
+    def take_batch(self, limit: int, key_of: Callable[[WorkItem], Hashable] = lambda item: item.batch_key) -> list[QueuedJob]:
+        """The head and up to `limit - 1` jobs that can share its batch (equal `key_of`), taken in turn order."""
         head = self.head()
         if head is None:
             return []
-        key = head.item.batch_key
+        key = key_of(head.item)
         taken: list[QueuedJob] = []
         served = True
         while served and len(taken) < limit:
@@ -96,7 +96,7 @@ class FairQueue:
                 if len(taken) == limit:
                     break
                 line = self._by_user[user_id]
-                job = next((job for job in line if job.item.batch_key == key), None)
+                job = next((job for job in line if key_of(job.item) == key), None)
                 if job is None:
                     continue
                 line.remove(job)

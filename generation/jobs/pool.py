@@ -26,6 +26,8 @@ from .backend import (
     BatchFinished,
     EventSink,
     ModelUnavailable,
+    Opening,
+    WorkDone,
     WorkerLost,
     WorkerReady,
     WorkFailed,
@@ -55,9 +57,14 @@ class _Worker:
     tasks: Connection
     events: Connection
     ready: bool = False
-    batch: tuple[WorkItem, ...] = ()
-    batch_started: float = 0.0
+    joins: bool = False
+    """Jobs may join its running batch (`WorkerReady.joins`)."""
+    running: dict[str, tuple[WorkItem, float]] = field(default_factory=dict)
+    """Its jobs, by job id, with when each was sent: those of its batch and those that joined it."""
     models: list[str] = field(default_factory=list)
+
+    def job_ids(self) -> tuple[str, ...]:
+        return tuple(self.running)
 
 
 class ProcessWorkerPool:
@@ -105,25 +112,36 @@ class ProcessWorkerPool:
     def next_batch_key(self) -> str | None:
         """The name of a worker ready for a batch: a batch here is keyed by the worker running it."""
         for worker in self._workers.values():
-            if worker.ready and not worker.batch:
+            if worker.ready and not worker.running:
                 return worker.name
         return None
 
+    def openings(self) -> list[Opening]:
+        """Workers decoding a batch of one join key (`WorkItem.join_key`), which jobs of that key may join."""
+        openings = []
+        for worker in self._workers.values():
+            keys = {item.join_key for item, _ in worker.running.values()}
+            if worker.ready and worker.joins and len(keys) == 1 and (key := keys.pop()) is not None:
+                openings.append(Opening(worker.name, key, len(worker.running)))
+        return openings
+
     def run(self, batch_key: str, batch: Sequence[WorkItem]) -> None:
+        """Send `batch` to the worker `batch_key`: a new batch when it is free, jobs that join its batch otherwise."""
         worker = self._by_name(batch_key)
-        worker.batch, worker.batch_started = tuple(batch), time.monotonic()
-        worker.tasks.send(RunBatch(worker.batch))
+        sent = time.monotonic()
+        worker.running.update((item.job_id, (item, sent)) for item in batch)
+        worker.tasks.send(RunBatch(tuple(batch)))
 
     def cancel(self, job_id: str) -> None:
         for worker in self._workers.values():
-            if any(item.job_id == job_id for item in worker.batch):
+            if worker.running.pop(job_id, None) is not None:
                 worker.tasks.send(CancelJobs((job_id,)))
 
     def workers_alive(self) -> int:
         return sum(1 for worker in self._workers.values() if worker.process.is_alive())
 
     def running(self) -> int:
-        return sum(len(worker.batch) for worker in self._workers.values())
+        return sum(len(worker.running) for worker in self._workers.values())
 
     def models(self) -> list[str]:
         return sorted({model for worker in self._workers.values() for model in worker.models})
@@ -191,13 +209,16 @@ class ProcessWorkerPool:
 
     def _handle(self, worker: _Worker, event: BackendEvent) -> None:
         if isinstance(event, WorkerReady):
-            worker.ready = True
+            worker.ready, worker.joins = True, event.joins
             worker.models.append(event.model)
             self._quick_deaths.pop(worker.index, None)
         elif isinstance(event, ModelUnavailable) and event.model in worker.models:
             worker.models.remove(event.model)
+        elif isinstance(event, WorkDone | WorkFailed):
+            worker.running.pop(event.job_id, None)
         elif isinstance(event, BatchFinished):
-            worker.batch = ()
+            for job_id in event.job_ids:  # cancelled jobs, whose batch made nothing of them
+                worker.running.pop(job_id, None)
         self._emit(event)
 
     def _emit(self, event: BackendEvent) -> None:
@@ -214,7 +235,7 @@ class ProcessWorkerPool:
         worker.process.join(timeout=1.0)
         log.warning("worker %s died (exit code %s)", worker.name, worker.process.exitcode)
         del self._workers[worker.index]
-        self._emit(WorkerLost(worker.name, tuple(item.job_id for item in worker.batch)))
+        self._emit(WorkerLost(worker.name, worker.job_ids()))
         # A worker that keeps dying before it is ready waits longer each time: no tight crash loop.
         deaths = self._quick_deaths.get(worker.index, 0) + (0 if worker.ready else 1)
         self._quick_deaths[worker.index] = deaths
@@ -234,8 +255,8 @@ class ProcessWorkerPool:
         self._on_readable(worker)  # what it sent last, up to the pipe's end
         worker.events.close()
         worker.tasks.close()
-        if worker.batch:
-            self._emit(WorkerLost(worker.name, tuple(item.job_id for item in worker.batch)))
+        if worker.running:
+            self._emit(WorkerLost(worker.name, worker.job_ids()))
 
     def _respawn(self, index: int) -> None:
         if not self._stopping and index not in self._workers:
@@ -247,10 +268,12 @@ class ProcessWorkerPool:
             await asyncio.sleep(MONITOR_INTERVAL_S)
             now = time.monotonic()
             for worker in list(self._workers.values()):
-                if worker.batch and now - worker.batch_started > self.job_timeout_s:
-                    stuck, worker.batch = worker.batch, ()
-                    for item in stuck:
-                        self._emit(WorkFailed(item.job_id, timeout_message(self.job_timeout_s)))
+                stuck = [job_id for job_id, (_, sent) in worker.running.items() if now - sent > self.job_timeout_s]
+                if stuck:
+                    # Its other jobs are lost with it (`WorkerLost`): back to waiting, once.
+                    for job_id in stuck:
+                        del worker.running[job_id]
+                        self._emit(WorkFailed(job_id, timeout_message(self.job_timeout_s)))
                     worker.process.kill()
                 if not worker.process.is_alive():
                     self._on_death(worker)

@@ -88,6 +88,7 @@ class ResultApplier:
                     self.bus.publish(JobProgress(job_id, stage, event.percent))
         elif isinstance(event, WorkDone):
             stored = await self.database.retry(store_loops, event)
+            self.dispatcher.job_left()
             if stored and (job := running.pop(event.job_id, None)) is not None:
                 discard_upload(job, self.data_dir)
                 self.bus.publish(JobDone(
@@ -97,6 +98,7 @@ class ResultApplier:
                 ))
         elif isinstance(event, WorkFailed):
             failed = await self.database.retry(fail_request, event.job_id, event.reason)
+            self.dispatcher.job_left()
             job = running.pop(event.job_id, None)
             discard_upload(job, self.data_dir)
             if job is not None or failed:

@@ -11,7 +11,8 @@ must stay light.
 from __future__ import annotations
 
 import logging
-from collections.abc import Container, Sequence
+import typing as tp
+from collections.abc import Callable, Container, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -80,6 +81,8 @@ class BatchRunner:
         from ..loop.parallel import LoopProcesses, auto_processes
 
         self.config = config
+        self.slots = CPU_BATCH_SIZE * config.generation.candidates
+        """Candidates decoded together when jobs join a running batch; set for the device by `start`."""
         self._makers: dict[str, Any] = {}
         self._unavailable: dict[str, str] = {}
         # Started before the model loads, so they warm up meanwhile.
@@ -99,15 +102,25 @@ class BatchRunner:
         maker = self.maker(self.config.model, send)
         self._loop_processes.wait_ready()
         on_gpu = maker is not None and not maker.engine.device.startswith("cpu")
-        return WorkerReady(self.config.name, GPU_BATCH_SIZE if on_gpu else CPU_BATCH_SIZE, self.config.model)
+        batch_size = GPU_BATCH_SIZE if on_gpu else CPU_BATCH_SIZE
+        self.slots = batch_size * self.config.generation.candidates
+        joins = maker is not None and maker.engine.fast is not None
+        return WorkerReady(self.config.name, batch_size, self.config.model, joins=joins)
 
-    def run(self, items: Sequence[WorkItem], send: EventSink, cancelled: Container[str]) -> None:
-        """Make the batch's loops, reporting each job's progress and outcome to `send`.
+    def run(self, items: Sequence[WorkItem], send: EventSink, cancelled: Container[str],
+            joining: Callable[[], Sequence[WorkItem]] | None = None) -> tuple[str, ...]:
+        """Make the batch's loops, reporting each job's progress and outcome to `send`; the job ids it ran.
 
-        Generation stops between decoding steps once every generated job of the batch is in
-        `cancelled`; those jobs then get no event.
+        With `joining` (and the fast decoder), jobs decode with continuous batching: `joining()`,
+        asked between decoding steps, gives jobs that join the batch, each job leaves with its
+        loops, and a job in `cancelled` leaves at the next step. Without, the batch is one
+        generation, which stops between decoding steps once every generated job of the batch is
+        in `cancelled`. A cancelled job gets no event.
         """
-        _Batch(self, send, cancelled).run(items)
+        batch = _Batch(self, send, cancelled, joining)
+        batch.ran += [item.job_id for item in items]
+        batch.run(items)
+        return tuple(batch.ran)
 
     def maker(self, model: str, send: EventSink) -> Any:
         """The LoopMaker for `model`, loading it on first use; None (and the reason kept) if it fails."""
@@ -135,14 +148,33 @@ class BatchRunner:
         self._loop_processes.close()
 
 
-class _Batch:
-    """One `BatchRunner.run`: where its events go and which of its jobs are cancelled."""
+class _Progress:
+    """A `pipeline.StageCallback` sending jobs' progress: a new stage at once, within one every `PROGRESS_STEP` percent."""
 
-    def __init__(self, runner: BatchRunner, send: EventSink, cancelled: Container[str]) -> None:
+    def __init__(self, send: EventSink, job_ids: tuple[str, ...]) -> None:
+        self.send = send
+        self.job_ids = job_ids
+        self._last: tuple[str | None, float] = (None, -PROGRESS_STEP)
+
+    def __call__(self, stage: str, percent: float) -> None:
+        last_stage, last_percent = self._last
+        if stage != last_stage or percent - last_percent >= PROGRESS_STEP or percent >= 100.0:
+            self._last = (stage, percent)
+            self.send(WorkProgress(self.job_ids, stage, percent))
+
+
+class _Batch:
+    """One `BatchRunner.run`: where its events go, which of its jobs are cancelled, which join it."""
+
+    def __init__(self, runner: BatchRunner, send: EventSink, cancelled: Container[str],
+                 joining: Callable[[], Sequence[WorkItem]] | None) -> None:
         self.runner = runner
         self.config = runner.config
         self.send = send
         self.cancelled = cancelled
+        self.joining = joining
+        self.ran: list[str] = []
+        """The jobs of the batch and those that joined it."""
 
     def run(self, items: Sequence[WorkItem]) -> None:
         """Loopify and mix jobs one by one (no model), then generate the others in one batch."""
@@ -172,30 +204,84 @@ class _Batch:
         return True
 
     def generate(self, items: Sequence[WorkItem]) -> None:
-        from ..engine import GenerationCancelled
-
+        """Generate the jobs' loops: with continuous batching where the worker can, else in one generation."""
         maker = self.runner.maker(items[0].model, self.send)
         if maker is None:
             for item in items:
                 self.send(WorkFailed(item.job_id, self.runner.unavailable(item.model)))
             return
         ready = [(item, specs) for item in items if (specs := self.prepared(maker, item)) is not None]
-        if not ready:
-            return
-        job_ids = tuple(item.job_id for item, _ in ready)
-        last: list[Any] = [None, -PROGRESS_STEP]
+        if ready and self.joining is not None and maker.engine.fast is not None:
+            ready = self.generate_continuously(maker, ready, self.joining)
+        if ready:
+            self.generate_together(maker, ready)
 
-        def on_stage(stage: str, percent: float) -> None:
-            if stage != last[0] or percent - last[1] >= PROGRESS_STEP or percent >= 100.0:
-                last[:] = [stage, percent]
-                self.send(WorkProgress(job_ids, stage, percent))
+    def generate_continuously(self, maker: Any, ready: list[tuple[WorkItem, list[Any]]],
+                              joining: Callable[[], Sequence[WorkItem]]) -> list[tuple[WorkItem, list[Any]]]:
+        """Decode the jobs with continuous batching, and those that join meanwhile; each leaves with its loops.
+
+        Returns the jobs that cannot decode this way (past the model's `max_duration`), for one
+        generation afterwards. A joining job that does not decode with these (the pool sends none)
+        runs after them.
+        """
+        from ..continuous_loops import ContinuousLoops
+
+        join_key = ready[0][0].join_key
+        loops = ContinuousLoops(maker, ready[0][1][0].params, self.runner.slots)
+        decoding: dict[str, WorkItem] = {}
+        together: list[tuple[WorkItem, list[Any]]] = []
+        after: list[WorkItem] = []
+
+        def admit(item: WorkItem, specs: list[Any]) -> None:
+            if loops.fits(specs):
+                loops.join(item.job_id, specs, _Progress(self.send, (item.job_id,)))
+                decoding[item.job_id] = item
+            else:
+                together.append((item, specs))
+
+        for item, specs in ready:
+            admit(item, specs)
+        while decoding:
+            for item in joining():
+                self.ran.append(item.job_id)
+                if item.join_key != join_key:
+                    after.append(item)
+                elif (its_specs := self.prepared(maker, item)) is not None:
+                    admit(item, its_specs)
+            for job_id in [job_id for job_id in decoding if job_id in self.cancelled]:
+                loops.leave(job_id)
+                del decoding[job_id]
+            try:
+                finished = loops.step()
+            except Exception:
+                log.exception("batch %s failed", tuple(decoding))
+                for job_id in decoding:
+                    self.send(WorkFailed(job_id, CRASH_MESSAGE))
+                break
+            for left in finished:
+                item = decoding.pop(tp.cast(str, left.key))
+                if left.error is None:
+                    self.deliver(item, left.outcomes)
+                else:
+                    log.error("%s failed", item.job_id, exc_info=left.error)
+                    self.send(WorkFailed(item.job_id, CRASH_MESSAGE))
+        if after:
+            self.run(after)
+        return together
+
+    def generate_together(self, maker: Any, ready: list[tuple[WorkItem, list[Any]]]) -> None:
+        """Decode the jobs in one generation (`LoopMaker.make`)."""
+        from ..engine import GenerationCancelled
+
+        job_ids = tuple(item.job_id for item, _ in ready)
 
         def should_cancel() -> bool:
             # Stop the batch only when all its jobs are cancelled; otherwise the others still need it.
             return all(job_id in self.cancelled for job_id in job_ids)
 
         try:
-            outcomes = iter(maker.make([spec for _, specs in ready for spec in specs], on_stage, should_cancel))
+            outcomes = iter(maker.make([spec for _, specs in ready for spec in specs], _Progress(self.send, job_ids),
+                                       should_cancel))
         except GenerationCancelled:
             return
         except Exception:

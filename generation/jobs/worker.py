@@ -1,7 +1,8 @@
 """The embedded worker process: a `BatchRunner` served over two one-way pipes.
 
 `worker_main` is the child's entry point (multiprocessing, spawn context). Tasks come in
-(`RunBatch`, `CancelJobs`, `Stop`), `backend` events go out. The process lives no longer than
+(`RunBatch`, `CancelJobs`, `Stop`), `backend` events go out. A `RunBatch` that comes while a batch
+decodes joins it (continuous batching; the pool sends only jobs that can). The process lives no longer than
 the bot: `Stop` cuts a running batch short at its next decoding step (the pool reports that
 batch as lost, so its jobs go back to waiting), and once the bot is gone, even by kill -9, the
 process leaves by itself within a second, taking its loop-engine processes with it.
@@ -62,6 +63,19 @@ class _Tasks:
     def __contains__(self, job_id: object) -> bool:
         return self.stopping or job_id in self._cancelled
 
+    def joining(self) -> list[WorkItem]:
+        """The jobs sent since the last call, without waiting: they join the running batch."""
+        joining: list[WorkItem] = []
+        while True:
+            try:
+                task = self.batches.get_nowait()
+            except queue.Empty:
+                return joining
+            if task is None:  # Stop: stays for `serve` to see
+                self.batches.put(None)
+                return joining
+            joining += task.items
+
     def _read(self) -> None:
         while True:
             try:
@@ -97,9 +111,9 @@ def serve(runner: BatchRunner, tasks: _Tasks, events: _Events) -> None:
     events.send(runner.start(events.send))
     while (task := tasks.batches.get()) is not None:
         started = time.perf_counter()
-        runner.run(task.items, events.send, tasks)
+        ran = runner.run(task.items, events.send, tasks, tasks.joining)
         if not tasks.stopping:  # a batch cut short by Stop did not finish: the pool reports it lost
-            events.send(BatchFinished(runner.config.name, len(task.items), time.perf_counter() - started))
+            events.send(BatchFinished(runner.config.name, len(ran), time.perf_counter() - started, ran))
 
 
 def worker_main(config: WorkerConfig, tasks: Connection, events: Connection, bot: int) -> None:

@@ -17,7 +17,7 @@ from sqlalchemy import update
 
 from generation.audio_io import read_audio, write_audio
 from generation.jobs import Accepted, JobDone, JobFailed, JobKind, JobRequest, QueueService, RefusalKind, Refused
-from generation.jobs.backend import BatchFinished, EventSink, MadeLoop, WorkDone, WorkerReady, WorkItem
+from generation.jobs.backend import BatchFinished, EventSink, MadeLoop, Opening, WorkDone, WorkerReady, WorkItem
 from generation.jobs.runner import SILENT_SOURCE
 from generation.prompts import UNREADABLE_SOURCE
 from generation.shape import LoopShape
@@ -190,6 +190,7 @@ class SecondCandidateBackend:
     def workers_alive(self) -> int: return 1
     def running(self) -> int: return 0
     def models(self) -> list[str]: return ["tiny"]
+    def openings(self) -> list[Opening]: return []
     def resumed(self) -> dict[str, tuple[str, ...]]: return {}
 
     def run(self, batch_key: str, batch: Sequence[WorkItem]) -> None:

@@ -18,7 +18,7 @@ from sqlalchemy.engine import URL
 
 from generation.audio_io import write_audio
 from generation.jobs import Accepted, JobKind, JobRequest, QueueService
-from generation.jobs.backend import EventSink, WorkerReady, WorkItem
+from generation.jobs.backend import EventSink, Opening, WorkerReady, WorkItem
 from generation.shape import LoopShape
 from generation.storage import Database, GenerationKind, get_generation
 
@@ -40,6 +40,7 @@ class RecordingBackend:
     def cancel(self, job_id: str) -> None: ...
     def workers_alive(self) -> int: return 1
     def running(self) -> int: return len(self.items)
+    def openings(self) -> list[Opening]: return []
     def models(self) -> list[str]: return []
     def resumed(self) -> dict[str, tuple[str, ...]]: return {}
 

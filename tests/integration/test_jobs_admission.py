@@ -22,7 +22,7 @@ from generation.jobs import (
     Refused,
     Stage,
 )
-from generation.jobs.backend import EventSink, WorkerReady, WorkItem
+from generation.jobs.backend import EventSink, Opening, WorkerReady, WorkItem
 from generation.shape import LoopShape
 from generation.storage import GenerationStatus, get_generation, upsert_guild_settings
 
@@ -174,6 +174,7 @@ class OneBusyWorker:
     def cancel(self, job_id: str) -> None: ...
     def workers_alive(self) -> int: return 1
     def running(self) -> int: return len(self.batches)
+    def openings(self) -> list[Opening]: return []
     def models(self) -> list[str]: return ["tiny"]
     def resumed(self) -> dict[str, tuple[str, ...]]: return {}
 
@@ -195,6 +196,53 @@ async def test_waiting_jobs_hear_their_new_place_when_a_batch_starts(tmp_path) -
         assert backend.batches == [[jobs[0].job_id]]
         places = {e.job_id: e.position for e in heard if isinstance(e, JobProgress) and e.stage is Stage.QUEUED}
         assert places == {jobs[1].job_id: 1, jobs[2].job_id: 2}  # each moved up one place
+    finally:
+        await service.stop()
+        database.dispose()
+
+
+class OneDecodingWorker(OneBusyWorker):
+    """Busy with its first batch, which jobs of the same join key may join (continuous batching)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.items: list[WorkItem] = []
+
+    def run(self, batch_key: str, batch: Sequence[WorkItem]) -> None:
+        super().run(batch_key, batch)
+        self.items += batch
+
+    def openings(self) -> list[Opening]:
+        keys = {item.join_key for item in self.items}
+        key = keys.pop() if len(keys) == 1 else None
+        return [] if key is None else [Opening("busy", key, len(self.items))]
+
+
+async def test_jobs_join_a_decoding_batch_in_turn_and_never_jump_the_line(tmp_path) -> None:
+    database = migrated_database(tmp_path)
+    backend = OneDecodingWorker()
+    service = QueueService(tiny_settings(tmp_path / "model", tmp_path, batch_size=3, batch_wait_ms=0), database, backend=backend)
+    await service.start()
+
+    async def settled() -> None:
+        for _ in range(20):
+            await asyncio.sleep(0.01)
+
+    try:
+        first = await service.submit(loop(1))
+        await settled()
+        longer = await service.submit(loop(2, shape=LoopShape(120.0, 8)))  # another length: not its batch, but it joins
+        await settled()
+        hotter = await service.submit(loop(3, temperature=0.5))  # other sampling: cannot join
+        behind = await service.submit(loop(4))  # could join, but waits behind the head of the line
+        await settled()
+
+        assert backend.batches == [[first.job_id], [longer.job_id]]
+        assert [service.position(job.job_id) for job in (hotter, behind)] == [1, 2]
+        with database.session() as session:
+            assert get_generation(session, longer.job_id).status is GenerationStatus.RUNNING
+            assert get_generation(session, longer.job_id).worker == "busy"
+            assert get_generation(session, behind.job_id).status is GenerationStatus.QUEUED
     finally:
         await service.stop()
         database.dispose()

@@ -97,6 +97,21 @@ async def test_a_model_that_fails_to_load_fails_its_jobs_with_a_reason(service) 
     assert isinstance(done, JobDone)  # the worker stays up for the others
 
 
+async def test_a_job_that_comes_while_another_decodes_joins_it_instead_of_waiting(service) -> None:
+    long = await service.submit(loop(1, shape=LoopShape(60.0, 4)))  # 16 s of audio
+    events = service.subscribe(long.job_id)
+    while not (isinstance(event := await asyncio.wait_for(events.get(), 60), JobProgress)
+               and event.stage is Stage.GENERATING and event.percent > 0):
+        pass
+    short = await service.submit(loop(2))  # 2 s, of a batch of its own (another length)
+
+    assert isinstance(await final_event(service, short.job_id), JobDone)
+    # It joined the running batch and left it with its loop: the long job is still decoding.
+    assert row(service, long.job_id).status is GenerationStatus.RUNNING
+    assert row(service, short.job_id).worker == row(service, long.job_id).worker
+    assert isinstance(await final_event(service, long.job_id, events), JobDone)
+
+
 @pytest.mark.skipif(not HAS_PROC, reason="finding the worker's children needs Linux's /proc")
 async def test_worker_killed_mid_job_is_restarted_and_the_job_finishes(tiny_model_dir, tmp_path) -> None:
     # As deployed: the worker cuts loops in loop-engine processes, which must not outlive it.

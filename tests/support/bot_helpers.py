@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from bot.client import LoopJamBot
-from generation.jobs.backend import EventSink, WorkItem
+from generation.jobs.backend import EventSink, Opening, WorkItem
 
 
 class NoWorkers:
@@ -22,6 +22,7 @@ class NoWorkers:
     def run(self, batch_key: str, batch: Sequence[WorkItem]) -> None: raise AssertionError("no worker")
     def cancel(self, job_id: str) -> None: ...
     def workers_alive(self) -> int: return 0
+    def openings(self) -> list[Opening]: return []
     def running(self) -> int: return 0
     def models(self) -> list[str]: return []
     def resumed(self) -> dict[str, tuple[str, ...]]: return {}

@@ -35,6 +35,7 @@ from ..backend import (
     BackendEvent,
     BatchFinished,
     EventSink,
+    Opening,
     WorkerLost,
     WorkerReady,
     WorkFailed,
@@ -185,6 +186,10 @@ class SaqBackend:
             self._next_key = None
         self._batches[batch_key] = _Batch(tuple(batch))
         self._spawn(self._enqueue(batch_key, self._batches[batch_key]))
+
+    def openings(self) -> list[Opening]:
+        """None: a saq worker takes whole batches (one saq job each); continuous batching is the embedded worker's."""
+        return []
 
     def cancel(self, job_id: str) -> None:
         if self._queue is not None and any(job_id in batch.job_ids for batch in self._batches.values()):
