@@ -1,26 +1,28 @@
-"""Time to loop under Poisson arrivals: static batches against continuous batching, same requests.
+"""Time to loop under Poisson arrivals: the worker's static batches against its continuous batching.
 
     python -m bench.queue_latency                      # a few minutes on a 2-core CPU
     python -m bench.queue_latency --load 0.5 --load 0.8 --requests 80 --shape tiny
-    python -m bench.queue_latency --shape small --device cuda --seconds 4,8,12 --slots 16
+    python -m bench.queue_latency --shape small --device cuda --bpm 120 --bars 2,4,8 --slots 8
 
-Requests of mixed lengths (`--seconds`, one drawn at random per request: they stand in for loops of
-a few bars at different tempos) arrive at random times, a Poisson process at `--load` times the
-worker's capacity. The capacity is measured first: requests per second of full static batches of
-`--slots` requests. Then the same arrivals go, in real time, through
-- static batching, as the dispatcher batches today: when the worker is free it takes up to `--slots`
-  waiting requests (all compatible here) and runs them as one `MusicGenEngine.generate` call, which
-  lasts as long as its longest request; those arriving meanwhile wait for all of it;
-- continuous batching (`generation.continuous`): a request joins a free slot at the next decoding
-  step and leaves with its audio as soon as its own last step is done.
-Time to loop is from arrival to the request's audio decoded (the loop engine's cut, the same on both
-paths, is left out).
+Loop requests of mixed lengths (`--bars`, one drawn at random per request, at `--bpm`) arrive at
+random times, a Poisson process at `--load` times the worker's capacity. The capacity is measured
+first: requests per second of full static batches of `--slots` requests. Then the same arrivals go,
+in real time, through the worker's two ways of making loops, each with the worker's classes:
+- static batches (`LoopMaker.make`), as the worker ran them before it batched continuously: when it
+  is free it takes up to `--slots` waiting requests and makes their loops in one generation, which
+  lasts as long as its longest request, then cuts them; those arriving meanwhile wait for all of it;
+- continuous batching (`generation.continuous_loops.ContinuousLoops`, as the embedded worker runs
+  now): a request's candidates join free slots at the next decoding step, each is cut as soon as it
+  is decoded, and the request leaves with its loop.
+Time to loop is from arrival to the finished loop (generated, cut, loudness-matched), with
+`--candidates` per request (default 1) and no retry rounds, the loop engine cutting in this process.
 
 On CPU the clock is this process's CPU time (torch on one thread, as the worker runs it on a
 2-core machine), and an idle worker skips to the next arrival instead of sleeping: other processes
 on a shared machine would otherwise slow one path and not the other. `--wall-clock` times by the
-wall clock instead; on CUDA the wall clock is the only one. Each path prints its p50, p95, mean and max; the last line is the ratio of the
-p95s at the last `--load`, against the goal of at most half the static figure.
+wall clock instead; on CUDA the wall clock is the only one. Each path prints its p50, p95, mean
+and max; the last line is the ratio of the p95s at the last `--load`, against the goal of at most
+half the static figure.
 
 The model has random weights; `--shape bench` (the default: dim 256, 6 layers, 4 codebooks of 1024)
 decodes on one CPU core at about the per-step cost a GPU has for musicgen-small, where a step's time
@@ -43,9 +45,13 @@ import numpy as np
 import torch
 
 from bench.gpu import build_engine, is_cuda
-from generation.continuous import ContinuousGeneration
-from generation.engine import GenerationRequest, MusicGenEngine, SamplingParams
+from generation.config import GenerationSettings, LoopSettings
+from generation.continuous_loops import ContinuousLoops
+from generation.engine import GenerationRequest, SamplingParams
+from generation.loop.parallel import LoopProcesses
 from generation.model import SMALL, TINY, ModelShape
+from generation.pipeline import LoopMaker, LoopSpec
+from generation.shape import LoopShape
 
 SHAPES: dict[str, ModelShape] = {
     "tiny": TINY,
@@ -60,7 +66,7 @@ PARAMS = SamplingParams()
 class Arrival:
     at: float
     """Seconds after the run's start."""
-    request: GenerationRequest
+    spec: LoopSpec
 
 
 @dataclass(frozen=True)
@@ -91,34 +97,36 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--shape", choices=sorted(SHAPES), default="bench")
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
-    parser.add_argument("--slots", type=int, default=4, help="the static batch size and the continuous batch's slots")
-    parser.add_argument("--seconds", default="0.5,1,2", help="request lengths in seconds, one drawn per request")
-    parser.add_argument("--requests", type=int, default=200, help="requests per run (default 200)")
+    parser.add_argument("--slots", type=int, default=4, help="requests in a static batch, and in the continuous batch's slots")
+    parser.add_argument("--bpm", type=float, default=240.0, help="the loops' tempo (default 240: a bar is a second)")
+    parser.add_argument("--bars", default="1,2,4", help="loop lengths in bars, one drawn per request")
+    parser.add_argument("--candidates", type=int, default=1, help="candidates per loop (best-of-N), no retry rounds")
+    parser.add_argument("--requests", type=int, default=120, help="requests per run (default 120)")
     parser.add_argument("--load", type=float, action="append", help="arrival rate over capacity (repeatable; default 0.8)")
     parser.add_argument("--seed", type=int, default=0, help="of the arrival times and lengths")
     parser.add_argument("--wall-clock", action="store_true", help="on CPU, time by the wall clock, not CPU time")
     args = parser.parse_args(argv)
-    args.lengths = [float(s) for s in args.seconds.split(",")]
+    args.shapes = [LoopShape(args.bpm, int(bars)) for bars in args.bars.split(",")]
     args.loads = args.load or [0.8]
     return args
 
 
-def make_arrivals(count: int, rate: float, lengths: Sequence[float], seed: int) -> list[Arrival]:
-    """`count` requests, Poisson at `rate` per second, each of a length drawn from `lengths`."""
+def make_arrivals(count: int, rate: float, shapes: Sequence[LoopShape], seed: int) -> list[Arrival]:
+    """`count` requests, Poisson at `rate` per second, each of a shape drawn from `shapes`."""
     rng = np.random.default_rng(seed)
     times = np.cumsum(rng.exponential(1.0 / rate, count))
-    seconds = rng.choice(lengths, count)
-    return [Arrival(float(t), GenerationRequest(f"dusty boom bap drums, take {i}", float(s), seed=i))
-            for i, (t, s) in enumerate(zip(times, seconds))]
+    drawn = rng.integers(len(shapes), size=count)
+    return [Arrival(float(t), LoopSpec(f"dusty boom bap drums, take {i}", shapes[d], seed=i, params=PARAMS))
+            for i, (t, d) in enumerate(zip(times, drawn))]
 
 
-def capacity(engine: MusicGenEngine, slots: int, lengths: Sequence[float], seed: int, cpu: bool,
+def capacity(maker: LoopMaker, slots: int, shapes: Sequence[LoopShape], seed: int, cpu: bool,
              batches: int = 4) -> float:
     """Requests per second the worker makes in full static batches of `slots` requests of the mix."""
-    arrivals = make_arrivals(slots * batches, 1.0, lengths, seed + 1)
+    arrivals = make_arrivals(slots * batches, 1.0, shapes, seed + 1)
     clock = Clock(arrivals, cpu)
     for first in range(0, len(arrivals), slots):
-        engine.generate([a.request for a in arrivals[first : first + slots]], PARAMS)
+        maker.make([a.spec for a in arrivals[first : first + slots]])
     return len(arrivals) / clock.now()
 
 
@@ -161,7 +169,7 @@ class Clock:
         return self.now() - self.arrivals[index].at
 
 
-def run_static(engine: MusicGenEngine, arrivals: Sequence[Arrival], slots: int, cpu: bool) -> list[float]:
+def run_static(maker: LoopMaker, arrivals: Sequence[Arrival], slots: int, cpu: bool) -> list[float]:
     """Time to loop of each request with static batches of up to `slots` waiting requests."""
     clock, waiting, latencies = Clock(arrivals, cpu), deque[int](), dict[int, float]()
     while len(latencies) < len(arrivals):
@@ -170,26 +178,24 @@ def run_static(engine: MusicGenEngine, arrivals: Sequence[Arrival], slots: int, 
             clock.wait_for_next()
             continue
         batch = [waiting.popleft() for _ in range(min(slots, len(waiting)))]
-        clips = engine.generate_each([arrivals[index].request for index in batch], PARAMS)
-        for index, _clip in zip(batch, clips):  # each clip as soon as it is decoded
+        maker.make([arrivals[index].spec for index in batch])  # the worker delivers a batch's loops together
+        for index in batch:
             latencies[index] = clock.latency(index)
     return [latencies[index] for index in range(len(arrivals))]
 
 
-def run_continuous(engine: MusicGenEngine, arrivals: Sequence[Arrival], slots: int, cpu: bool) -> list[float]:
-    """Time to loop of each request joining a continuous batch of `slots` slots at the next step."""
-    clock, waiting, latencies = Clock(arrivals, cpu), deque[int](), dict[int, float]()
-    generation = ContinuousGeneration(engine, PARAMS, slots)
+def run_continuous(maker: LoopMaker, arrivals: Sequence[Arrival], slots: int, cpu: bool) -> list[float]:
+    """Time to loop of each request joining a continuous batch of `slots` requests' candidates at the next step."""
+    clock, latencies = Clock(arrivals, cpu), dict[int, float]()
+    loops = ContinuousLoops(maker, PARAMS, slots * maker.generation.candidates)
     while len(latencies) < len(arrivals):
-        waiting.extend(clock.arrived())
-        while waiting and generation.free:
-            index = waiting.popleft()
-            generation.join(index, arrivals[index].request)
-        if not len(generation):
+        for index in clock.arrived():
+            loops.join(index, [arrivals[index].spec])
+        if not len(loops):
             clock.wait_for_next()
             continue
-        for index, _clip in generation.step():
-            latencies[tp.cast(int, index)] = clock.latency(tp.cast(int, index))
+        for finished in loops.step():
+            latencies[tp.cast(int, finished.key)] = clock.latency(tp.cast(int, finished.key))
     return [latencies[index] for index in range(len(arrivals))]
 
 
@@ -201,21 +207,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not is_cuda(args.device):
         torch.set_num_threads(max(1, (os.cpu_count() or 2) - 1))  # as `MusicGenEngine.load` does on CPU
     engine = build_engine(SHAPES[args.shape], args.device)
+    generation = GenerationSettings(candidates=args.candidates, retry_budget=0, extra_seconds=0.5)
+    maker = LoopMaker(engine, generation, LoopSettings(), LoopProcesses(1))
     print(f"bench.queue_latency: {args.shape} shape, random weights, {args.device}, {torch.get_num_threads()} CPU "
-          f"thread(s); {args.slots} per batch; requests of {'/'.join(f'{s:g}' for s in args.lengths)} s; "
+          f"thread(s); {args.slots} per batch; loops of {'/'.join(str(shape.bars) for shape in args.shapes)} bars at "
+          f"{args.bpm:g} BPM, {args.candidates} candidate(s) each; "
           f"{'CPU' if not is_cuda(args.device) and not args.wall_clock else 'wall'} clock", flush=True)
     engine.generate([GenerationRequest("warm up", 0.2, 0)] * args.slots, PARAMS)
+    maker.make([LoopSpec("warm up", args.shapes[0], 0, PARAMS)])  # the loop engine's first call compiles
     cpu = not is_cuda(args.device) and not args.wall_clock
-    per_second = capacity(engine, args.slots, args.lengths, args.seed, cpu)
+    per_second = capacity(maker, args.slots, args.shapes, args.seed, cpu)
     print(f"capacity: {per_second:.2f} requests/s in full static batches of {args.slots}", flush=True)
     results = []
     for load in args.loads:
-        arrivals = make_arrivals(args.requests, load * per_second, args.lengths, args.seed)
+        arrivals = make_arrivals(args.requests, load * per_second, args.shapes, args.seed)
         print(f"load {load:.2f}: {args.requests} requests, Poisson at {load * per_second:.2f}/s over "
               f"{arrivals[-1].at:.0f} s", flush=True)
         for label, run in (("static", run_static), ("continuous", run_continuous)):
             started = time.perf_counter()
-            seconds = run(engine, arrivals, args.slots, cpu)
+            seconds = run(maker, arrivals, args.slots, cpu)
             result = Latencies(label, load, seconds, time.perf_counter() - started)
             print(result.line(), flush=True)
             results.append(result)
