@@ -184,7 +184,16 @@ class WorkerLost:
     job_ids: tuple[str, ...]
 
 
-BackendEvent = WorkerReady | ModelUnavailable | WorkProgress | WorkDone | WorkFailed | BatchFinished | WorkerLost
+@dataclass(frozen=True)
+class WorkReturned:
+    """Jobs sent to join a running batch that ended before it took them: they wait again, their
+    turn kept and their start refunded (no fault of theirs, unlike `WorkerLost`)."""
+
+    worker: str
+    job_ids: tuple[str, ...]
+
+
+BackendEvent = WorkerReady | ModelUnavailable | WorkProgress | WorkDone | WorkFailed | BatchFinished | WorkerLost | WorkReturned
 EventSink = Callable[[BackendEvent], None]
 
 

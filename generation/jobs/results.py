@@ -11,7 +11,7 @@ import asyncio
 import logging
 from pathlib import Path
 
-from ..storage import GenerationStatus, Session, delete_upload, get_generation, mark_done, mark_failed
+from ..storage import GenerationStatus, Session, delete_upload, get_generation, hand_back_running, mark_done, mark_failed
 from ..storage.queue import fail_request
 from .api import JobDone, JobFailed, JobProgress, Stage
 from .backend import (
@@ -24,6 +24,7 @@ from .backend import (
     WorkerReady,
     WorkFailed,
     WorkProgress,
+    WorkReturned,
 )
 from .dispatch import Dispatcher
 from .events import EventBus
@@ -105,6 +106,10 @@ class ResultApplier:
                 self.bus.publish(JobFailed(event.job_id, event.reason))
         elif isinstance(event, WorkerLost):
             await self._requeue_lost(event)
+        elif isinstance(event, WorkReturned):
+            handed_back = await self.database.retry(hand_back_running, event.job_ids)
+            self._requeue([job_id for job_id in event.job_ids if job_id in handed_back])
+            self.dispatcher.job_left()
         elif isinstance(event, BatchFinished):
             self.dispatcher.batch_finished(event.seconds)
             self.bus.publish_batch(event.jobs, event.seconds)
@@ -113,15 +118,20 @@ class ResultApplier:
         elif isinstance(event, ModelUnavailable):
             log.error("worker %s: %s", event.worker, event.reason)
 
-    async def _requeue_lost(self, event: WorkerLost) -> None:
-        """The worker died: its jobs go back to the front of their users' lines once, then fail."""
-        lost = await self.database.retry(recover_lost_batch, event.worker)
+    def _requeue(self, job_ids: list[str]) -> None:
+        """Running jobs back to the front of their users' lines, in their order: they keep their turn."""
         running = self.dispatcher.running
-        for job_id in reversed(lost.requeued):
+        for job_id in reversed(job_ids):
             job = running.pop(job_id, None)
             if job is not None:
                 self.dispatcher.queue.push(QueuedJob(job.item, job.user_id), front=True)
                 self.bus.publish(JobProgress(job_id, Stage.QUEUED, 0.0, self.dispatcher.queue.position(job_id)))
+
+    async def _requeue_lost(self, event: WorkerLost) -> None:
+        """The worker died: its jobs go back to the front of their users' lines once, then fail."""
+        lost = await self.database.retry(recover_lost_batch, event.worker)
+        running = self.dispatcher.running
+        self._requeue(lost.requeued)
         for job_id, reason in lost.failed:
             discard_upload(running.pop(job_id, None), self.data_dir)
             self.bus.publish(JobFailed(job_id, reason))

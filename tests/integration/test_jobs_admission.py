@@ -22,7 +22,7 @@ from generation.jobs import (
     Refused,
     Stage,
 )
-from generation.jobs.backend import EventSink, Opening, WorkerReady, WorkItem
+from generation.jobs.backend import EventSink, Opening, WorkerReady, WorkItem, WorkReturned
 from generation.shape import LoopShape
 from generation.storage import GenerationStatus, get_generation, upsert_guild_settings
 
@@ -207,6 +207,11 @@ class OneDecodingWorker(OneBusyWorker):
     def __init__(self) -> None:
         super().__init__()
         self.items: list[WorkItem] = []
+        self.sink: EventSink | None = None
+
+    async def start(self, sink: EventSink) -> None:
+        self.sink = sink
+        await super().start(sink)
 
     def run(self, batch_key: str, batch: Sequence[WorkItem]) -> None:
         super().run(batch_key, batch)
@@ -243,6 +248,19 @@ async def test_jobs_join_a_decoding_batch_in_turn_and_never_jump_the_line(tmp_pa
             assert get_generation(session, longer.job_id).status is GenerationStatus.RUNNING
             assert get_generation(session, longer.job_id).worker == "busy"
             assert get_generation(session, behind.job_id).status is GenerationStatus.QUEUED
+
+        # The batch ended before it took the job that joined: it waits again, first in line, its start refunded.
+        heard: list[JobEvent] = []
+        service.add_listener(heard.append)
+        backend.items = []  # no batch left to join, and the worker stays busy
+        assert backend.sink is not None
+        backend.sink(WorkReturned("busy", (longer.job_id,)))
+        await settled()
+        with database.session() as session:
+            row = get_generation(session, longer.job_id)
+            assert (row.status, row.attempts, row.worker) == (GenerationStatus.QUEUED, 0, None)
+        assert [service.position(job.job_id) for job in (longer, hotter, behind)] == [1, 2, 3]
+        assert JobProgress(longer.job_id, Stage.QUEUED, 0.0, 1) in heard
     finally:
         await service.stop()
         database.dispose()

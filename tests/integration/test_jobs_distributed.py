@@ -29,7 +29,18 @@ from saq.queue.redis import RedisQueue
 
 from generation.audio_io import read_audio
 from generation.config import Settings
-from generation.jobs import Accepted, JobCancelled, JobDone, JobEvent, JobKind, JobProgress, JobRequest, QueueService, Stage
+from generation.jobs import (
+    Accepted,
+    JobCancelled,
+    JobDone,
+    JobEvent,
+    JobFailed,
+    JobKind,
+    JobProgress,
+    JobRequest,
+    QueueService,
+    Stage,
+)
 from generation.jobs.backend import MadeLoop, MixLayer, ParentLoop, WorkDone, WorkFailed, WorkItem
 from generation.jobs.distributed import RedisRateLimiter, SaqBackend, Timing
 from generation.jobs.distributed.wire import (
@@ -44,6 +55,8 @@ from generation.jobs.distributed.wire import (
     encode_items,
     input_files,
     pack_files,
+    progress_meta,
+    reported_progress,
     unpack_files,
     with_local_inputs,
 )
@@ -193,6 +206,36 @@ def test_a_mix_and_a_keyed_loop_travel_and_tampered_ones_are_refused(tmp_path: P
     assert check_result(result, [mixed]).files == {"loops/mixmixmi.zip": stems}
     with pytest.raises(RogueResult):
         check_result({**result, "files": {"loops/keyedkey.zip": stems}}, [keyed])
+
+
+def test_a_result_speaks_only_for_the_joining_jobs_its_batch_took() -> None:
+    host, joined, other = item("hosthost"), item("joinedjo", loop_ids=("joinedjo",)), item("otherjob")
+    done = encode_event(WorkDone("joinedjo", (MadeLoop("joinedjo", "loops/joinedjo.wav", {"verdict": "good"}, 5),)))
+    result = {"worker": "w", "seconds": 1.0, "events": [done], "files": {}, "joined": ["joinedjo"]}
+
+    checked = check_result(result, [host], joining=[joined, other])
+    assert checked.joined == ("joinedjo",) and [event.job_id for event in checked.events] == ["joinedjo"]  # type: ignore[union-attr]
+    refused = {
+        "took a job never sent": {**result, "joined": ["strangers"]},
+        "took one twice": {**result, "joined": ["joinedjo", "joinedjo"]},
+        "speaks for a joining job it did not take": {**result, "joined": []},
+        "not a list": {**result, "joined": "joinedjo"},
+    }
+    for case, crafted in refused.items():
+        with pytest.raises(RogueResult):
+            check_result(crafted, [host], joining=[joined, other])
+            pytest.fail(case)
+
+
+def test_progress_from_a_worker_is_read_per_job_and_only_what_it_may_say() -> None:
+    jobs = ["hosthost", "joinedjo"]
+    meta = {"hosthost": ["generating", 40.0], "joinedjo": ["looping", 0], "otherjob": ["generating", 5.0]}
+    assert reported_progress(meta, jobs) == {"hosthost": ("generating", 40.0), "joinedjo": ("looping", 0.0)}
+    assert reported_progress(["retrying", 12.5], jobs) == dict.fromkeys(jobs, ("retrying", 12.5))  # an older worker's
+    junk = {"hosthost": ["uploading", 40.0], "joinedjo": ["generating", 140.0]}
+    assert reported_progress(junk, jobs) == {} and reported_progress("50%", jobs) == {}
+    assert reported_progress(progress_meta({"hosthost": ("generating", 40.0)})["progress"], jobs) == {
+        "hosthost": ("generating", 40.0)}
 
 
 # --- services ---------------------------------------------------------------------------------
@@ -519,3 +562,39 @@ async def test_a_worker_stopped_mid_batch_exits_cleanly_and_its_batch_finishes_e
         for name, process in workers.processes.items():
             if process.poll() is not None:
                 workers.start(name)  # back for the tests after this one, whatever their order
+
+
+@pytest.mark.redis
+@pytest.mark.postgres
+async def test_a_job_joins_a_batch_running_on_a_busy_worker_and_comes_back_first(workers, database, tiny_model_dir, tmp_path) -> None:
+    """Both workers busy with a long loop each: a short one joins one of their batches (continuous
+    batching) and is done while both long ones still decode, each job delivered once, started once."""
+    settings = tiny_settings(tiny_model_dir, tmp_path, batch_size=2, batch_wait_ms=0)
+    service = distributed_service(settings, database, workers)
+    await service.start()
+    try:
+        await both_workers_ready(service, workers)
+        longs = []
+        for user in (1, 2):
+            (long,) = await submit_all(service, [loop(user, LONG)])
+            await running_on(service, long)
+            longs.append(long)
+        progress: list[JobProgress] = []
+        (short,) = await submit_all(service, [loop(3, LoopShape(160.0, 4))])  # 6 s: long enough to report progress
+        events = service.subscribe(short)
+        finals = [asyncio.ensure_future(final_event(service, job_id)) for job_id in longs]
+
+        while not isinstance(event := await asyncio.wait_for(events.get(), 60), (JobDone, JobFailed)):
+            progress.append(event)
+        assert isinstance(event, JobDone), event
+        with database.session() as session:
+            rows = {job_id: get_generation(session, job_id) for job_id in (*longs, short)}
+        assert [rows[long].status for long in longs] == [GenerationStatus.RUNNING] * 2, workers.logs()
+        assert rows[short].worker in {rows[long].worker for long in longs}  # it ran in one of their batches
+        assert any(e.stage is Stage.GENERATING and 0 < e.percent < 100 for e in progress), progress  # its own
+
+        assert all(isinstance(final, JobDone) for final in await asyncio.gather(*finals))
+        assert_each_done_once(database, tmp_path, [*longs, short], attempts=[1, 1, 1])
+        assert await deliveries(service.backend, [*longs, short]) == Counter([*longs, short])
+    finally:
+        await service.stop()

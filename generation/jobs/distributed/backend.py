@@ -10,20 +10,27 @@ batch into one saq job and saq's job states back into backend events:
     (swept), or vanished         its heartbeat stops); the service retries its jobs once
 
 The saq job key is the batch's "worker" name, so the history rows record which batch ran them
-and `WorkerLost` names exactly those rows. Batches live in Redis, not in this process: after a
-restart `start` finds the ones not yet collected and `resumed` tells the service to keep their
-rows running, so their results are delivered and nothing runs twice.
+and `WorkerLost` names exactly those rows. While a batch runs, jobs may join it (continuous
+batching, `openings`): they go on the batch's joins list (`wire.joins_key`) and are claimed under its
+key; the worker sends each job's outcome and files ahead as soon as the job is done
+(`wire.finished_key`), and its result names the joining jobs it took. One it did not take (the batch
+ended first) is handed back (`WorkReturned`), and a job it took and never reported fails.
+
+Batches live in Redis, not in this process: after a restart `start` finds the ones not yet
+collected (with the jobs sent to join them) and `resumed` tells the service to keep their rows
+running, so their results are delivered and nothing runs twice.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
 import time
 import uuid
 from collections.abc import Awaitable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,11 +43,13 @@ from ..backend import (
     BatchFinished,
     EventSink,
     Opening,
+    WorkDone,
     WorkerLost,
     WorkerReady,
     WorkFailed,
     WorkItem,
     WorkProgress,
+    WorkReturned,
 )
 from ..outage import Outage, first_line, retry_delays
 from ..pool import timeout_message
@@ -57,7 +66,10 @@ from .wire import (
     check_result,
     decode_items,
     encode_items,
+    finished_key,
     input_files,
+    joins_key,
+    reported_progress,
     unpack_files,
 )
 
@@ -86,11 +98,29 @@ class Timing:
 class _Batch:
     items: tuple[WorkItem, ...]
     enqueued: bool = False
-    progress: tuple[str, float] | None = None
+    progress: dict[str, tuple[str, float]] = field(default_factory=dict)
+    """The latest progress the worker reported, by job id."""
+    joining: list[WorkItem] = field(default_factory=list)
+    """Jobs sent to join it while it runs (`wire.joins_key`); its result says which it took."""
+    sent: float = field(default_factory=time.monotonic)
+    worker: str | None = None
+    """The worker running it, once one does."""
+    finished_read: int = 0
+    """Entries of its finished-jobs list (`wire.finished_key`) taken so far."""
+    delivered: set[str] = field(default_factory=set)
+    """Jobs whose outcome came ahead of the batch's result."""
+    delivered_events: list[dict[str, Any]] = field(default_factory=list)
+    """Those outcomes as they came, kept with the collected batch so that a replay has them too."""
 
     @property
     def job_ids(self) -> tuple[str, ...]:
-        return tuple(item.job_id for item in self.items)
+        return tuple(item.job_id for item in (*self.items, *self.joining))
+
+    @property
+    def join_key(self) -> tuple[Any, ...] | None:
+        """What jobs may join it: those of its jobs' one join key (`WorkItem.join_key`), if they share one."""
+        keys = {item.join_key for item in (*self.items, *self.joining)}
+        return keys.pop() if len(keys) == 1 else None
 
 
 class SaqBackend:
@@ -131,7 +161,7 @@ class SaqBackend:
             await queue.connect()
             async for job in queue.iter_jobs():
                 if job.function == RUN_BATCH and job.kwargs is not None:
-                    self._resume(job.key, job.kwargs["items"])
+                    self._resume(job.key, job.kwargs["items"], await queue.redis.lrange(joins_key(self.queue_name, job.key), 0, -1))
             self._queue = queue
             await self._refresh_workers()
         except REDIS_ERRORS as error:  # at start there is nothing to wait for: the operator must know at once
@@ -161,12 +191,13 @@ class SaqBackend:
             await self._queue.disconnect()
             self._queue = None
 
-    def _resume(self, key: str, items: list[dict[str, Any]]) -> None:
-        """Follow a batch a previous run enqueued; one whose items the bot would never have sent is left
-        out (its rows are recovered like a lost batch's)."""
+    def _resume(self, key: str, items: list[dict[str, Any]], joins: list[bytes | str]) -> None:
+        """Follow a batch a previous run enqueued, with the jobs it sent to join it; one whose items the
+        bot would never have sent is left out (its rows are recovered like a lost batch's)."""
         try:
-            self._batches[key] = _Batch(decode_items(items), enqueued=True)
-        except RogueItem as rogue:
+            joining = [item for entry in joins for item in decode_items(json.loads(entry)["items"])]
+            self._batches[key] = _Batch(decode_items(items), enqueued=True, joining=joining)
+        except (RogueItem, ValueError, KeyError, TypeError) as rogue:
             log.warning("batch %s in Redis is not one this bot queued (%s); not resuming it", key, rogue)
 
     def resumed(self) -> dict[str, tuple[str, ...]]:
@@ -182,14 +213,28 @@ class SaqBackend:
         return self._next_key
 
     def run(self, batch_key: str, batch: Sequence[WorkItem]) -> None:
+        """Enqueue a new batch, or send jobs to join the running batch `batch_key` (an `Opening`'s)."""
+        if (running := self._batches.get(batch_key)) is not None:
+            running.joining += batch
+            self._spawn(self._send_joining(batch_key, tuple(batch)))
+            return
         if batch_key == self._next_key:
             self._next_key = None
         self._batches[batch_key] = _Batch(tuple(batch))
         self._spawn(self._enqueue(batch_key, self._batches[batch_key]))
 
     def openings(self) -> list[Opening]:
-        """None: a saq worker takes whole batches (one saq job each); continuous batching is the embedded worker's."""
-        return []
+        """Batches in flight that jobs may join: the worker running it (or, before one took it, every
+        worker) batches continuously (saq metadata `joins`), and the batch is young enough that
+        joining cannot make it run past the job timeout."""
+        openings = []
+        for key, batch in self._batches.items():
+            runs_it = [self._workers[batch.worker]] if batch.worker in self._workers else list(self._workers.values())
+            joins = bool(runs_it) and all(worker.get("joins") is True for worker in runs_it)
+            young = time.monotonic() - batch.sent < self.job_timeout_s / 2
+            if joins and young and (join_key := batch.join_key) is not None:
+                openings.append(Opening(key, join_key, len(batch.job_ids)))
+        return openings
 
     def cancel(self, job_id: str) -> None:
         if self._queue is not None and any(job_id in batch.job_ids for batch in self._batches.values()):
@@ -199,7 +244,7 @@ class SaqBackend:
         return len(self._workers)
 
     def running(self) -> int:
-        return sum(len(batch.items) for batch in self._batches.values())
+        return sum(len(batch.job_ids) for batch in self._batches.values())
 
     def models(self) -> list[str]:
         return sorted({model for info in self._workers.values() for model in info.get("models", ())})
@@ -229,11 +274,31 @@ class SaqBackend:
         except REDIS_ERRORS as error:
             self.outage.began(first_line(error))
 
+    async def _send_joining(self, key: str, items: tuple[WorkItem, ...]) -> None:
+        """Add jobs to the batch's joins list; while Redis is away they wait for it (the batch may end
+        meanwhile: its result then does not take them, and they are handed back)."""
+        assert self._queue is not None
+        inputs = await asyncio.to_thread(input_files, self.data_dir, items)
+        entry = json.dumps({"items": encode_items(items), "inputs": inputs})
+        delays = retry_delays()
+        while True:
+            tried_at = time.monotonic()
+            try:
+                async with self._queue.redis.pipeline(transaction=True) as pipe:
+                    pipe.rpush(joins_key(self.queue_name, key), entry)
+                    pipe.expire(joins_key(self.queue_name, key), RESULT_TTL_S)
+                    await pipe.execute()
+                return
+            except REDIS_ERRORS as error:
+                self.outage.began(first_line(error), tried_at)
+                await asyncio.sleep(next(delays))
+
     async def _enqueue(self, key: str, batch: _Batch) -> None:
         assert self._queue is not None
         inputs = await asyncio.to_thread(input_files, self.data_dir, batch.items)
         job = Job(
-            RUN_BATCH, kwargs={"items": encode_items(batch.items), "inputs": inputs}, key=key, timeout=self.job_timeout_s,
+            RUN_BATCH, kwargs={"items": encode_items(batch.items), "inputs": inputs, "ahead": True}, key=key,
+            timeout=self.job_timeout_s,
             heartbeat=self.timing.heartbeat_s, retries=1, ttl=RESULT_TTL_S,
         )
         delays = retry_delays()
@@ -262,10 +327,12 @@ class SaqBackend:
         if job is None:
             self._finish(key, WorkerLost(key, batch.job_ids))
         elif job.status is Status.ACTIVE:
-            progress = job.meta.get("progress")
-            if progress is not None and tuple(progress) != batch.progress:
-                batch.progress = (progress[0], progress[1])
-                self._emit(WorkProgress(batch.job_ids, *batch.progress))
+            batch.worker = job.worker_id
+            for job_id, progress in reported_progress(job.meta.get("progress"), batch.job_ids).items():
+                if batch.progress.get(job_id) != progress:
+                    batch.progress[job_id] = progress
+                    self._emit(WorkProgress((job_id,), *progress))
+            await self._take_finished(key, batch)
         elif job.status is Status.COMPLETE:
             await self._collect(key, job)
         elif job.status is Status.FAILED and timed_out(job):
@@ -287,22 +354,58 @@ class SaqBackend:
         it to be collected again, and never without an expiry. A result that no worker would send
         is refused whole, with one line, and its jobs fail.
         """
-        items = self._batches[key].items
+        assert self._queue is not None
+        batch = self._batches[key]
+        await self._take_finished(key, batch)  # those sent ahead since the last look
         try:
-            result = check_result(job.result, items)
+            result = check_result(job.result, batch.items, batch.joining)
             await asyncio.to_thread(unpack_files, self.data_dir, result.files)
         except RogueResult as rogue:
             log.warning("batch %s: refused the result from worker %s (%s); its jobs fail", key, job.worker_id, rogue)
             await self._set_collected(job, dropped=f"result refused: {rogue}")
-            for item in items:
-                self._emit(WorkFailed(item.job_id, ROGUE_RESULT))
+            for job_id in batch.job_ids:
+                if job_id not in batch.delivered:
+                    self._emit(WorkFailed(job_id, ROGUE_RESULT))
             self._finish(key, WorkerLost(key, ()))
             return
         job.result["files"] = {}  # written: the audio need not wait in Redis any longer
+        job.result["events"] = batch.delivered_events + job.result["events"]
         await self._set_collected(job)
-        for event in result.events:
+        await self._queue.redis.delete(finished_key(self.queue_name, key), joins_key(self.queue_name, key))
+        ran = [*batch.items, *(item for item in batch.joining if item.job_id in result.joined)]
+        self._emit_outcomes(batch, result.events)
+        for item in ran:  # a job the worker took and never reported (or reported in something refused)
+            if item.job_id not in batch.delivered:
+                self._emit(WorkFailed(item.job_id, ROGUE_RESULT))
+        if missed := tuple(item.job_id for item in batch.joining if item not in ran):
+            self._emit(WorkReturned(key, missed))
+        self._finish(key, BatchFinished(result.worker, len(ran), result.seconds))
+
+    async def _take_finished(self, key: str, batch: _Batch) -> None:
+        """Deliver the jobs the worker finished and sent ahead of the batch; an entry it would never
+        send is refused with one line (its jobs fail when the batch ends without them)."""
+        assert self._queue is not None
+        entries = await self._queue.redis.lrange(finished_key(self.queue_name, key), batch.finished_read, -1)
+        for entry in entries:
+            batch.finished_read += 1
+            try:
+                sent = json.loads(entry)
+                result = check_result(sent, [*batch.items, *batch.joining])
+                await asyncio.to_thread(unpack_files, self.data_dir, result.files)
+            except (RogueResult, ValueError) as rogue:
+                log.warning("batch %s: refused jobs sent ahead by worker %s (%s)", key, batch.worker, str(rogue)[:200])
+                continue
+            batch.delivered_events += sent["events"]
+            self._emit_outcomes(batch, result.events)
+
+    def _emit_outcomes(self, batch: _Batch, events: Sequence[BackendEvent]) -> None:
+        """Pass a result's events on, each job's outcome once (one sent ahead may come again with the batch)."""
+        for event in events:
+            if isinstance(event, (WorkDone, WorkFailed)):
+                if event.job_id in batch.delivered:
+                    continue
+                batch.delivered.add(event.job_id)
             self._emit(event)
-        self._finish(key, BatchFinished(result.worker, len(items), result.seconds))
 
     def _give_up(self, key: str) -> None:
         self._given_up[key] = time.monotonic() + self.job_timeout_s + STOP_GRACE_S

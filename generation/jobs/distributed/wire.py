@@ -54,6 +54,20 @@ def cancel_key(queue_name: str, job_id: str) -> str:
     return f"loopjam:{queue_name}:cancel:{job_id}"
 
 
+def finished_key(queue_name: str, batch_key: str) -> str:
+    """The list of the running batch `batch_key`'s jobs that are done, each entry a result (`check_result`)
+    of the jobs finished since the last: a job's loops travel as soon as it is done, not when its
+    batch is (continuous batching keeps a batch running while jobs join it)."""
+    return f"loopjam:{queue_name}:finished:{batch_key}"
+
+
+def joins_key(queue_name: str, batch_key: str) -> str:
+    """The list of jobs the bot sent to join the running batch `batch_key` (continuous batching), in
+    the order sent, each entry `{"items": [...], "inputs": {...}}` as a batch's kwargs are. The worker
+    running the batch reads it from where it left off; the bot keeps it as its record of the batch."""
+    return f"loopjam:{queue_name}:joins:{batch_key}"
+
+
 # --- dataclasses as JSON ---------------------------------------------------------------------
 
 
@@ -152,6 +166,30 @@ def decode_event(data: dict[str, Any]) -> BackendEvent:
     return from_json(RESULT_EVENTS[data["type"]], data["data"])
 
 
+WORKER_STAGES = ("generating", "retrying", "looping")
+"""The stages a worker reports (`pipeline.StageCallback`)."""
+
+
+def progress_meta(progress: dict[str, tuple[str, float]]) -> dict[str, Any]:
+    """A running batch's saq `meta`: each job's latest progress (its jobs' differ once jobs join it)."""
+    return {"progress": {job_id: [stage, percent] for job_id, (stage, percent) in progress.items()}} if progress else {}
+
+
+def reported_progress(meta_progress: Any, job_ids: typing.Sequence[str]) -> dict[str, tuple[str, float]]:
+    """The progress a worker put in a running batch's meta, by job id: only the batch's jobs, known
+    stages and percentages. A worker from before continuous batching reports one for the whole batch."""
+    if isinstance(meta_progress, list):
+        meta_progress = dict.fromkeys(job_ids, meta_progress)
+    if not isinstance(meta_progress, dict):
+        return {}
+    return {
+        job_id: (stage, float(percent)) for job_id in job_ids
+        if isinstance(reported := meta_progress.get(job_id), list) and len(reported) == 2
+        and (stage := reported[0]) in WORKER_STAGES
+        and isinstance(percent := reported[1], (int, float)) and 0.0 <= percent <= 100.0
+    }
+
+
 # --- files ------------------------------------------------------------------------------------
 
 
@@ -162,6 +200,16 @@ def pack_files(root: Path) -> dict[str, dict[str, str]]:
         packed[path.relative_to(root).as_posix()] = _pack(path)
         path.unlink()
     return packed
+
+
+def pack_loop_files(root: Path, loop_ids: typing.Collection[str]) -> dict[str, dict[str, str]]:
+    """The files under `root` of these loops (audio, waveform, a mix's stems), as `pack_files`
+    packs them; the files stay (the caller removes them once they are sent)."""
+    suffixes = AUDIO_SUFFIXES | {WAVEFORM_SUFFIX, STEMS_SUFFIX}
+    return {
+        name: _pack(path) for path in sorted(p for p in root.rglob("*") if p.is_file())
+        if any(is_loop_file(name := path.relative_to(root).as_posix(), loop_id, suffixes) for loop_id in loop_ids)
+    }
 
 
 def _pack(path: Path) -> dict[str, str]:
@@ -286,20 +334,29 @@ class BatchResult:
     seconds: float
     events: tuple[BackendEvent, ...]
     files: dict[str, dict[str, str]]
+    joined: tuple[str, ...] = ()
+    """The jobs sent to join the batch that the worker took (and ran) with it."""
 
 
-def check_result(result: Any, items: typing.Sequence[WorkItem]) -> BatchResult:
-    """The result of the batch of `items`, every field checked; `RogueResult` says what is wrong.
+def check_result(result: Any, items: typing.Sequence[WorkItem], joining: typing.Sequence[WorkItem] = ()) -> BatchResult:
+    """The result of the batch of `items`, joined by jobs of `joining`, every field checked;
+    `RogueResult` says what is wrong.
 
-    Events are about the batch's own jobs and loops only, name each loop's file by its loop id
-    (`files.loop_file`), with an audio suffix; the files sent are those loops' audio and waveforms,
-    and a mix's stems.
+    The jobs it says it took are jobs of `joining`. Events are about the batch's own jobs and loops
+    (those it took included) only, name each loop's file by its loop id (`files.loop_file`), with an
+    audio suffix; the files sent are those loops' audio and waveforms, and a mix's stems.
     """
     if not isinstance(result, dict):
         raise RogueResult(f"not a result: {type(result).__name__}")
     worker, seconds, events, files = (result.get(key) for key in ("worker", "seconds", "events", "files"))
+    joined = result.get("joined", [])
     _expect(isinstance(worker, str) and isinstance(seconds, (int, float)) and isinstance(events, list)
-            and isinstance(files, dict), "malformed result")
+            and isinstance(files, dict) and isinstance(joined, list), "malformed result")
+    sent = {item.job_id: item for item in joining}
+    taken = typing.cast(list[Any], joined)
+    _expect(all(isinstance(job_id, str) and job_id in sent for job_id in taken) and len(set(taken)) == len(taken),
+            "a joining job that was not sent to the batch")
+    items = [*items, *(sent[job_id] for job_id in taken)]
     jobs = {item.job_id: item for item in items}
     loop_ids = {loop_id for item in items for loop_id in item.loop_ids}
     mix_ids = {item.job_id for item in items if item.mix is not None}
@@ -313,7 +370,7 @@ def check_result(result: Any, items: typing.Sequence[WorkItem]) -> BatchResult:
         _expect(isinstance(entry, dict) and entry.get("as") in ("flac", "raw") and isinstance(entry.get("data"), str)
                 and (entry["as"] == "raw" or entry.get("wav_subtype") in LOSSLESS_WAV), f"malformed file {name!r}")
     return BatchResult(typing.cast(str, worker), float(typing.cast(float, seconds)), decoded,
-                       typing.cast(dict[str, dict[str, str]], files))
+                       typing.cast(dict[str, dict[str, str]], files), tuple(taken))
 
 
 def _expect(condition: bool, problem: str) -> None:

@@ -4,18 +4,23 @@ The model is loaded once, before the first job is taken, and batches run in a `B
 (as in the embedded worker process) on a thread, so the event loop stays free for saq:
 every `BEAT_S` it touches the running job (saq's heartbeat: a worker killed mid-batch stops
 touching it, and a sweep hands the batch back to the bot) and reports the batch's progress.
-The runner writes its files into a scratch directory; they travel back in the job's result.
+The runner writes its files into a scratch directory. Each job's loops travel back as soon as
+the job is done (the heartbeat sends them ahead, `wire.finished_key`), the rest in the job's result;
+jobs the bot sends to join the running batch are taken at each heartbeat (`wire.joins_key`) and
+decode with it (continuous batching, in `BatchRunner`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import shutil
 import signal
 import socket
 import tempfile
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from functools import partial
@@ -26,21 +31,27 @@ from saq import Worker
 from saq.job import Job
 
 from ...config import Settings
-from ..backend import BackendEvent, ModelUnavailable, WorkItem, WorkProgress
+from ..backend import BackendEvent, ModelUnavailable, WorkDone, WorkFailed, WorkItem, WorkProgress
 from ..outage import Outage
 from ..runner import BatchRunner, WorkerConfig
 from .queue import BatchQueue, redis_client, repeat
 from .wire import (
     BEAT_S,
     INPUTS_DIR,
+    RESULT_TTL_S,
     RUN_BATCH,
     SHUTDOWN_GRACE_S,
     SWEEP_S,
     WORKER_INFO_S,
+    RogueItem,
     cancel_key,
     decode_items,
     encode_event,
+    finished_key,
+    joins_key,
     pack_files,
+    pack_loop_files,
+    progress_meta,
     with_local_inputs,
 )
 
@@ -58,18 +69,55 @@ def default_worker_name() -> str:
 
 
 class _BatchState:
-    """One batch's events (its latest progress apart, sent with the heartbeat) and cancelled jobs."""
+    """One batch's events (each job's latest progress apart, sent with the heartbeat), its cancelled
+    jobs, and the jobs that joined it (continuous batching).
 
-    def __init__(self) -> None:
+    The heartbeat adds joining jobs (`join`) until the batch `closes`; the runner's thread takes them
+    (`joining`). A job taken from the joins list is the batch's: it runs, even after its runner
+    returned, and the result names it (`joined`); one the batch did not take, the bot hands back.
+    """
+
+    def __init__(self, items: tuple[WorkItem, ...]) -> None:
+        self.items = list(items)
         self.events: list[BackendEvent] = []
-        self.progress: tuple[str, float] | None = None
+        self.progress: dict[str, tuple[str, float]] = {}
         self.cancelled: set[str] = set()
+        self.joined: list[str] = []
+        self.joins_read = 0
+        """Entries of the batch's joins list read so far."""
+        self.closed = False
+        self._arrived: list[WorkItem] = []
+        self._lock = threading.Lock()
 
     def send(self, event: BackendEvent) -> None:
+        """The runner's sink (called from its thread)."""
         if isinstance(event, WorkProgress):
-            self.progress = (event.stage, event.percent)
+            self.progress.update((job_id, (event.stage, event.percent)) for job_id in event.job_ids)
         else:
-            self.events.append(event)
+            with self._lock:
+                self.events.append(event)
+
+    def finished(self) -> list[WorkDone | WorkFailed]:
+        """The jobs' outcomes not sent ahead yet."""
+        with self._lock:
+            return [event for event in self.events if isinstance(event, (WorkDone, WorkFailed))]
+
+    def sent_ahead(self, outcomes: list[WorkDone | WorkFailed]) -> None:
+        """These outcomes travelled ahead of the batch's result: it leaves them out."""
+        with self._lock:
+            self.events = [event for event in self.events if event not in outcomes]
+
+    def join(self, items: tuple[WorkItem, ...]) -> None:
+        with self._lock:
+            self._arrived += items
+        self.items += items
+        self.joined += [item.job_id for item in items]
+
+    def joining(self) -> list[WorkItem]:
+        """The jobs that joined since the last call (called from the runner's thread)."""
+        with self._lock:
+            arrived, self._arrived = self._arrived, []
+        return arrived
 
 
 class _DrainingWorker(Worker):
@@ -149,7 +197,8 @@ class RemoteWorker:
     def load(self) -> dict[str, Any]:
         """Load the model; the saq worker metadata that tells the bot this worker is ready."""
         ready = self._runner.start(_log_unavailable)
-        return {"name": self.name, "model": self.model, "models": self._runner.models, "batch_size": ready.batch_size}
+        return {"name": self.name, "model": self.model, "models": self._runner.models, "batch_size": ready.batch_size,
+                "joins": ready.joins}
 
     async def serve(self, redis_url: str, metadata: dict[str, Any]) -> None:
         """Take batches until SIGINT or SIGTERM."""
@@ -166,29 +215,39 @@ class RemoteWorker:
             await queue.disconnect()
 
     async def run_batch(
-        self, ctx: dict[str, Any], *, items: list[dict[str, Any]], inputs: dict[str, dict[str, dict[str, str]]]
+        self, ctx: dict[str, Any], *, items: list[dict[str, Any]], inputs: dict[str, dict[str, dict[str, str]]],
+        ahead: bool = False,
     ) -> dict[str, Any]:
-        """The saq job function: run one batch, return its events and the files it wrote.
+        """The saq job function: run one batch, and the jobs that join it, return their events and the files they wrote.
 
-        The batch reads only the files sent as data in `inputs`, copied under the scratch directory.
+        The batch reads only the files sent as data in `inputs` (and with its joining jobs), copied
+        under the scratch directory. `ahead`: the bot takes finished jobs ahead of the result (a bot
+        from before continuous batching does not, and gets every job in the result).
         """
         job: Job = ctx["job"]
-        state = _BatchState()
         shutil.rmtree(self.scratch_dir, ignore_errors=True)  # nothing of an earlier failed batch travels
         self.scratch_dir.mkdir(parents=True)
         batch = await asyncio.to_thread(with_local_inputs, decode_items(items), self.scratch_dir, inputs)
+        state = _BatchState(batch)
         started = time.perf_counter()
         done = asyncio.Event()
-        beat = asyncio.create_task(repeat("heartbeat", partial(self._beat, job, batch, state), BEAT_S, self.outage, done))
-        work = asyncio.get_running_loop().run_in_executor(None, self._runner.run, batch, state.send, state.cancelled)
+        beat = asyncio.create_task(repeat("heartbeat", partial(self._beat, job, state, started if ahead else None),
+                                          BEAT_S, self.outage, done))
         try:
-            await asyncio.shield(work)
-        except asyncio.CancelledError:
-            # saq timed the batch out or aborted it: a thread cannot be killed, so stop it between
-            # decoding steps and wait, or the next batch would share the GPU with it.
-            state.cancelled.update(item.job_id for item in batch)
-            await asyncio.wait([work])
-            raise
+            pending = list(batch)
+            while pending:
+                work = asyncio.get_running_loop().run_in_executor(
+                    None, self._runner.run, pending, state.send, state.cancelled, state.joining)
+                try:
+                    await asyncio.shield(work)
+                except asyncio.CancelledError:
+                    # saq timed the batch out or aborted it: a thread cannot be killed, so stop it between
+                    # decoding steps and wait, or the next batch would share the GPU with it.
+                    state.cancelled.update(item.job_id for item in state.items)
+                    await asyncio.wait([work])
+                    raise
+                state.closed = True  # no job joins any more; one taken while the runner was returning runs now
+                pending = state.joining()
         finally:
             # No heartbeat after this: saq writes the finished job with an expiry, a late beat would
             # write it again without one (the result's audio included).
@@ -199,16 +258,59 @@ class RemoteWorker:
         files = await asyncio.to_thread(pack_files, self.scratch_dir)
         return {
             "worker": self.name, "seconds": time.perf_counter() - started,
-            "events": [encode_event(event) for event in state.events], "files": files,
+            "events": [encode_event(event) for event in state.events], "files": files, "joined": state.joined,
         }
 
-    async def _beat(self, job: Job, batch: tuple[WorkItem, ...], state: _BatchState) -> None:
-        """Touch the job (saq's heartbeat) with the latest progress, and pick up cancels."""
+    async def _beat(self, job: Job, state: _BatchState, started: float | None) -> None:
+        """Touch the job (saq's heartbeat) with its jobs' latest progress, send the finished jobs'
+        loops ahead (when the bot takes them: `started` is the batch's start then), take the jobs
+        sent to join it, and pick up cancels."""
         assert job.queue is not None
         redis = job.queue.redis  # type: ignore[attr-defined]
-        flags = await redis.mget([cancel_key(self.queue_name, item.job_id) for item in batch])
-        state.cancelled.update(item.job_id for item, flag in zip(batch, flags) if flag)
-        await job.update(meta={"progress": list(state.progress)} if state.progress else {})
+        if started is not None:
+            await self._send_finished(redis, job.key, state, started)
+        await self._take_joining(redis, job.key, state)
+        flags = await redis.mget([cancel_key(self.queue_name, item.job_id) for item in state.items])
+        state.cancelled.update(item.job_id for item, flag in zip(state.items, flags) if flag)
+        await job.update(meta=progress_meta(state.progress))
+
+    async def _send_finished(self, redis: Any, batch_key: str, state: _BatchState, started: float) -> None:
+        """Send the jobs done since the last beat, with their files, ahead of the batch's result.
+
+        Their files are removed once sent; should the beat be cut short before that, the batch's
+        result carries them again, and the bot takes each job's outcome once."""
+        outcomes = state.finished()
+        if not outcomes:
+            return
+        loop_ids = [loop.loop_id for outcome in outcomes if isinstance(outcome, WorkDone) for loop in outcome.loops]
+        files = await asyncio.to_thread(pack_loop_files, self.scratch_dir, loop_ids)
+        entry = {"worker": self.name, "seconds": time.perf_counter() - started,
+                 "events": [encode_event(outcome) for outcome in outcomes], "files": files}
+        async with redis.pipeline(transaction=True) as pipe:
+            pipe.rpush(finished_key(self.queue_name, batch_key), json.dumps(entry))
+            pipe.expire(finished_key(self.queue_name, batch_key), RESULT_TTL_S)
+            await pipe.execute()
+        state.sent_ahead(outcomes)
+        for name in files:
+            (self.scratch_dir / name).unlink(missing_ok=True)
+
+    async def _take_joining(self, redis: Any, batch_key: str, state: _BatchState) -> None:
+        """Add the jobs sent to join the batch since the last look, unless it has closed; an entry no
+        bot would send is skipped with one line."""
+        if state.closed:
+            return
+        for entry in await redis.lrange(joins_key(self.queue_name, batch_key), state.joins_read, -1):
+            try:
+                sent = json.loads(entry)
+                joining = await asyncio.to_thread(with_local_inputs, decode_items(sent["items"]), self.scratch_dir,
+                                                  sent["inputs"])
+            except (RogueItem, ValueError, KeyError, TypeError) as rogue:
+                log.warning("batch %s: skipped jobs sent to join it (%s)", batch_key, str(rogue)[:200])
+                joining = ()
+            if state.closed:
+                return  # not taken: the bot hands them back
+            state.joins_read += 1
+            state.join(joining)
 
 
 def _log_unavailable(event: BackendEvent) -> None:
