@@ -250,6 +250,16 @@ def _low_hits(analysis: Analysis, frames: np.ndarray, radius: int) -> np.ndarray
     return np.maximum(level, level.max() - LOW_FLOOR_DB)  # beats in silence would swamp the z-scores
 
 
+def _per_beat(features: np.ndarray, frames: np.ndarray) -> np.ndarray:
+    """[F, B] mean of `features` [F, N] from each beat's frame to the next beat's (the last beat's to
+    the end), as `librosa.util.sync` segments them; a beat on the same frame as the next, or on the
+    last frame, reads its own frame. One column per beat always: `sync` drops repeated frames."""
+    starts = np.clip(frames, 0, features.shape[1] - 1)
+    ends = np.maximum(np.r_[starts[1:], features.shape[1]], starts + 1)
+    summed = np.cumsum(np.pad(features, ((0, 0), (1, 0))), axis=1)
+    return (summed[:, ends] - summed[:, starts]) / (ends - starts)
+
+
 def _beat_change(per_beat: np.ndarray) -> np.ndarray:
     """[B] harmonic change into each beat: 1 - cosine of its chroma with the previous beat's."""
     norms = np.linalg.norm(per_beat, axis=0)
@@ -287,8 +297,7 @@ def downbeat_phase(analysis: Analysis, beat_times: np.ndarray, beats_per_bar: in
         return 0, 0.0
     frames = analysis.frame(beat_times)
     radius = max(1, round(PEAK_RADIUS_S * analysis.frame_rate))
-    synced = librosa.util.sync(analysis.chroma, frames, aggregate=np.mean)  # type: ignore[arg-type]  # takes arrays
-    per_beat = synced[:, 1 : len(frames) + 1]
+    per_beat = _per_beat(analysis.chroma, frames)
     evidence = _zscore(
         _zscore(_low_hits(analysis, frames, radius))
         + _zscore(_beat_change(per_beat))

@@ -6,6 +6,7 @@ import io
 import json
 from pathlib import Path
 
+import librosa
 import numpy as np
 import pytest
 import soundfile as sf
@@ -30,7 +31,7 @@ from generation.loop.analysis import analyse, mono
 from generation.loop.grid_error import grid_error_ms
 from generation.loop.loudness import integrated_lufs, true_peak_dbtp
 from generation.loop.report import GOOD_DOWNBEAT_CONFIDENCE, GOOD_GRID_ERROR_MS, Findings, judge
-from generation.loop.tempo import downbeat_phase, estimate_tempo, track_beats
+from generation.loop.tempo import _per_beat, downbeat_phase, estimate_tempo, track_beats
 from generation.loop.waveform import waveform_png
 from generation.shape import LoopShape
 
@@ -248,3 +249,17 @@ def test_loopify_bad_input_exits_2_and_writes_nothing(case: str, args: list[str]
     assert result.exit_code == 2, result.output
     assert len(result.output.strip().splitlines()) == 1 and result.output.startswith("Error: ")
     assert set(tmp_path.iterdir()) == before
+
+
+def test_beats_up_to_and_past_the_end_still_get_a_downbeat() -> None:
+    """A tracker's beats can run to the clip's last frame (two beats on one frame once clipped): the
+    downbeat chooser still reads one chroma column per beat, as `librosa.util.sync` segments them."""
+    rate = 32000
+    analysis = analyse((np.random.default_rng(0).standard_normal(rate * 4) * 0.1).astype(np.float32), rate)
+    end = len(analysis.onset) / analysis.frame_rate
+    phase, confidence = downbeat_phase(analysis, np.arange(0.0, end + 1.0, 0.25), 4)
+    assert phase in range(4) and 0.0 <= confidence <= 1.0
+
+    frames = np.array([3, 40, 41, 90, 200])
+    synced = librosa.util.sync(analysis.chroma, frames, aggregate=np.mean)
+    np.testing.assert_allclose(_per_beat(analysis.chroma, frames), synced[:, 1 : len(frames) + 1], rtol=1e-5, atol=1e-6)
