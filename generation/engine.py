@@ -18,6 +18,7 @@ import torch
 
 from .config import Decoder
 from .fast_decode import FastDecoder, unsupported_reason
+from .graphs import GraphedDecoder
 from .model import load_musicgen
 from .sampling import SamplingParams
 
@@ -57,14 +58,16 @@ class GeneratedTokens:
 
 class MusicGenEngine:
     def __init__(self, model: tp.Any, name: str, decoder: Decoder = "fast") -> None:
-        """`decoder`: "fast" (`generation.fast_decode`) unless the model needs audiocraft's own loop."""
+        """`decoder`: "fast" (`generation.fast_decode`; its steps replayed as CUDA graphs on a GPU,
+        `generation.graphs`) unless the model needs audiocraft's own loop."""
         self.model = model
         self.name = name
         self.fast: FastDecoder | None = None
         if decoder == "fast":
             reason = unsupported_reason(model.lm)
             if reason is None:
-                self.fast = FastDecoder(model.lm)
+                on_cuda = next(model.lm.parameters()).device.type == "cuda"
+                self.fast = GraphedDecoder(model.lm) if on_cuda else FastDecoder(model.lm)
             else:
                 log.warning("%s: audiocraft's decoder instead of the fast one: %s", name, reason)
 
