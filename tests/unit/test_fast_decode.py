@@ -168,6 +168,15 @@ def test_both_decoders_give_the_same_tokens(engines: tuple[MusicGenEngine, Music
     assert torch.equal(tokens.codes[1:, :, : tokens.frames[1]], alone.codes[:, :, : alone.frames[0]])
 
 
+def test_both_decoders_run_every_frame_of_a_duration_that_rounds_down(engines: tuple[MusicGenEngine, MusicGenEngine]) -> None:
+    # 0.5 s keeps 25 frames and runs 29 (4 past, for the delay pattern); 29 / 50 * 50 < 29 in floating point.
+    fast, eager = engines
+    requests = [GenerationRequest(DESCRIPTIONS[0], 0.5, 1)]
+    tokens = fast.generate_tokens(requests, SamplingParams(top_k=50))
+    assert tokens.codes.shape[-1] == 29
+    assert torch.equal(tokens.codes, eager.generate_tokens(requests, SamplingParams(top_k=50)).codes)
+
+
 def test_continuations_give_the_same_tokens(engines: tuple[MusicGenEngine, MusicGenEngine]) -> None:
     fast, eager = engines
     prompt = torch.randn(1, fast.sample_rate // 2, generator=torch.Generator().manual_seed(0)).numpy() * 0.1
