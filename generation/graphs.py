@@ -14,8 +14,9 @@ a dummy step whose output is dropped), its pattern steps rounded up to `STEP_ROU
 text tokens to `TEXT_ROUNDING` (the steps and tokens past its own are masked). Every graph's static
 tensors are views of one set of buffers sized for the largest graph (only one batch decodes at a
 time); a larger graph grows them, which drops the graphs captured so far. Graphs share one memory
-pool for their intermediates. A batch past the largest bucket, or any batch once a capture has
-failed (logged once, with why), runs the same fixed-shape step eagerly.
+pool for their intermediates. Each new graph is replayed once against the eager step. A batch
+past the largest bucket, or any batch once a capture has failed or a replay disagreed (logged
+once, with why), runs the same fixed-shape step eagerly.
 
 The engine uses `GraphedDecoder` on CUDA only: on CPU it is never entered. Shapes: Rb rows of a
 bucket (2 b), K codebooks, card the codebook size, Sb cache steps, Lb text tokens, H heads of d
@@ -44,6 +45,10 @@ TEXT_ROUNDING = 32
 WARM_UP_CALLS = 2
 """Eager calls on a side stream before capture, as torch's CUDA graph docs do: lazy set-up (cuBLAS
 workspaces, kernel choices) must not happen inside the capture."""
+
+REPLAY_TOLERANCE = 0.05
+"""How far a new graph's logits may be from the eager step's: the same kernels on the same inputs,
+so in practice none; a wrong graph is off by whole units."""
 
 Step = tp.Callable[[], torch.Tensor]
 """A call that reads static tensors and returns its output (logits [Rb, K, card])."""
@@ -146,7 +151,7 @@ class GraphedDecoder(FastDecoder):
             graph = self._graph(bucket, _rounded(steps, STEP_ROUNDING), tokens)
         except Exception as error:  # any capture failure: decoding goes on eagerly, never fails for it
             self.failure = f"{type(error).__name__}: {error}"
-            log.warning("CUDA graphs off, decoding steps run eagerly: the capture failed: %s", self.failure)
+            log.warning("CUDA graphs off, decoding steps run eagerly: %s", self.failure)
             self._graphs.clear()
             self._buffers.clear()
             return self.state_for(projected, rows, steps)
@@ -185,7 +190,13 @@ class GraphedDecoder(FastDecoder):
         def step() -> torch.Tensor:
             return self.step(codes, keys, values, cross, cross_mask, where)
 
-        graph = _Graph(codes, positions, keys, values, cross, cross_mask, self._capture(step, self.device))
+        replay = self._capture(step, self.device)
+        # Once per graph, a replay against the eager step on the same inputs: a graph that read
+        # memory it does not own would give other logits, and decoding must not go on with it.
+        replayed = replay().float()
+        if not torch.allclose(replayed, step().float(), rtol=REPLAY_TOLERANCE, atol=REPLAY_TOLERANCE):
+            raise RuntimeError("a replay gives other logits than the eager step")
+        graph = _Graph(codes, positions, keys, values, cross, cross_mask, replay)
         self._graphs[key] = graph
         return graph
 

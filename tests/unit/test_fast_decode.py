@@ -252,16 +252,18 @@ class EagerReplay:
     """Stands in for `graphs.CudaGraphCapture` on CPU: a replay runs the step again, on the same
     static tensors, so everything around the graph is what a GPU runs."""
 
-    def __init__(self, fails: bool = False) -> None:
+    def __init__(self, failure: str | None = None) -> None:
         self.captures = 0
-        self.fails = fails
+        self.failure = failure
+        """"capture": the capture raises; "replay": a replay gives other logits (a graph reading
+        memory it does not own)."""
 
     def __call__(self, step: Step, device: torch.device) -> Step:
         self.captures += 1
-        if self.fails:
+        if self.failure == "capture":
             raise RuntimeError("operation not permitted when stream is capturing")
         step()
-        return step
+        return (lambda: step() + 1.0) if self.failure == "replay" else step
 
 
 @SAMPLINGS
@@ -298,16 +300,20 @@ def test_graphed_steps_mask_each_rows_text_padding(tiny_lm: tp.Any) -> None:
     assert max_difference(logits, fast_logits(tiny_lm, batch, feeds, False)) < TOLERANCE
 
 
-def test_a_failed_capture_turns_graphs_off_with_one_log_line(tiny_lm: tp.Any, caplog: pytest.LogCaptureFixture) -> None:
-    capture = EagerReplay(fails=True)
+@pytest.mark.parametrize(
+    ("failure", "why"),
+    [("capture", "RuntimeError: operation not permitted when stream is capturing"),
+     ("replay", "RuntimeError: a replay gives other logits than the eager step")],
+)
+def test_a_failed_capture_turns_graphs_off_with_one_log_line(
+    tiny_lm: tp.Any, caplog: pytest.LogCaptureFixture, failure: str, why: str
+) -> None:
+    capture = EagerReplay(failure)
     graphed = GraphedDecoder(tiny_lm, capture)
     params = SamplingParams(top_k=50)
     with caplog.at_level(logging.INFO, logger="generation.graphs"):
         tokens = [generated(graphed, DESCRIPTIONS[:n], 20, params, (1, 2)[:n]) for n in (2, 1)]
 
-    assert [r.getMessage() for r in caplog.records] == [
-        "CUDA graphs off, decoding steps run eagerly: the capture failed: "
-        "RuntimeError: operation not permitted when stream is capturing"
-    ]
+    assert [r.getMessage() for r in caplog.records] == [f"CUDA graphs off, decoding steps run eagerly: {why}"]
     assert capture.captures == 1 and not graphed.graphed
     assert torch.equal(tokens[0], generated(FastDecoder(tiny_lm), DESCRIPTIONS, 20, params, (1, 2)))
