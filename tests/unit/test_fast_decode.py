@@ -317,3 +317,18 @@ def test_a_failed_capture_turns_graphs_off_with_one_log_line(
     assert [r.getMessage() for r in caplog.records] == [f"CUDA graphs off, decoding steps run eagerly: {why}"]
     assert capture.captures == 1 and not graphed.graphed
     assert torch.equal(tokens[0], generated(FastDecoder(tiny_lm), DESCRIPTIONS, 20, params, (1, 2)))
+
+
+def test_graphs_under_autocast_keep_their_own_precision(tiny_lm: tp.Any) -> None:
+    # As on a GPU, where steps run under float16 autocast: the static cache takes autocast's precision,
+    # and a batch in another precision gets graphs of its own instead of reading the wrong buffers.
+    capture = EagerReplay()
+    graphed = GraphedDecoder(tiny_lm, capture)
+    params = SamplingParams(top_k=1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = generated(graphed, DESCRIPTIONS, 20, params, (1, 2))
+    assert graphed.graphed and bool(((low >= 0) & (low < tiny_lm.card)).all())
+
+    full = generated(graphed, DESCRIPTIONS, 20, params, (1, 2))
+    assert torch.equal(full, generated(FastDecoder(tiny_lm), DESCRIPTIONS, 20, params, (1, 2)))
+    assert capture.captures == 2 and graphed.graphs == 1  # the float32 cache replaced the bfloat16 one
