@@ -13,8 +13,9 @@ runs in the graph of the smallest bucket of `BATCH_BUCKETS` that holds it (its e
 a dummy step whose output is dropped), its pattern steps rounded up to `STEP_ROUNDING` and its
 text tokens to `TEXT_ROUNDING` (the steps and tokens past its own are masked). Every graph's static
 tensors are views of one set of buffers sized for the largest graph (only one batch decodes at a
-time); a larger graph grows them, which drops the graphs captured so far. Graphs share one memory
-pool for their intermediates. Each new graph is replayed once against the eager step. A batch
+time); a larger graph grows them, which drops the graphs captured so far. They stay allocated
+between batches: the decoder holds the KV cache of the largest batch it has run (as that batch
+itself needed). Graphs share one memory pool for their intermediates. Each new graph is replayed once against the eager step. A batch
 past the largest bucket, or any batch once a capture has failed or a replay disagreed (logged
 once, with why), runs the same fixed-shape step eagerly.
 
