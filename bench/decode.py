@@ -12,7 +12,9 @@ float16 transformer under autocast on CUDA, float32 on CPU.
 
 One line per batch size: seconds of audio generated per wall second for each decoder, their ratio,
 peak memory (CUDA: `max_memory_allocated`; CPU: the most the process's resident memory grew during
-the run, sampled every 2 ms), and whether the tokens were identical. The last line of each shape:
+the run, sampled every 2 ms), whether the tokens were identical, and how the fast decoder ran its
+steps (`fast_steps=cuda_graphs` where they replayed CUDA graphs, `generation.graphs`; else `eager`,
+and on CUDA the log line saying why). The last line of each shape:
 `fast/eager at batch B (SHAPE, DEVICE): R.RRx; tokens identical: yes|no`, B the largest batch.
 """
 
@@ -32,6 +34,7 @@ import torch
 
 from bench.gpu import build_engine, is_cuda
 from generation.engine import GenerationRequest, MusicGenEngine, SamplingParams
+from generation.graphs import GraphedDecoder
 from generation.model import MEDIUM, SMALL, TINY, ModelShape
 
 SHAPES: dict[str, ModelShape] = {"tiny": TINY, "small": SMALL, "medium": MEDIUM}
@@ -59,6 +62,8 @@ class Comparison:
     audio_seconds: float
     eager: Run
     fast: Run
+    fast_steps: str
+    """"cuda_graphs" or "eager"."""
 
     @property
     def ratio(self) -> float:
@@ -78,6 +83,7 @@ class Comparison:
             ("fast_audio_s_per_s", f"{self.audio_seconds / self.fast.wall_seconds:.2f}"),
             (f"eager_{memory}", f"{self.eager.peak_bytes / MB:.0f}"), (f"fast_{memory}", f"{self.fast.peak_bytes / MB:.0f}"),
             ("fast_over_eager", f"{self.ratio:.2f}"), ("tokens_identical", "yes" if self.identical else "no"),
+            ("fast_steps", self.fast_steps),
         )
         return "decode " + " ".join(f"{key}={value}" for key, value in pairs)
 
@@ -151,6 +157,8 @@ def peak_memory(device: str) -> Iterator[Callable[[], int]]:
 
 
 def timed(engine: MusicGenEngine, requests: list[GenerationRequest], device: str, repeats: int) -> Run:
+    if is_cuda(device):  # the CUDA graphs of this batch size and length captured out of the timings, as a worker has them
+        engine.generate_tokens(requests, SamplingParams())
     timings, peaks, codes = [], [], torch.empty(0)
     for _ in range(repeats):
         with peak_memory(device) as peak:
@@ -174,10 +182,9 @@ def compare(shape: str, device: str, batches: Sequence[int], seconds: float, rep
     results = []
     for batch in batches:
         requests = [GenerationRequest(f"dusty boom bap drums, take {i}", seconds, seed=i) for i in range(batch)]
-        comparison = Comparison(
-            shape, device, batch, batch * seconds,
-            timed(eager, requests, device, repeats), timed(fast, requests, device, repeats),
-        )
+        eager_run, fast_run = timed(eager, requests, device, repeats), timed(fast, requests, device, repeats)
+        graphed = isinstance(fast.fast, GraphedDecoder) and fast.fast.graphed
+        comparison = Comparison(shape, device, batch, batch * seconds, eager_run, fast_run, "cuda_graphs" if graphed else "eager")
         print(comparison.line(), flush=True)
         results.append(comparison)
     return results

@@ -18,6 +18,7 @@ import torch
 
 from .config import Decoder
 from .fast_decode import FastDecoder, unsupported_reason
+from .graphs import GraphedDecoder
 from .model import load_musicgen
 from .sampling import SamplingParams
 
@@ -57,14 +58,16 @@ class GeneratedTokens:
 
 class MusicGenEngine:
     def __init__(self, model: tp.Any, name: str, decoder: Decoder = "fast") -> None:
-        """`decoder`: "fast" (`generation.fast_decode`) unless the model needs audiocraft's own loop."""
+        """`decoder`: "fast" (`generation.fast_decode`; its steps replayed as CUDA graphs on a GPU,
+        `generation.graphs`) unless the model needs audiocraft's own loop."""
         self.model = model
         self.name = name
         self.fast: FastDecoder | None = None
         if decoder == "fast":
             reason = unsupported_reason(model.lm)
             if reason is None:
-                self.fast = FastDecoder(model.lm)
+                on_cuda = next(model.lm.parameters()).device.type == "cuda"
+                self.fast = GraphedDecoder(model.lm) if on_cuda else FastDecoder(model.lm)
             else:
                 log.warning("%s: audiocraft's decoder instead of the fast one: %s", name, reason)
 
@@ -210,7 +213,7 @@ class MusicGenEngine:
         """Tokens [B, K, T] from audiocraft's own decoding loop, sampled with LoopJam's row generators."""
         self.model.set_generation_params(
             use_sampling=True, top_k=params.top_k, top_p=params.top_p, temperature=params.temperature,
-            duration=total_frames / self.frame_rate, cfg_coef=params.cfg_coef,
+            duration=self._audiocraft_duration(total_frames), cfg_coef=params.cfg_coef,
         )
         self.model.set_custom_progress_callback(on_step)
         lm = self.model.lm
@@ -221,6 +224,14 @@ class MusicGenEngine:
         finally:
             lm.row_generators = None
             self.model.set_custom_progress_callback(None)
+
+    def _audiocraft_duration(self, frames: int) -> float:
+        """The duration audiocraft turns back into exactly `frames` frames: it truncates
+        `duration * frame_rate`, and 29 / 50 * 50 is 28.999... (73 frame counts up to 30 s)."""
+        duration = frames / self.frame_rate
+        while int(duration * self.frame_rate) < frames:
+            duration = math.nextafter(duration, math.inf)
+        return duration
 
     def decode_row(self, codes: torch.Tensor, prompt_frames: int, frames: int) -> np.ndarray:
         """One request's tokens [K, T] -> its new audio [C, frames * hop] float32, after its prompt.

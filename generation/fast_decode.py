@@ -113,14 +113,21 @@ class DecodeState:
 
 
 class FastDecoder:
-    """Decoding of one loaded audiocraft `LMModel`, sharing its modules (see the module's docstring)."""
+    """Decoding of one loaded audiocraft `LMModel`, sharing its modules (see the module's docstring).
 
-    def __init__(self, lm: LMModel) -> None:
+    `fixed_shape`: one-step feeds attend over the whole cache (`RowPositions` at every row's
+    position, the steps not written yet masked), so every tensor of a step has the same shape at
+    every position, as a CUDA graph needs (`generation.graphs`). Off (the CPU default), a step
+    attends to the cache up to its position only: less work, and CPU has no graphs to gain.
+    """
+
+    def __init__(self, lm: LMModel, fixed_shape: bool = False) -> None:
         reason = unsupported_reason(lm)
         if reason is not None:
             raise ValueError(f"the fast decoder cannot run this model: {reason}")
         self.lm = lm
         self.layers = tp.cast(list[StreamingTransformerLayer], list(lm.transformer.layers))
+        self.fixed_shape = fixed_shape
 
     def conditions(self, attributes: tp.Sequence[ConditioningAttributes]) -> ConditionTensors:
         """The conditioning of B requests then their null twins (2 B rows), as `LMModel.generate` makes it."""
@@ -130,8 +137,12 @@ class FastDecoder:
 
     def start(self, condition_tensors: ConditionTensors, rows: int, steps: int) -> DecodeState:
         """A state for `rows` rows and up to `steps` steps, its cross-attention projected once."""
+        return self.state_for(self.project_conditions(condition_tensors), rows, steps)
+
+    def state_for(self, projected: tuple[CrossCache, torch.Tensor] | None, rows: int, steps: int) -> DecodeState:
+        """A state with a new zeroed cache for `rows` rows and `steps` steps and conditioning
+        `projected` as `project_conditions` gives it."""
         keys, values = self.empty_cache(rows, steps)
-        projected = self.project_conditions(condition_tensors)
         if projected is None:
             return DecodeState(keys, values, None, None)
         cross, mask = projected
@@ -143,14 +154,21 @@ class FastDecoder:
         Zeroed, not empty: a row masks the positions it has not written, and a masked NaN left in
         memory would still turn its attention output into NaN.
         """
-        weight = self.layers[0].self_attn.in_proj_weight
-        # Keys come out of the projection in autocast's precision where it is on (float16 on a GPU).
-        on = torch.is_autocast_enabled(weight.device.type)
-        dtype = torch.get_autocast_dtype(weight.device.type) if on else weight.dtype
         heads = self.layers[0].self_attn.num_heads
         shape = (len(self.layers), rows, heads, steps, self.lm.dim // heads)
-        keys = torch.zeros(shape, device=weight.device, dtype=dtype)
+        keys = torch.zeros(shape, device=self.device, dtype=self.cache_dtype())
         return keys, torch.zeros_like(keys)
+
+    @property
+    def device(self) -> torch.device:
+        return self.layers[0].self_attn.in_proj_weight.device
+
+    def cache_dtype(self) -> torch.dtype:
+        """The precision keys and values come out of their projection in: autocast's where it is
+        on (float16 on a GPU), else the weights'."""
+        weight = self.layers[0].self_attn.in_proj_weight
+        on = torch.is_autocast_enabled(weight.device.type)
+        return torch.get_autocast_dtype(weight.device.type) if on else weight.dtype
 
     def project_conditions(self, condition_tensors: ConditionTensors) -> tuple[CrossCache, torch.Tensor] | None:
         """Per layer, the conditioning's cross-attention (keys, values) [R, H, L, d], and its
@@ -158,10 +176,9 @@ class FastDecoder:
         lm = self.lm
         if self.layers[0].cross_attention is None:
             return None
-        device = self.layers[0].self_attn.in_proj_weight.device
         rows = next(iter(condition_tensors.values()))[0].shape[0]
         # The fuser concatenates every cross-attended condition (and adds positions if configured).
-        _, source = lm.fuser(torch.zeros(rows, 0, lm.dim, device=device), condition_tensors)
+        _, source = lm.fuser(torch.zeros(rows, 0, lm.dim, device=self.device), condition_tensors)
         mask = torch.cat([m for name, (_, m) in condition_tensors.items() if lm.fuser.cond2fuse[name] == "cross"], 1)
         return [_cross_keys_values(_cross_module(layer), source) for layer in self.layers], mask.bool()
 
@@ -173,7 +190,10 @@ class FastDecoder:
         steps = codes.shape[-1]
         if steps > 1 and state.length > 0:
             raise ValueError("several steps at once only as the first feed")
-        logits = self.step(codes, state.keys, state.values, state.cross, state.cross_mask, state.length)
+        start: int | RowPositions = state.length
+        if self.fixed_shape and steps == 1:
+            start = RowPositions(torch.full((codes.shape[0],), state.length, device=codes.device), state.keys.shape[3])
+        logits = self.step(codes, state.keys, state.values, state.cross, state.cross_mask, start)
         state.length += steps
         return logits
 

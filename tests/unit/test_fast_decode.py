@@ -2,7 +2,10 @@
 
 Teacher forcing: the same pattern sequence goes step by step through audiocraft's streaming LM
 and through `FastDecoder`, and the logits of every step must agree within 1e-4. Then whole
-generations: greedy and seeded sampling must give the same tokens on both paths.
+generations: greedy and seeded sampling must give the same tokens on both paths. The fixed-shape
+step that CUDA graphs capture (`generation.graphs`) must agree with the CPU's step the same way,
+and the graphs' bookkeeping (buckets, static buffers shared and reused across batches, the
+fallback when a capture fails) is checked here with a stand-in that replays a step eagerly.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from audiocraft.modules.conditioners import ClassifierFreeGuidanceDropout, Condi
 
 from generation.engine import GenerationRequest, MusicGenEngine, SamplingParams
 from generation.fast_decode import ConditionTensors, FastDecoder
+from generation.graphs import GraphedDecoder, Step
 from generation.model import SMALL, build_random_lm, load_musicgen
 
 TOLERANCE = 1e-4
@@ -64,11 +68,13 @@ def eager_logits(lm: tp.Any, conditions: ConditionTensors, feeds: tp.Iterable[to
     return out
 
 
-def fast_logits(lm: tp.Any, conditions: ConditionTensors, feeds: tp.Sequence[torch.Tensor], cfg: bool) -> list[torch.Tensor]:
-    decoder = FastDecoder(lm)
+def fast_logits(lm: tp.Any, conditions: ConditionTensors, feeds: tp.Sequence[torch.Tensor], cfg: bool,
+                decoder: FastDecoder | None = None) -> list[torch.Tensor]:
+    """`decoder`'s logits for `feeds` (by default a `FastDecoder` with today's sliced step)."""
+    decoder = decoder or FastDecoder(lm)
     rows = feeds[0].shape[0] * (2 if cfg else 1)
-    state = decoder.start(conditions, rows, sum(f.shape[-1] for f in feeds))
     with torch.no_grad():
+        state = decoder.start(conditions, rows, sum(f.shape[-1] for f in feeds))
         if cfg:
             return [decoder.guided_logits(codes, state, CFG_COEF) for codes in feeds]
         return [decoder.forward(codes, state) for codes in feeds]
@@ -153,13 +159,22 @@ def engines(tiny_model_dir) -> tuple[MusicGenEngine, MusicGenEngine]:
 )
 def test_both_decoders_give_the_same_tokens(engines: tuple[MusicGenEngine, MusicGenEngine], params: SamplingParams) -> None:
     fast, eager = engines
-    assert fast.fast is not None and eager.fast is None
+    assert type(fast.fast) is FastDecoder and eager.fast is None  # no CUDA graphs on CPU
     requests = [GenerationRequest(d, duration, seed) for d, duration, seed in zip(DESCRIPTIONS, (1.0, 0.6), (3, 4))]
     tokens = fast.generate_tokens(requests, params)
     assert torch.equal(tokens.codes, eager.generate_tokens(requests, params).codes)
     # Seeded sampling: each row is its own seed's, whatever its batch-mates.
     alone = fast.generate_tokens(requests[1:], params)
     assert torch.equal(tokens.codes[1:, :, : tokens.frames[1]], alone.codes[:, :, : alone.frames[0]])
+
+
+def test_both_decoders_run_every_frame_of_a_duration_that_rounds_down(engines: tuple[MusicGenEngine, MusicGenEngine]) -> None:
+    # 0.5 s keeps 25 frames and runs 29 (4 past, for the delay pattern); 29 / 50 * 50 < 29 in floating point.
+    fast, eager = engines
+    requests = [GenerationRequest(DESCRIPTIONS[0], 0.5, 1)]
+    tokens = fast.generate_tokens(requests, SamplingParams(top_k=50))
+    assert tokens.codes.shape[-1] == 29
+    assert torch.equal(tokens.codes, eager.generate_tokens(requests, SamplingParams(top_k=50)).codes)
 
 
 def test_continuations_give_the_same_tokens(engines: tuple[MusicGenEngine, MusicGenEngine]) -> None:
@@ -195,3 +210,125 @@ def test_the_fast_decoder_runs_under_autocast(engines: tuple[MusicGenEngine, Mus
         codes = decoder.generate(attributes(DESCRIPTIONS[:1]), None, 20, SamplingParams(), generators)
     assert codes.shape == (1, decoder.lm.num_codebooks, 20)
     assert bool(((codes >= 0) & (codes < decoder.lm.card)).all())
+
+
+@pytest.mark.parametrize(
+    ("shape", "frames", "prompt_frames", "cfg"),
+    [("tiny", 40, 0, True), ("tiny", 40, 12, False), ("small", 6, 3, True)],
+    ids=["tiny-cfg", "tiny-prompt-no-cfg", "small-prompt-cfg"],
+)
+def test_the_fixed_shape_step_gives_the_logits_of_the_sliced_step(
+    request, shape: str, frames: int, prompt_frames: int, cfg: bool
+) -> None:
+    lm = request.getfixturevalue(f"{shape}_lm")
+    conditions = text_conditions(lm, DESCRIPTIONS, cfg)
+    feeds = list(pattern_feeds(lm, len(DESCRIPTIONS), frames, prompt_frames, seed=frames))
+
+    fixed = fast_logits(lm, conditions, feeds, cfg, FastDecoder(lm, fixed_shape=True))
+    assert max_difference(fixed, fast_logits(lm, conditions, feeds, cfg)) < TOLERANCE
+
+
+def generated(decoder: FastDecoder, descriptions: tp.Sequence[str], frames: int, params: SamplingParams,
+              seeds: tp.Sequence[int], prompt: torch.Tensor | None = None) -> torch.Tensor:
+    generators = [torch.Generator().manual_seed(seed) for seed in seeds]
+    with torch.no_grad():
+        return decoder.generate(attributes(descriptions), prompt, frames, params, generators)
+
+
+SAMPLINGS = pytest.mark.parametrize(
+    "params", [SamplingParams(top_k=1), SamplingParams(top_k=50)], ids=["greedy", "sampled"]
+)
+
+
+@SAMPLINGS
+@pytest.mark.parametrize(("shape", "frames"), [("tiny", 40), ("small", 6)])
+def test_fixed_shape_generations_give_the_same_tokens(request, shape: str, frames: int, params: SamplingParams) -> None:
+    lm = request.getfixturevalue(f"{shape}_lm")
+    fixed = generated(FastDecoder(lm, fixed_shape=True), DESCRIPTIONS, frames, params, (3, 4))
+    assert torch.equal(fixed, generated(FastDecoder(lm), DESCRIPTIONS, frames, params, (3, 4)))
+
+
+class EagerReplay:
+    """Stands in for `graphs.CudaGraphCapture` on CPU: a replay runs the step again, on the same
+    static tensors, so everything around the graph is what a GPU runs."""
+
+    def __init__(self, failure: str | None = None) -> None:
+        self.captures = 0
+        self.failure = failure
+        """"capture": the capture raises; "replay": a replay gives other logits (a graph reading
+        memory it does not own)."""
+
+    def __call__(self, step: Step, device: torch.device) -> Step:
+        self.captures += 1
+        if self.failure == "capture":
+            raise RuntimeError("operation not permitted when stream is capturing")
+        step()
+        return (lambda: step() + 1.0) if self.failure == "replay" else step
+
+
+@SAMPLINGS
+def test_graphed_steps_give_the_same_tokens_and_graphs_are_reused_across_batches(
+    tiny_lm: tp.Any, params: SamplingParams
+) -> None:
+    capture = EagerReplay()
+    graphed, sliced = GraphedDecoder(tiny_lm, capture), FastDecoder(tiny_lm)
+    prompt = torch.randint(0, tiny_lm.card, (2, tiny_lm.num_codebooks, 12), generator=torch.Generator().manual_seed(0))
+    # (descriptions, frames, seeds, prompt): 3 requests pad to a bucket of 4, then smaller batches
+    # and another length reuse the buffers sized for it and a graph already captured.
+    batches = [
+        (["a", "dusty boom bap drums", "a jazz trio with a long description of many words"], 30, (1, 2, 3), None),
+        (DESCRIPTIONS[:1], 40, (4,), None),
+        (DESCRIPTIONS, 24, (5, 6), prompt),
+        (["b", "c", "d"], 20, (7, 8, 9), None),
+    ]
+    for descriptions, frames, seeds, start in batches:
+        tokens = generated(graphed, descriptions, frames, params, seeds, start)
+        assert graphed.graphed
+        assert torch.equal(tokens, generated(sliced, descriptions, frames, params, seeds, start))
+    assert capture.captures == graphed.graphs == 3  # bucket 4, bucket 1, bucket 2; the last batch reuses bucket 4's
+
+
+def test_graphed_steps_mask_each_rows_text_padding(tiny_lm: tp.Any) -> None:
+    # Text of 3, 9 and 5 tokens (as T5 gives): the graph's rows and text run past the batch's,
+    # padded to a bucket of 4 rows and 32 tokens, and none of it may reach a real row.
+    batch, *_ = padded_conditions(tiny_lm, (3, 9, 5), seed=1)
+    feeds = list(pattern_feeds(tiny_lm, 3, 30, 0, seed=1))
+    graphed = GraphedDecoder(tiny_lm, EagerReplay())
+
+    logits = fast_logits(tiny_lm, batch, feeds, False, graphed)
+    assert graphed.graphed
+    assert max_difference(logits, fast_logits(tiny_lm, batch, feeds, False)) < TOLERANCE
+
+
+@pytest.mark.parametrize(
+    ("failure", "why"),
+    [("capture", "RuntimeError: operation not permitted when stream is capturing"),
+     ("replay", "RuntimeError: a replay gives other logits than the eager step")],
+)
+def test_a_failed_capture_turns_graphs_off_with_one_log_line(
+    tiny_lm: tp.Any, caplog: pytest.LogCaptureFixture, failure: str, why: str
+) -> None:
+    capture = EagerReplay(failure)
+    graphed = GraphedDecoder(tiny_lm, capture)
+    params = SamplingParams(top_k=50)
+    with caplog.at_level(logging.INFO, logger="generation.graphs"):
+        tokens = [generated(graphed, DESCRIPTIONS[:n], 20, params, (1, 2)[:n]) for n in (2, 1)]
+
+    assert [r.getMessage() for r in caplog.records] == [f"CUDA graphs off, decoding steps run eagerly: {why}"]
+    assert capture.captures == 1 and not graphed.graphed
+    assert torch.equal(tokens[0], generated(FastDecoder(tiny_lm), DESCRIPTIONS, 20, params, (1, 2)))
+
+
+def test_graphs_under_autocast_keep_their_own_precision(tiny_lm: tp.Any) -> None:
+    # As on a GPU, where steps run under float16 autocast: the static cache takes autocast's precision,
+    # and a batch in another precision gets graphs of its own instead of reading the wrong buffers.
+    capture = EagerReplay()
+    graphed = GraphedDecoder(tiny_lm, capture)
+    params = SamplingParams(top_k=1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = generated(graphed, DESCRIPTIONS, 20, params, (1, 2))
+    assert graphed.graphed and bool(((low >= 0) & (low < tiny_lm.card)).all())
+
+    full = generated(graphed, DESCRIPTIONS, 20, params, (1, 2))
+    assert torch.equal(full, generated(FastDecoder(tiny_lm), DESCRIPTIONS, 20, params, (1, 2)))
+    assert capture.captures == 2 and graphed.graphs == 1  # the float32 cache replaced the bfloat16 one
