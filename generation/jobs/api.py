@@ -202,4 +202,4 @@ class QueueStatus:
     """Models the workers have loaded."""
     eta_by_position: list[float | None] = field(default_factory=list)
     """`eta_by_position[i]`: seconds until position i + 1 would be done (None: no timings yet)."""
-    seconds_per_batch: float | None = None
+    seconds_per_job: float | None = None

@@ -30,8 +30,8 @@ from .outage import QueueDatabase, retry_delays
 
 log = logging.getLogger(__name__)
 
-RECENT_BATCHES = 20
-"""How many recent batch timings the ETA is estimated from."""
+RECENT_JOBS = 20
+"""How many recent jobs' timings (from a worker taking one to its outcome) the ETA is estimated from."""
 
 
 class Dispatcher:
@@ -46,7 +46,7 @@ class Dispatcher:
         self.running: dict[str, QueuedJob] = {}
         self._worker_free = asyncio.Event()
         self._arrived = asyncio.Event()
-        self._batch_seconds: deque[float] = deque(maxlen=RECENT_BATCHES)
+        self._job_seconds: deque[float] = deque(maxlen=RECENT_JOBS)
         self._suggested_batch_size: int | None = None
 
     # --- what the rest of the service tells it ------------------------------------------------
@@ -67,10 +67,8 @@ class Dispatcher:
         self._suggested_batch_size = suggested_batch_size
         self._worker_free.set()
 
-    def batch_finished(self, seconds: float | None = None) -> None:
-        """A worker is free again; `seconds`: how long its batch took, for the ETA."""
-        if seconds is not None:
-            self._batch_seconds.append(seconds)
+    def batch_finished(self) -> None:
+        """A worker is free again."""
         self._worker_free.set()
 
     # --- dispatching --------------------------------------------------------------------------
@@ -94,8 +92,11 @@ class Dispatcher:
             else:
                 delays = retry_delays()
 
-    def job_left(self) -> None:
-        """A running job finished or failed: its batch may have room for another."""
+    def job_left(self, job: QueuedJob | None) -> None:
+        """A running job finished or failed: its batch may have room for another; how long it took
+        counts for the ETA (None: a job this service no longer follows)."""
+        if job is not None and job.started_at is not None:
+            self._job_seconds.append(time.monotonic() - job.started_at)
         self._worker_free.set()
 
     async def _fill_free_workers(self) -> None:
@@ -153,7 +154,9 @@ class Dispatcher:
         if not jobs:
             self._worker_free.set()
             return
+        started = time.monotonic()
         for job in jobs:
+            job.started_at = started
             self.running[job.job_id] = job
         self.backend.run(batch_key, [job.item for job in jobs])
         for job in jobs:
@@ -169,13 +172,16 @@ class Dispatcher:
 
     # --- estimates ----------------------------------------------------------------------------
 
-    def seconds_per_batch(self) -> float | None:
-        return sum(self._batch_seconds) / len(self._batch_seconds) if self._batch_seconds else None
+    def seconds_per_job(self) -> float | None:
+        """How long a job takes once a worker has it (the recent jobs' mean)."""
+        return sum(self._job_seconds) / len(self._job_seconds) if self._job_seconds else None
 
     def eta(self, position: int) -> float | None:
-        """Seconds until the job at `position` is done: its batch and those before it, over the workers."""
-        per_batch = self.seconds_per_batch()
-        if per_batch is None:
+        """Seconds until the job at `position` is done: the workers decode a batch's worth of jobs
+        each at a time (joining as others leave, or batch after batch), each job `seconds_per_job`,
+        so the job's own decoding comes after the rounds of those before it that fill every slot."""
+        per_job = self.seconds_per_job()
+        if per_job is None:
             return None
-        batches = math.ceil(position / self.batch_size())
-        return batches * per_batch / max(1, self.backend.workers_alive())
+        slots = self.batch_size() * max(1, self.backend.workers_alive())
+        return math.ceil(position / slots) * per_job

@@ -15,6 +15,8 @@ class QueuedJob:
     item: WorkItem
     user_id: int
     queued_at: float = field(default_factory=time.monotonic)
+    started_at: float | None = None
+    """When a worker was given it (monotonic); None while it waits."""
 
     @property
     def job_id(self) -> str:

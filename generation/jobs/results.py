@@ -89,7 +89,7 @@ class ResultApplier:
                     self.bus.publish(JobProgress(job_id, stage, event.percent))
         elif isinstance(event, WorkDone):
             stored = await self.database.retry(store_loops, event)
-            self.dispatcher.job_left()
+            self.dispatcher.job_left(running.get(event.job_id))
             if stored and (job := running.pop(event.job_id, None)) is not None:
                 discard_upload(job, self.data_dir)
                 self.bus.publish(JobDone(
@@ -99,8 +99,8 @@ class ResultApplier:
                 ))
         elif isinstance(event, WorkFailed):
             failed = await self.database.retry(fail_request, event.job_id, event.reason)
-            self.dispatcher.job_left()
             job = running.pop(event.job_id, None)
+            self.dispatcher.job_left(job)
             discard_upload(job, self.data_dir)
             if job is not None or failed:
                 self.bus.publish(JobFailed(event.job_id, event.reason))
@@ -109,9 +109,9 @@ class ResultApplier:
         elif isinstance(event, WorkReturned):
             handed_back = await self.database.retry(hand_back_running, event.job_ids)
             self._requeue([job_id for job_id in event.job_ids if job_id in handed_back])
-            self.dispatcher.job_left()
+            self.dispatcher.job_left(None)
         elif isinstance(event, BatchFinished):
-            self.dispatcher.batch_finished(event.seconds)
+            self.dispatcher.batch_finished()
             self.bus.publish_batch(event.jobs, event.seconds)
         elif isinstance(event, WorkerReady):
             self.dispatcher.worker_ready(event.batch_size)

@@ -219,7 +219,7 @@ class QueueService:
         return QueueStatus(
             depth=depth, running=len(dispatcher.running), workers_alive=self.backend.workers_alive(),
             models=self.backend.models(), eta_by_position=[dispatcher.eta(p) for p in range(1, depth + 1)],
-            seconds_per_batch=dispatcher.seconds_per_batch(),
+            seconds_per_job=dispatcher.seconds_per_job(),
         )
 
     def position(self, job_id: str) -> int | None:
