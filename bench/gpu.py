@@ -12,8 +12,8 @@ float16 autocast.
 
 Measured, each with the peak of `torch.cuda.max_memory_allocated`:
 - the engine alone (`MusicGenEngine.generate`) at batch 1, 8 and 16, `--seconds` per request;
-- the worker's path (`LoopMaker.make`: candidates, the loop engine in the worker's loop-engine
-  processes, retries) over 8 loop requests of
+- the worker's path (continuous batching as the worker runs it, `ContinuousLoops`: candidates, the
+  loop engine in the worker's loop-engine processes, retries) over 8 loop requests of
   `--bars` bars at `--bpm`, with the worker's default `[generation]` settings unless
   `--candidates` / `--retries` say otherwise.
 
@@ -27,12 +27,14 @@ import argparse
 import statistics
 import sys
 import time
+import typing as tp
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 import torch
 
 from generation.config import GenerationSettings, LoopSettings
+from generation.continuous_loops import ContinuousLoops
 from generation.engine import GenerationRequest, MusicGenEngine, SamplingParams
 from generation.loop.parallel import LoopProcesses, auto_processes
 from generation.model import MEDIUM, SMALL, TINY, ModelShape, build_random_musicgen_parts
@@ -151,6 +153,18 @@ def warm_up(engine: MusicGenEngine, maker: LoopMaker) -> None:
     maker.make([LoopSpec("warm up", LoopShape(120.0, 1), seed=0, exact_seed=True)])
 
 
+def continuously(maker: LoopMaker, specs: Sequence[LoopSpec]) -> list[LoopOutcome]:
+    """One loop per spec as the worker makes them: every request joining one `ContinuousLoops` with
+    the worker's slots (its batch size times the candidates per loop)."""
+    loops = ContinuousLoops(maker, specs[0].params, len(specs) * maker.generation.candidates)
+    for index, spec in enumerate(specs):
+        loops.join(index, [spec])
+    finished: dict[tp.Hashable, LoopOutcome] = {}
+    while len(loops):
+        finished.update((left.key, left.outcomes[0]) for left in loops.step())
+    return [finished[index] for index in range(len(specs))]
+
+
 def measure_worker(maker: LoopMaker, device: str, repeats: int, bars: int, bpm: float) -> Measurement:
     """The worker's path for one batch of loop requests.
 
@@ -161,7 +175,7 @@ def measure_worker(maker: LoopMaker, device: str, repeats: int, bars: int, bpm: 
     outcomes: list[LoopOutcome] = []
 
     def run() -> float:
-        outcomes[:] = maker.make(specs)
+        outcomes[:] = continuously(maker, specs)
         return request_seconds * sum(outcome.candidates_tried for outcome in outcomes)
 
     measured = measure("worker", WORKER_BATCH, device, repeats, run)
