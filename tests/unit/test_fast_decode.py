@@ -17,10 +17,11 @@ from collections.abc import Iterator
 import pytest
 import torch
 from audiocraft.modules.conditioners import ClassifierFreeGuidanceDropout, ConditioningAttributes
+from eager_replay import EagerReplay
 
 from generation.engine import GenerationRequest, MusicGenEngine, SamplingParams
 from generation.fast_decode import ConditionTensors, FastDecoder
-from generation.graphs import GraphedDecoder, Step
+from generation.graphs import GraphedDecoder
 from generation.model import SMALL, build_random_lm, load_musicgen
 
 TOLERANCE = 1e-4
@@ -246,24 +247,6 @@ def test_fixed_shape_generations_give_the_same_tokens(request, shape: str, frame
     lm = request.getfixturevalue(f"{shape}_lm")
     fixed = generated(FastDecoder(lm, fixed_shape=True), DESCRIPTIONS, frames, params, (3, 4))
     assert torch.equal(fixed, generated(FastDecoder(lm), DESCRIPTIONS, frames, params, (3, 4)))
-
-
-class EagerReplay:
-    """Stands in for `graphs.CudaGraphCapture` on CPU: a replay runs the step again, on the same
-    static tensors, so everything around the graph is what a GPU runs."""
-
-    def __init__(self, failure: str | None = None) -> None:
-        self.captures = 0
-        self.failure = failure
-        """"capture": the capture raises; "replay": a replay gives other logits (a graph reading
-        memory it does not own)."""
-
-    def __call__(self, step: Step, device: torch.device) -> Step:
-        self.captures += 1
-        if self.failure == "capture":
-            raise RuntimeError("operation not permitted when stream is capturing")
-        step()
-        return (lambda: step() + 1.0) if self.failure == "replay" else step
 
 
 @SAMPLINGS
