@@ -231,7 +231,8 @@ class SlotBatch:
             grown.append((new_keys, new_values))
         self._cross = grown
         # The rows of a slot never admitted attend to all of their (zero) text: a graph's step feeds
-        # them, and a row attending to nothing would give NaN (and fail the graph's check).
+        # them, and a row attending to nothing is NaN in some CUDA attention kernels (pytorch#110213),
+        # which would fail the graph's check against the eager step (torch's CPU kernels give zeros).
         self._text_mask = attended(torch.nn.functional.pad(self._text_mask, (0, max(tokens, have) - have), value=False))
         for index, slot in enumerate(self._slots):
             if slot is not None:
