@@ -97,7 +97,8 @@ def test_a_request_that_joins_graphed_steps_gets_its_audio_alone(
     tiny_model_dir, tiny_engine: MusicGenEngine
 ) -> None:
     engine = MusicGenEngine(load_musicgen(str(tiny_model_dir), "cpu"), "graphed", "fast")
-    engine.fast = GraphedDecoder(engine.model.lm, EagerReplay())  # as on CUDA, with the stand-in capture
+    capture = EagerReplay()
+    engine.fast = GraphedDecoder(engine.model.lm, capture)  # as on CUDA, with the stand-in capture
     prompt = np.random.default_rng(0).standard_normal((1, engine.sample_rate // 4)).astype(np.float32) * 0.1
     requests = {
         "first": GenerationRequest("dusty boom bap drums", 0.5, seed=1),
@@ -116,6 +117,7 @@ def test_a_request_that_joins_graphed_steps_gets_its_audio_alone(
         done.update(batch.step())
 
     assert sorted(done) == ["continues", "first"] and batch.free == 3
+    assert capture.captures == 3  # 1 slot stepped, then all 3 (bucket 4 capped at the slot count), then 2
     for key, audio in done.items():
         assert np.array_equal(audio, tiny_engine.generate([requests[key]], PARAMS)[0]), key
 
