@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from generation.graphs import Step
+
+WHY_GRAPHS_ARE_OFF = {
+    "capture": "RuntimeError: operation not permitted when stream is capturing",
+    "replay": "RuntimeError: a replay gives other logits than the eager step",
+}
+"""By `EagerReplay.failure`: why graphs.py says it turned graphs off."""
+
+CAPTURE_FAILURES = pytest.mark.parametrize("failure", sorted(WHY_GRAPHS_ARE_OFF))
 
 
 class EagerReplay:
@@ -23,3 +32,9 @@ class EagerReplay:
             raise RuntimeError("operation not permitted when stream is capturing")
         step()
         return (lambda: step() + 1.0) if self.failure == "replay" else step
+
+    @property
+    def log_line(self) -> str:
+        """The one line graphs.py logs when this capture's failure turns graphs off."""
+        assert self.failure is not None
+        return f"CUDA graphs off, decoding steps run eagerly: {WHY_GRAPHS_ARE_OFF[self.failure]}"

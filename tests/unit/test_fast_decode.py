@@ -17,7 +17,7 @@ from collections.abc import Iterator
 import pytest
 import torch
 from audiocraft.modules.conditioners import ClassifierFreeGuidanceDropout, ConditioningAttributes
-from eager_replay import EagerReplay
+from eager_replay import CAPTURE_FAILURES, EagerReplay
 
 from generation.engine import GenerationRequest, MusicGenEngine, SamplingParams
 from generation.fast_decode import ConditionTensors, FastDecoder
@@ -283,13 +283,9 @@ def test_graphed_steps_mask_each_rows_text_padding(tiny_lm: tp.Any) -> None:
     assert max_difference(logits, fast_logits(tiny_lm, batch, feeds, False)) < TOLERANCE
 
 
-@pytest.mark.parametrize(
-    ("failure", "why"),
-    [("capture", "RuntimeError: operation not permitted when stream is capturing"),
-     ("replay", "RuntimeError: a replay gives other logits than the eager step")],
-)
+@CAPTURE_FAILURES
 def test_a_failed_capture_turns_graphs_off_with_one_log_line(
-    tiny_lm: tp.Any, caplog: pytest.LogCaptureFixture, failure: str, why: str
+    tiny_lm: tp.Any, caplog: pytest.LogCaptureFixture, failure: str
 ) -> None:
     capture = EagerReplay(failure)
     graphed = GraphedDecoder(tiny_lm, capture)
@@ -297,7 +293,7 @@ def test_a_failed_capture_turns_graphs_off_with_one_log_line(
     with caplog.at_level(logging.INFO, logger="generation.graphs"):
         tokens = [generated(graphed, DESCRIPTIONS[:n], 20, params, (1, 2)[:n]) for n in (2, 1)]
 
-    assert [r.getMessage() for r in caplog.records] == [f"CUDA graphs off, decoding steps run eagerly: {why}"]
+    assert [r.getMessage() for r in caplog.records] == [capture.log_line]
     assert capture.captures == 1 and not graphed.graphed
     assert torch.equal(tokens[0], generated(FastDecoder(tiny_lm), DESCRIPTIONS, 20, params, (1, 2)))
 
