@@ -150,7 +150,10 @@ class GraphedDecoder(FastDecoder):
         graph = None
         if bucket is not None and self.failure is None:
             tokens = None if projected is None else rounded(max(1, projected[1].shape[1]), TEXT_ROUNDING)
-            graph = self._graph(2 * bucket, rounded(steps, STEP_ROUNDING), tokens)
+            try:
+                graph = self._graph(2 * bucket, rounded(steps, STEP_ROUNDING), tokens)
+            except Exception as error:  # its static buffers (out of memory for a bucket's padding)
+                self._turn_off(error)
         self.graphed = graph is not None
         if graph is None:
             return self.state_for(projected, rows, steps)
@@ -216,12 +219,16 @@ class GraphedDecoder(FastDecoder):
             if not torch.allclose(replayed, step().float(), rtol=REPLAY_TOLERANCE, atol=REPLAY_TOLERANCE):
                 raise RuntimeError("a replay gives other logits than the eager step")
         except Exception as error:  # any capture failure: decoding goes on eagerly, never fails for it
-            self.failure = f"{type(error).__name__}: {error}"
-            log.warning("CUDA graphs off, decoding steps run eagerly: %s", self.failure)
-            self._graphs.clear()
-            self._buffers.clear()
+            self._turn_off(error)
             return None
         return replay
+
+    def _turn_off(self, error: Exception) -> None:
+        """Graphs off for good, with one log line saying why; every graph and static buffer dropped."""
+        self.failure = f"{type(error).__name__}: {error}"
+        log.warning("CUDA graphs off, decoding steps run eagerly: %s", self.failure)
+        self._graphs.clear()
+        self._buffers.clear()
 
     def _buffer(self, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
         """A view shaped `shape` of the buffer every graph's `name` tensors share; growing it (or
