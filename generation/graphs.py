@@ -19,6 +19,9 @@ itself needed). Graphs share one memory pool for their intermediates. Each new g
 past the largest bucket, or any batch once a capture has failed or a replay disagreed (logged
 once, with why), runs the same fixed-shape step eagerly.
 
+Continuous batching (`generation.slots.SlotBatch`) replays graphs of its own, over its own cache,
+through the same capture, check and fail-safe (`GraphedDecoder.captured`) and buckets.
+
 The engine uses `GraphedDecoder` on CUDA only: on CPU it is never entered. Shapes: Rb rows of a
 bucket (2 b), K codebooks, card the codebook size, Sb cache steps, Lb text tokens, H heads of d
 channels.
@@ -143,20 +146,17 @@ class GraphedDecoder(FastDecoder):
 
     def start(self, condition_tensors: ConditionTensors, rows: int, steps: int) -> DecodeState:
         projected = self.project_conditions(condition_tensors)
-        bucket = next((2 * b for b in BATCH_BUCKETS if 2 * b >= rows), None)
-        self.graphed = False
-        if bucket is None or self.failure is not None:
+        bucket = batch_bucket(-(-rows // 2))
+        graph = None
+        if bucket is not None and self.failure is None:
+            tokens = None if projected is None else rounded(max(1, projected[1].shape[1]), TEXT_ROUNDING)
+            try:
+                graph = self._graph(2 * bucket, rounded(steps, STEP_ROUNDING), tokens)
+            except Exception as error:  # its static buffers (out of memory for a bucket's padding)
+                self._turn_off(error)
+        self.graphed = graph is not None
+        if graph is None:
             return self.state_for(projected, rows, steps)
-        tokens = None if projected is None else _rounded(max(1, projected[1].shape[1]), TEXT_ROUNDING)
-        try:
-            graph = self._graph(bucket, _rounded(steps, STEP_ROUNDING), tokens)
-        except Exception as error:  # any capture failure: decoding goes on eagerly, never fails for it
-            self.failure = f"{type(error).__name__}: {error}"
-            log.warning("CUDA graphs off, decoding steps run eagerly: %s", self.failure)
-            self._graphs.clear()
-            self._buffers.clear()
-            return self.state_for(projected, rows, steps)
-        self.graphed = True
         return _fill(graph, projected, rows)
 
     def forward(self, codes: torch.Tensor, state: DecodeState) -> torch.Tensor:
@@ -168,9 +168,9 @@ class GraphedDecoder(FastDecoder):
         state.length += 1
         return graph.replay()[:rows].clone()
 
-    def _graph(self, rows: int, steps: int, tokens: int | None) -> _Graph:
+    def _graph(self, rows: int, steps: int, tokens: int | None) -> _Graph | None:
         """The graph for `rows` rows, `steps` cache steps and `tokens` text tokens (None: a model
-        without cross-attention), captured if new."""
+        without cross-attention), captured if new; None if its capture turned graphs off."""
         dtype = self.cache_dtype()
         key = (rows, steps, tokens, dtype, torch.is_autocast_enabled(self.device.type))
         if key in self._graphs:
@@ -185,21 +185,50 @@ class GraphedDecoder(FastDecoder):
             cross_mask = torch.ones((rows, 1, 1, tokens), dtype=torch.bool, device=self.device)
         codes = torch.zeros((rows, self.lm.num_codebooks, 1), dtype=torch.long, device=self.device)
         positions = torch.zeros(rows, dtype=torch.long, device=self.device)
-        where = RowPositions(positions, steps)
         keys, values = cache[0], cache[1]
+        replay = self.captured(codes, keys, values, cross, cross_mask, positions)
+        if replay is None:
+            return None
+        graph = _Graph(codes, positions, keys, values, cross, cross_mask, replay)
+        self._graphs[key] = graph
+        return graph
+
+    def captured(self, codes: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, cross: CrossCache | None,
+                 cross_mask: torch.Tensor | None, positions: torch.Tensor) -> Step | None:
+        """The fixed-shape one-step feed of static tensors as a graph: its replay, logits [Rb, K, card].
+
+        `codes` [Rb, K, 1] and `positions` [Rb] are the step's inputs (copied in before each
+        replay), `keys`/`values` [layers, Rb, H, Sb, d], `cross` and `cross_mask` [Rb, 1, 1, Lb]
+        the cache it reads and writes, attended over all Sb steps. Capturing runs the step on their
+        current contents (its cache writes, done again by the next replay, are the same). None when
+        graphs are off: already, or now because this capture raised or its replay disagreed with
+        the eager step (logged once, with why; every graph is dropped).
+        """
+        if self.failure is not None:
+            return None
+        where = RowPositions(positions, keys.shape[3])
 
         def step() -> torch.Tensor:
             return self.step(codes, keys, values, cross, cross_mask, where)
 
-        replay = self._capture(step, self.device)
-        # Once per graph, a replay against the eager step on the same inputs: a graph that read
-        # memory it does not own would give other logits, and decoding must not go on with it.
-        replayed = replay().float()
-        if not torch.allclose(replayed, step().float(), rtol=REPLAY_TOLERANCE, atol=REPLAY_TOLERANCE):
-            raise RuntimeError("a replay gives other logits than the eager step")
-        graph = _Graph(codes, positions, keys, values, cross, cross_mask, replay)
-        self._graphs[key] = graph
-        return graph
+        try:
+            replay = self._capture(step, self.device)
+            # Once per graph, a replay against the eager step on the same inputs: a graph that read
+            # memory it does not own would give other logits, and decoding must not go on with it.
+            replayed = replay().float()
+            if not torch.allclose(replayed, step().float(), rtol=REPLAY_TOLERANCE, atol=REPLAY_TOLERANCE):
+                raise RuntimeError("a replay gives other logits than the eager step")
+        except Exception as error:  # any capture failure: decoding goes on eagerly, never fails for it
+            self._turn_off(error)
+            return None
+        return replay
+
+    def _turn_off(self, error: Exception) -> None:
+        """Graphs off for good, with one log line saying why; every graph and static buffer dropped."""
+        self.failure = f"{type(error).__name__}: {error}"
+        log.warning("CUDA graphs off, decoding steps run eagerly: %s", self.failure)
+        self._graphs.clear()
+        self._buffers.clear()
 
     def _buffer(self, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
         """A view shaped `shape` of the buffer every graph's `name` tensors share; growing it (or
@@ -243,5 +272,11 @@ def _fill(graph: _Graph, projected: tuple[CrossCache, torch.Tensor] | None, rows
     return _GraphedState(graph.keys[:, :rows], graph.values[:, :rows], cross_rows, mask_rows, graph=graph)
 
 
-def _rounded(count: int, multiple: int) -> int:
+def batch_bucket(requests: int) -> int | None:
+    """The smallest of `BATCH_BUCKETS` holding `requests`; None past the largest."""
+    return next((bucket for bucket in BATCH_BUCKETS if bucket >= requests), None)
+
+
+def rounded(count: int, multiple: int) -> int:
+    """`count` rounded up to a multiple of `multiple`."""
     return -(-count // multiple) * multiple

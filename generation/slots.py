@@ -14,8 +14,20 @@ ones it attends to), its own text mask, and its own generator.
 Rows: slot s holds rows 2 s (conditional) and 2 s + 1 (its null-conditioned twin), so slots
 [0, n) are the contiguous rows [0, 2 n), a view of the cache. A step runs the slots up to the
 highest occupied one (a request takes the lowest free slot); a free slot below it is fed a dummy
-step whose output is dropped. Shapes: N slots, K codebooks, S pattern steps of the longest request,
-L text tokens of the longest conditioning.
+step whose output is dropped.
+
+On CUDA (a `graphs.GraphedDecoder` whose graphs are on), a step replays a CUDA graph captured over
+this batch's own cache, one per bucket of slots stepped (the slots up to the highest occupied one
+rounded up to `graphs.BATCH_BUCKETS`, at most every slot) and cache: the rows' codes and
+positions are copied into the graph's static inputs, its logits copied out, sampling runs outside
+it; the rows past the occupied ones' are fed the free slots' dummy step, and the text mask is
+always passed. The cache then grows to multiples of `graphs.STEP_ROUNDING` steps and
+`graphs.TEXT_ROUNDING` text tokens; a cache that grows drops the graphs tied to the old one. A
+failed capture turns graphs off as on the static path (`GraphedDecoder.captured`). On CPU no graph
+is involved and the steps attend to the cache up to the furthest position only.
+
+Shapes: N slots, R = 2 N rows (Rb of a graph's bucket), K codebooks, S pattern steps of the longest
+request (its cache length), L text tokens of the longest conditioning.
 """
 
 from __future__ import annotations
@@ -37,6 +49,7 @@ from .fast_decode import (
     pattern_start,
     placed,
 )
+from .graphs import STEP_ROUNDING, TEXT_ROUNDING, GraphedDecoder, Step, batch_bucket, rounded
 from .sampling import SamplingParams, sample_next_tokens
 
 Key = tp.Hashable
@@ -60,6 +73,17 @@ class _Slot:
     generator: torch.Generator
     masked: bool
     """Its conditioning has padding in the batch's text cache: cross-attention needs the mask."""
+
+
+@dataclass(frozen=True)
+class _SlotGraph:
+    """The step of a batch's first slots captured on its cache (`GraphedDecoder.captured`)."""
+
+    codes: torch.Tensor
+    """[Rb, K, 1] long: the step's codes, copied in."""
+    positions: torch.Tensor
+    """[Rb] long: each row's position, copied in."""
+    replay: Step
 
 
 @dataclass(frozen=True)
@@ -90,6 +114,8 @@ class SlotBatch:
         self._valid = torch.zeros((slots, lm.num_codebooks, steps), dtype=torch.bool, device=device)
         self._cross: CrossCache | None = None
         self._text_mask = torch.ones((2 * slots, 0), dtype=torch.bool, device=device)
+        self._graphs: dict[tuple[int, bool], _SlotGraph] = {}
+        """By (slots stepped, autocast on): graphs over the current cache tensors."""
 
     # --- who is in ---------------------------------------------------------------------------
 
@@ -175,6 +201,9 @@ class SlotBatch:
         have = self._keys.shape[3]
         if steps <= have:
             return
+        if isinstance(self.decoder, GraphedDecoder):
+            steps = rounded(steps, STEP_ROUNDING)  # fewer cache lengths, fewer graphs to capture
+        self._graphs.clear()  # they read and write the old cache
         keys, values = self.decoder.empty_cache(2 * len(self._slots), steps)
         keys[:, :, :, :have] = self._keys
         values[:, :, :, :have] = self._values
@@ -189,6 +218,9 @@ class SlotBatch:
         if self._cross is not None and tokens <= have:
             return
         rows = self._text_mask.shape[0]
+        if isinstance(self.decoder, GraphedDecoder):
+            tokens = rounded(tokens, TEXT_ROUNDING)  # fewer text lengths, fewer graphs to capture
+        self._graphs.clear()  # they read the old cross-attention cache and mask
         grown = []
         for index, (keys, values) in enumerate(like):
             shape = (rows, keys.shape[1], max(tokens, have), keys.shape[3])
@@ -198,7 +230,10 @@ class SlotBatch:
                 new_values[:, :, :have] = self._cross[index][1]
             grown.append((new_keys, new_values))
         self._cross = grown
-        self._text_mask = torch.nn.functional.pad(self._text_mask, (0, max(tokens, have) - have), value=False)
+        # The rows of a slot never admitted attend to all of their (zero) text: a graph's step feeds
+        # them, and a row attending to nothing is NaN in some CUDA attention kernels (pytorch#110213),
+        # which would fail the graph's check against the eager step (torch's CPU kernels give zeros).
+        self._text_mask = attended(torch.nn.functional.pad(self._text_mask, (0, max(tokens, have) - have), value=False))
         for index, slot in enumerate(self._slots):
             if slot is not None:
                 slot.masked = not bool(self._text_mask[2 * index : 2 * index + 2].all())
@@ -213,27 +248,38 @@ class SlotBatch:
     # --- decoding ----------------------------------------------------------------------------
 
     def step(self) -> list[FinishedRow]:
-        """One pattern step for every occupied slot; the requests this step finished, which leave."""
+        """One pattern step for every occupied slot; the requests this step finished, which leave.
+
+        With a `GraphedDecoder` whose graphs are on, the step runs in a graph of the slots up to the
+        highest occupied one rounded up to a bucket (`graphs.BATCH_BUCKETS`, at most every slot),
+        tied to this batch's cache: captured at the first step of that bucket over it, replayed at
+        the next ones, dropped when the cache grows.
+        """
         occupied = [index for index, slot in enumerate(self._slots) if slot is not None]
         if not occupied:
             return []
         lm, device = self.decoder.lm, self._keys.device
-        count = occupied[-1] + 1
+        graph_slots = self._graph_slots(occupied[-1] + 1)
+        count = occupied[-1] + 1 if graph_slots is None else graph_slots
         slots = [tp.cast(_Slot, self._slots[index]) for index in occupied]
-        # Slot i feeds its step `offset - 1`; a free slot below the highest occupied one its step 0.
+        # Slot i feeds its step `offset - 1`; a free slot below `count` its step 0 (a dummy, dropped).
         fed = [0] * count
         for index, slot in zip(occupied, slots):
             fed[index] = slot.offset - 1
         fed_at = torch.tensor(fed, device=device)
         codes = self._sequences[:count].gather(2, fed_at.view(-1, 1, 1).expand(-1, lm.num_codebooks, 1))
         codes = codes.clamp(min=0)  # a free slot's stale sequence may hold unknown tokens
-        rows = slice(0, 2 * count)
-        masked = any(slot.masked for slot in slots)
-        logits = self.decoder.step(
-            codes.repeat_interleave(2, dim=0), self._keys[:, rows], self._values[:, rows], self._cross_rows(rows),
-            self._text_mask_rows(rows, masked), RowPositions(fed_at.repeat_interleave(2), max(fed) + 1),
-        )
+        codes, positions = codes.repeat_interleave(2, dim=0), fed_at.repeat_interleave(2)
+        logits = None if graph_slots is None else self._replayed(graph_slots, codes, positions)
+        if logits is None:
+            rows = slice(0, 2 * count)
+            masked = any(slot.masked for slot in slots)
+            logits = self.decoder.step(
+                codes, self._keys[:, rows], self._values[:, rows], self._cross_rows(rows),
+                self._text_mask_rows(rows, masked), RowPositions(positions, max(fed) + 1),
+            )
         taken = torch.tensor(occupied, device=device)
+        # Indexing by `taken` copies the occupied rows' logits out (of the graph's output too).
         logits = guided(logits[0::2][taken], logits[1::2][taken], self.params.cfg_coef)
         next_token = sample_next_tokens(logits, self.params, [slot.generator for slot in slots])[..., 0]
         at = fed_at[taken] + 1
@@ -241,6 +287,40 @@ class SlotBatch:
             next_token, self._sequences[taken, :, at], self._valid[taken, :, at], lm.special_token_id
         )
         return self._advance(occupied)
+
+    def _graph_slots(self, count: int) -> int | None:
+        """The slots a step of the first `count` runs in a graph of (its bucket, at most every
+        slot); None where steps run eagerly (not a `GraphedDecoder`, graphs off, past the buckets)."""
+        decoder = self.decoder
+        if not isinstance(decoder, GraphedDecoder):
+            return None
+        if decoder.failure is not None:
+            self._graphs.clear()
+            return None
+        bucket = batch_bucket(count)
+        return None if bucket is None else min(bucket, len(self._slots))
+
+    def _replayed(self, slots: int, codes: torch.Tensor, positions: torch.Tensor) -> torch.Tensor | None:
+        """The step of the first `slots` slots (`codes` [Rb, K, 1], `positions` [Rb]) in its graph,
+        captured if new: the graph's own logits [Rb, K, card], valid until its next replay. None if
+        the capture turned graphs off (the decoder logs it)."""
+        decoder = tp.cast(GraphedDecoder, self.decoder)
+        key = (slots, torch.is_autocast_enabled(codes.device.type))
+        graph = self._graphs.get(key)
+        if graph is None:
+            rows = slice(0, 2 * slots)
+            # The static inputs hold this step's before the capture, which runs the step on them.
+            static_codes, static_positions = codes.clone(), positions.clone()
+            replay = decoder.captured(
+                static_codes, self._keys[:, rows], self._values[:, rows], self._cross_rows(rows),
+                None if self._cross is None else self._text_mask[rows, None, None, :], static_positions,
+            )
+            if replay is None:
+                return None
+            graph = self._graphs[key] = _SlotGraph(static_codes, static_positions, replay)
+        graph.codes.copy_(codes)
+        graph.positions.copy_(positions)
+        return graph.replay()
 
     def _advance(self, occupied: list[int]) -> list[FinishedRow]:
         finished = []

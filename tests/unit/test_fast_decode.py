@@ -17,10 +17,11 @@ from collections.abc import Iterator
 import pytest
 import torch
 from audiocraft.modules.conditioners import ClassifierFreeGuidanceDropout, ConditioningAttributes
+from eager_replay import CAPTURE_FAILURES, EagerReplay
 
 from generation.engine import GenerationRequest, MusicGenEngine, SamplingParams
 from generation.fast_decode import ConditionTensors, FastDecoder
-from generation.graphs import GraphedDecoder, Step
+from generation.graphs import GraphedDecoder
 from generation.model import SMALL, build_random_lm, load_musicgen
 
 TOLERANCE = 1e-4
@@ -248,24 +249,6 @@ def test_fixed_shape_generations_give_the_same_tokens(request, shape: str, frame
     assert torch.equal(fixed, generated(FastDecoder(lm), DESCRIPTIONS, frames, params, (3, 4)))
 
 
-class EagerReplay:
-    """Stands in for `graphs.CudaGraphCapture` on CPU: a replay runs the step again, on the same
-    static tensors, so everything around the graph is what a GPU runs."""
-
-    def __init__(self, failure: str | None = None) -> None:
-        self.captures = 0
-        self.failure = failure
-        """"capture": the capture raises; "replay": a replay gives other logits (a graph reading
-        memory it does not own)."""
-
-    def __call__(self, step: Step, device: torch.device) -> Step:
-        self.captures += 1
-        if self.failure == "capture":
-            raise RuntimeError("operation not permitted when stream is capturing")
-        step()
-        return (lambda: step() + 1.0) if self.failure == "replay" else step
-
-
 @SAMPLINGS
 def test_graphed_steps_give_the_same_tokens_and_graphs_are_reused_across_batches(
     tiny_lm: tp.Any, params: SamplingParams
@@ -300,13 +283,9 @@ def test_graphed_steps_mask_each_rows_text_padding(tiny_lm: tp.Any) -> None:
     assert max_difference(logits, fast_logits(tiny_lm, batch, feeds, False)) < TOLERANCE
 
 
-@pytest.mark.parametrize(
-    ("failure", "why"),
-    [("capture", "RuntimeError: operation not permitted when stream is capturing"),
-     ("replay", "RuntimeError: a replay gives other logits than the eager step")],
-)
+@CAPTURE_FAILURES
 def test_a_failed_capture_turns_graphs_off_with_one_log_line(
-    tiny_lm: tp.Any, caplog: pytest.LogCaptureFixture, failure: str, why: str
+    tiny_lm: tp.Any, caplog: pytest.LogCaptureFixture, failure: str
 ) -> None:
     capture = EagerReplay(failure)
     graphed = GraphedDecoder(tiny_lm, capture)
@@ -314,7 +293,7 @@ def test_a_failed_capture_turns_graphs_off_with_one_log_line(
     with caplog.at_level(logging.INFO, logger="generation.graphs"):
         tokens = [generated(graphed, DESCRIPTIONS[:n], 20, params, (1, 2)[:n]) for n in (2, 1)]
 
-    assert [r.getMessage() for r in caplog.records] == [f"CUDA graphs off, decoding steps run eagerly: {why}"]
+    assert [r.getMessage() for r in caplog.records] == [capture.log_line]
     assert capture.captures == 1 and not graphed.graphed
     assert torch.equal(tokens[0], generated(FastDecoder(tiny_lm), DESCRIPTIONS, 20, params, (1, 2)))
 
