@@ -267,12 +267,13 @@ class RemoteWorker:
         sent to join it, and pick up cancels."""
         assert job.queue is not None
         redis = job.queue.redis  # type: ignore[attr-defined]
+        # Progress first: a job's last progress is then written before its outcome is sent ahead.
+        await job.update(meta=progress_meta(state.progress))
         if started is not None:
             await self._send_finished(redis, job.key, state, started)
         await self._take_joining(redis, job.key, state)
         flags = await redis.mget([cancel_key(self.queue_name, item.job_id) for item in state.items])
         state.cancelled.update(item.job_id for item, flag in zip(state.items, flags) if flag)
-        await job.update(meta=progress_meta(state.progress))
 
     async def _send_finished(self, redis: Any, batch_key: str, state: _BatchState, started: float) -> None:
         """Send the jobs done since the last beat, with their files, ahead of the batch's result.
