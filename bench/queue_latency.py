@@ -21,8 +21,8 @@ On CPU the clock is this process's CPU time (torch on one thread, as the worker 
 2-core machine), and an idle worker skips to the next arrival instead of sleeping: other processes
 on a shared machine would otherwise slow one path and not the other. `--wall-clock` times by the
 wall clock instead; on CUDA the wall clock is the only one. Each path prints its p50, p95, mean
-and max; the last line is the ratio of the p95s at the last `--load`, against the goal of at most
-half the static figure.
+and max; then how the decoding steps ran (`cuda_graphs`, or eager and why), and the last line is
+the ratio of the p95s at the last `--load`, against the goal of at most half the static figure.
 
 The model has random weights; `--shape bench` (the default: dim 256, 6 layers, 4 codebooks of 1024)
 decodes on one CPU core at about the per-step cost a GPU has for musicgen-small, where a step's time
@@ -47,7 +47,8 @@ import torch
 from bench.gpu import build_engine, is_cuda
 from generation.config import GenerationSettings, LoopSettings
 from generation.continuous_loops import ContinuousLoops
-from generation.engine import GenerationRequest, SamplingParams
+from generation.engine import GenerationRequest, MusicGenEngine, SamplingParams
+from generation.graphs import GraphedDecoder
 from generation.loop.parallel import LoopProcesses
 from generation.model import SMALL, TINY, ModelShape
 from generation.pipeline import LoopMaker, LoopSpec
@@ -199,6 +200,14 @@ def run_continuous(maker: LoopMaker, arrivals: Sequence[Arrival], slots: int, cp
     return [latencies[index] for index in range(len(arrivals))]
 
 
+def steps_kind(engine: MusicGenEngine) -> str:
+    """How the fast decoder ran its steps: CUDA graphs (`generation.graphs`), or eagerly and why."""
+    decoder = engine.fast
+    if not isinstance(decoder, GraphedDecoder):
+        return "eager (no CUDA graphs on this device)"
+    return "cuda_graphs" if decoder.failure is None else f"eager (CUDA graphs off: {decoder.failure})"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if is_cuda(args.device) and not torch.cuda.is_available():
@@ -230,6 +239,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(result.line(), flush=True)
             results.append(result)
     static, continuous = results[-2:]
+    print(f"decoding steps: {steps_kind(engine)}")
     print(f"p95 time to loop at load {static.load:.2f} ({args.shape}, {args.device}), continuous/static: "
           f"{continuous.p95 / static.p95:.2f} ({continuous.p95:.2f} s against {static.p95:.2f} s; goal <= 0.50)")
     return 0
