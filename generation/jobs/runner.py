@@ -177,7 +177,7 @@ class _Batch:
         """The jobs of the batch and those that joined it."""
 
     def run(self, items: Sequence[WorkItem]) -> None:
-        """Loopify and mix jobs one by one (no model), then generate the others in one batch."""
+        """Loopify and mix jobs one by one (no model), then generate the others together (`generate`)."""
         generated = [item for item in items if not self.without_model(item)]
         if generated:
             self.generate(generated)
