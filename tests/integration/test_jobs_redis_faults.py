@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import logging
 import time
 import uuid
@@ -32,7 +33,15 @@ from generation.jobs.backend import MadeLoop, WorkDone, WorkItem
 from generation.jobs.distributed import RedisRateLimiter, SaqBackend, Timing
 from generation.jobs.distributed.backend import ROGUE_RESULT
 from generation.jobs.distributed.queue import BatchQueue, interactive_redis_client, redis_client
-from generation.jobs.distributed.wire import COLLECTED_TTL_S, RUN_BATCH, decode_items, encode_event, pack_files
+from generation.jobs.distributed.wire import (
+    COLLECTED_TTL_S,
+    RUN_BATCH,
+    decode_items,
+    encode_event,
+    finished_key,
+    joins_key,
+    pack_files,
+)
 from generation.jobs.distributed.worker import _DrainingWorker
 from generation.jobs.outage import Outage
 from generation.shape import LoopShape
@@ -202,6 +211,78 @@ async def test_a_rogue_result_is_refused_whole_and_its_job_fails(
     assert len(refused) == len(crafted) and all(record.levelno == logging.WARNING for record in refused)
     assert not [record for record in caplog.records if record.levelno >= logging.ERROR]
     assert all(0 < ttl <= COLLECTED_TTL_S for ttl in (await expiries(redis_url, queue_name)).values())
+
+
+async def test_joining_jobs_come_back_early_are_handed_back_when_not_taken_and_replay_once_after_a_restart(
+    tmp_path: Path, queue_name: str, redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Continuous batching's protocol against a worker the test plays: jobs join a running batch
+    through its joins list, a finished job's loop comes back ahead of its batch, a joining job the
+    batch never took waits again with its start refunded, and a restart that replays the collected
+    batch refuses nothing and fails nothing."""
+    caplog.set_level(logging.INFO)
+    worker = FakeWorker(redis_url, queue_name)
+    await worker.queue.worker_info(worker.name, queue_key=worker.queue.name, ttl=600,
+                                   metadata={"batch_size": 3, "model": "tiny", "joins": True})
+    settings = tiny_settings(tmp_path / "model", tmp_path / "data", batch_size=3, batch_wait_ms=0)
+
+    def service() -> QueueService:
+        return QueueService(settings, migrated_database(tmp_path / "db"),
+                            SaqBackend(settings, queue_name=queue_name, redis_url=redis_url, timing=FAST))
+
+    first = service()
+    await first.start()
+    try:
+        host = await submit(first, loop(1))
+        finals = {host: asyncio.ensure_future(final_event(first, host))}
+        job, (host_item,) = await worker.take()
+        joined, missed = await submit(first, loop(2)), await submit(first, loop(3))
+        finals |= {job_id: asyncio.ensure_future(final_event(first, job_id)) for job_id in (joined, missed)}
+        sent: list[WorkItem] = []
+        while len(sent) < 2:
+            entries = await worker.queue.redis.lrange(joins_key(queue_name, job.key), 0, -1)
+            sent = [item for entry in entries for item in decode_items(json.loads(entry)["items"])]
+            await asyncio.sleep(0.05)
+        assert [item.job_id for item in sent] == [joined, missed]
+        with first.database.session() as session:
+            assert {get_generation(session, job_id).worker for job_id in (host, joined, missed)} == {job.key}
+
+        # The host job is done: its loop travels ahead, and is delivered while the batch still runs.
+        ahead = real_loops(tmp_path / "scratch", host_item)
+        await worker.queue.redis.rpush(finished_key(queue_name, job.key), json.dumps(ahead))
+        assert isinstance(await finals[host], JobDone)
+        assert not finals[joined].done()
+
+        # The batch ends having taken one joining job: the other waits again, its start refunded.
+        last = {**real_loops(tmp_path / "scratch", sent[0]), "joined": [joined]}
+        await worker.finish(job, last)
+        assert isinstance(await finals[joined], JobDone)
+        again, (item,) = await worker.take()
+        assert item.job_id == missed
+        with first.database.session() as session:
+            assert get_generation(session, missed).attempts == 1  # refunded, then started once
+        await worker.finish(again, real_loops(tmp_path / "scratch", item))
+        assert isinstance(await finals[missed], JobDone)
+    finally:
+        await first.stop()
+
+    # A restart replays the collected batches (their events, the early one's included): nothing twice.
+    second = service()
+    heard: list[Any] = []
+    second.add_listener(heard.append)
+    await second.start()
+    try:
+        await asyncio.sleep(1.0)
+    finally:
+        await second.stop()
+        await worker.close()
+    assert not [event for event in heard if isinstance(event, JobFailed)]
+    assert not [record for record in caplog.records if record.levelno >= logging.WARNING], "nothing refused, nothing lost"
+    with second.database.session() as session:
+        rows = [get_generation(session, job_id) for job_id in (host, joined, missed)]
+    assert [(row.status, row.attempts) for row in rows] == [(GenerationStatus.DONE, 1)] * 3
+    assert files_under(tmp_path / "data" / "loops") == sorted(
+        f"{job_id}{suffix}" for job_id in (host, joined, missed) for suffix in (".png", ".wav"))
 
 
 # --- outages ----------------------------------------------------------------------------------

@@ -371,7 +371,9 @@ class SaqBackend:
         job.result["files"] = {}  # written: the audio need not wait in Redis any longer
         job.result["events"] = batch.delivered_events + job.result["events"]
         await self._set_collected(job)
-        await self._queue.redis.delete(finished_key(self.queue_name, key), joins_key(self.queue_name, key))
+        # Its finished-jobs list is in the collected result now. Its joins list stays (it expires by
+        # itself): a restart that replays the collected batch checks the result against it.
+        await self._queue.redis.delete(finished_key(self.queue_name, key))
         ran = [*batch.items, *(item for item in batch.joining if item.job_id in result.joined)]
         self._emit_outcomes(batch, result.events)
         for item in ran:  # a job the worker took and never reported (or reported in something refused)
