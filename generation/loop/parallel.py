@@ -96,11 +96,11 @@ def _start_process(parent: int) -> None:
     warm_up()
 
 
-def _cut_here(calls: tp.Iterable[tp.Callable[[], T]]) -> list[T]:
+def _cut_here(call: tp.Callable[[], T]) -> T:
     # With one BLAS thread, as in the processes: how many threads split a sum changes its last
     # bits, and a loop must come out the same wherever it is cut (a replay remakes it elsewhere).
     with threadpoolctl.threadpool_limits(1, user_api="blas"):
-        return [call() for call in calls]
+        return call()
 
 
 class LoopProcesses:
@@ -137,21 +137,10 @@ class LoopProcesses:
     def run_all(self, calls: tp.Iterable[tp.Callable[[], T]]) -> list[T]:
         """Each call's result, in order. Calls are sent off as `calls` yields them, so producing
         the next (decoding its audio) overlaps with the work on the previous ones. An exception
-        raised by a call is raised here. If a process dies, new ones are started and this batch
-        is finished here."""
-        if self._executor is None:
-            return _cut_here(calls)
-        pending = iter(calls)
-        taken: list[tp.Callable[[], T]] = []
-        futures: list[Future[T]] = []
-        try:
-            for call in pending:
-                taken.append(call)
-                futures.append(self._executor.submit(call))
-            return [future.result() for future in futures]
-        except BrokenProcessPool:
-            self._replace(self._executor)
-            return _cut_here([*taken, *pending])
+        raised by a call is raised here. If a process dies, new ones are started and the calls it
+        held are made here (`Cut`)."""
+        cuts = [self.submit(call) for call in calls]
+        return [cut.result() for cut in cuts]
 
     def submit(self, call: tp.Callable[[], T]) -> Cut[T]:
         """Send one call off and go on; its `Cut` says when it is done and gives its result."""
@@ -203,7 +192,7 @@ def _made_here(call: tp.Callable[[], T]) -> Future[T]:
     """A done future holding what `call` gives (or raises) in this process."""
     future: Future[T] = Future()
     try:
-        future.set_result(_cut_here([call])[0])
+        future.set_result(_cut_here(call))
     except Exception as error:
         future.set_exception(error)
     return future
