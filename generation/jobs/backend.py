@@ -8,7 +8,7 @@ its place behind the same interface. Everything that crosses it is a plain, pick
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -83,12 +83,10 @@ class WorkItem:
 
         A loopify, a mix or a variation (its prompt audio fixes the batch's prompt length) runs alone.
         """
-        if self.source_audio is not None or self.parent is not None or self.mix is not None:
+        join_key = self.join_key
+        if join_key is None or self.parent is not None:
             return ("alone", self.job_id)
-        seconds = self.shape.seconds
-        bucket = math.ceil(seconds / DURATION_BUCKET_S)
-        return (self.model, self.temperature, self.top_k, self.top_p, self.cfg_coef, bucket)
-
+        return (*join_key, math.ceil(self.shape.seconds / DURATION_BUCKET_S))
 
     @property
     def join_key(self) -> tuple[Any, ...] | None:
@@ -97,6 +95,13 @@ class WorkItem:
         if self.source_audio is not None or self.mix is not None:
             return None
         return (self.model, self.temperature, self.top_k, self.top_p, self.cfg_coef)
+
+
+def shared_join_key(items: Iterable[WorkItem]) -> tuple[Any, ...] | None:
+    """The join key every one of `items` has, which jobs joining them must have too; None when
+    they have none (a loopify, a mix) or not all the same."""
+    keys = {item.join_key for item in items}
+    return keys.pop() if len(keys) == 1 else None
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ from .backend import (
     WorkerReady,
     WorkFailed,
     WorkItem,
+    shared_join_key,
 )
 from .runner import WorkerConfig
 from .worker import CancelJobs, RunBatch, Stop, worker_main
@@ -120,8 +121,8 @@ class ProcessWorkerPool:
         """Workers decoding a batch of one join key (`WorkItem.join_key`), which jobs of that key may join."""
         openings = []
         for worker in self._workers.values():
-            keys = {item.join_key for item, _ in worker.running.values()}
-            if worker.ready and worker.joins and len(keys) == 1 and (key := keys.pop()) is not None:
+            key = shared_join_key(item for item, _ in worker.running.values())
+            if worker.ready and worker.joins and key is not None:
                 openings.append(Opening(worker.name, key, len(worker.running)))
         return openings
 

@@ -29,8 +29,9 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -50,10 +51,11 @@ from ..backend import (
     WorkItem,
     WorkProgress,
     WorkReturned,
+    shared_join_key,
 )
 from ..outage import Outage, first_line, retry_delays
 from ..pool import timeout_message
-from .queue import REDIS_ERRORS, BatchQueue, redis_client, repeat
+from .queue import REDIS_ERRORS, BatchQueue, append, redis_client, repeat
 from .wire import (
     COLLECTED_TTL_S,
     DEFAULT_QUEUE,
@@ -118,9 +120,8 @@ class _Batch:
 
     @property
     def join_key(self) -> tuple[Any, ...] | None:
-        """What jobs may join it: those of its jobs' one join key (`WorkItem.join_key`), if they share one."""
-        keys = {item.join_key for item in (*self.items, *self.joining)}
-        return keys.pop() if len(keys) == 1 else None
+        """What jobs may join it (`backend.shared_join_key`)."""
+        return shared_join_key((*self.items, *self.joining))
 
 
 class SaqBackend:
@@ -280,18 +281,7 @@ class SaqBackend:
         assert self._queue is not None
         inputs = await asyncio.to_thread(input_files, self.data_dir, items)
         entry = json.dumps({"items": encode_items(items), "inputs": inputs})
-        delays = retry_delays()
-        while True:
-            tried_at = time.monotonic()
-            try:
-                async with self._queue.redis.pipeline(transaction=True) as pipe:
-                    pipe.rpush(joins_key(self.queue_name, key), entry)
-                    pipe.expire(joins_key(self.queue_name, key), RESULT_TTL_S)
-                    await pipe.execute()
-                return
-            except REDIS_ERRORS as error:
-                self.outage.began(first_line(error), tried_at)
-                await asyncio.sleep(next(delays))
+        await self._until_redis_takes(partial(append, self._queue.redis, joins_key(self.queue_name, key), entry))
 
     async def _enqueue(self, key: str, batch: _Batch) -> None:
         assert self._queue is not None
@@ -301,13 +291,18 @@ class SaqBackend:
             timeout=self.job_timeout_s,
             heartbeat=self.timing.heartbeat_s, retries=1, ttl=RESULT_TTL_S,
         )
+        await self._until_redis_takes(partial(self._queue.enqueue, job))
+        batch.enqueued = True
+
+    async def _until_redis_takes(self, write: Callable[[], Awaitable[Any]]) -> None:
+        """`write`, tried again after a pause while Redis is down (the outage logged once)."""
         delays = retry_delays()
-        while not batch.enqueued:
+        while True:
             tried_at = time.monotonic()
             try:
-                await self._queue.enqueue(job)
-                batch.enqueued = True
-            except REDIS_ERRORS as error:  # Redis is down: the batch waits for it
+                await write()
+                return
+            except REDIS_ERRORS as error:
                 self.outage.began(first_line(error), tried_at)
                 await asyncio.sleep(next(delays))
 

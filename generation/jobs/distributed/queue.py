@@ -24,6 +24,7 @@ from saq.job import Job, Status
 from saq.queue.redis import RedisQueue
 
 from ..outage import LONGEST_RETRY_S, Outage, first_line, retry_delays
+from .wire import RESULT_TTL_S
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,14 @@ def interactive_redis_client(url: str) -> Redis:
     return Redis.from_url(
         url, socket_connect_timeout=INTERACTIVE_TIMEOUT_S, socket_timeout=INTERACTIVE_TIMEOUT_S, retry=Retry(NoBackoff(), 1)
     )
+
+
+async def append(redis: Redis, key: str, entry: str) -> None:
+    """Add `entry` at the end of the list `key`, which expires `RESULT_TTL_S` after its last entry."""
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.rpush(key, entry)
+        pipe.expire(key, RESULT_TTL_S)
+        await pipe.execute()
 
 
 async def repeat(

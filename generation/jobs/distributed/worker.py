@@ -22,7 +22,7 @@ import socket
 import tempfile
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -34,11 +34,10 @@ from ...config import Settings
 from ..backend import BackendEvent, ModelUnavailable, WorkDone, WorkFailed, WorkItem, WorkProgress
 from ..outage import Outage
 from ..runner import BatchRunner, WorkerConfig
-from .queue import BatchQueue, redis_client, repeat
+from .queue import BatchQueue, append, redis_client, repeat
 from .wire import (
     BEAT_S,
     INPUTS_DIR,
-    RESULT_TTL_S,
     RUN_BATCH,
     SHUTDOWN_GRACE_S,
     SWEEP_S,
@@ -227,7 +226,7 @@ class RemoteWorker:
         job: Job = ctx["job"]
         shutil.rmtree(self.scratch_dir, ignore_errors=True)  # nothing of an earlier failed batch travels
         self.scratch_dir.mkdir(parents=True)
-        batch = await asyncio.to_thread(with_local_inputs, decode_items(items), self.scratch_dir, inputs)
+        batch = await self._local(items, inputs)
         state = _BatchState(batch)
         started = time.perf_counter()
         done = asyncio.Event()
@@ -256,10 +255,16 @@ class RemoteWorker:
             await asyncio.wait([beat])
         shutil.rmtree(self.scratch_dir / INPUTS_DIR, ignore_errors=True)  # the bot has these already
         files = await asyncio.to_thread(pack_files, self.scratch_dir)
-        return {
-            "worker": self.name, "seconds": time.perf_counter() - started,
-            "events": [encode_event(event) for event in state.events], "files": files, "joined": state.joined,
-        }
+        return {**self._result(started, state.events, files), "joined": state.joined}
+
+    def _result(self, started: float, events: Sequence[BackendEvent], files: dict[str, dict[str, str]]) -> dict[str, Any]:
+        """What travels back (`wire.check_result`): these events and files, from this worker, `started` (perf_counter) ago."""
+        return {"worker": self.name, "seconds": time.perf_counter() - started,
+                "events": [encode_event(event) for event in events], "files": files}
+
+    async def _local(self, items: list[dict[str, Any]], inputs: dict[str, dict[str, dict[str, str]]]) -> tuple[WorkItem, ...]:
+        """Work items as sent (checked), their input files copied under the scratch directory."""
+        return await asyncio.to_thread(with_local_inputs, decode_items(items), self.scratch_dir, inputs)
 
     async def _beat(self, job: Job, state: _BatchState, started: float | None) -> None:
         """Touch the job (saq's heartbeat) with its jobs' latest progress, send the finished jobs'
@@ -285,12 +290,7 @@ class RemoteWorker:
             return
         loop_ids = [loop.loop_id for outcome in outcomes if isinstance(outcome, WorkDone) for loop in outcome.loops]
         files = await asyncio.to_thread(pack_loop_files, self.scratch_dir, loop_ids)
-        entry = {"worker": self.name, "seconds": time.perf_counter() - started,
-                 "events": [encode_event(outcome) for outcome in outcomes], "files": files}
-        async with redis.pipeline(transaction=True) as pipe:
-            pipe.rpush(finished_key(self.queue_name, batch_key), json.dumps(entry))
-            pipe.expire(finished_key(self.queue_name, batch_key), RESULT_TTL_S)
-            await pipe.execute()
+        await append(redis, finished_key(self.queue_name, batch_key), json.dumps(self._result(started, outcomes, files)))
         state.sent_ahead(outcomes)
         for name in files:
             (self.scratch_dir / name).unlink(missing_ok=True)
@@ -303,8 +303,7 @@ class RemoteWorker:
         for entry in await redis.lrange(joins_key(self.queue_name, batch_key), state.joins_read, -1):
             try:
                 sent = json.loads(entry)
-                joining = await asyncio.to_thread(with_local_inputs, decode_items(sent["items"]), self.scratch_dir,
-                                                  sent["inputs"])
+                joining = await self._local(sent["items"], sent["inputs"])
             except (RogueItem, ValueError, KeyError, TypeError) as rogue:
                 log.warning("batch %s: skipped jobs sent to join it (%s)", batch_key, str(rogue)[:200])
                 joining = ()
