@@ -15,18 +15,24 @@ in real time, through the worker's two ways of making loops, each with the worke
   now): a request's candidates join free slots at the next decoding step, each is cut as soon as it
   is decoded, and the request leaves with its loop.
 Time to loop is from arrival to the finished loop (generated, cut, loudness-matched), with
-`--candidates` per request (default 1) and no retry rounds, the loop engine cutting in this process.
+`--candidates` per request (default 1) and no retry rounds.
 
 On CPU the clock is this process's CPU time (torch on one thread, as the worker runs it on a
-2-core machine), and an idle worker skips to the next arrival instead of sleeping: other processes
-on a shared machine would otherwise slow one path and not the other. `--wall-clock` times by the
-wall clock instead; on CUDA the wall clock is the only one. Each path prints its p50, p95, mean
-and max; then how the decoding steps ran (`cuda_graphs`, or eager and why), and the last line is
-the ratio of the p95s at the last `--load`, against the goal of at most half the static figure.
+2-core machine), the loop engine cuts in this process so that its time counts, and an idle worker
+skips to the next arrival instead of sleeping: other processes on a shared machine would otherwise
+slow one path and not the other. `--wall-clock` (and CUDA, where the wall clock is the only one)
+times by the wall clock and cuts loops in the worker's own processes (`auto_processes`), as a
+worker does. Each path prints its p50, p95, mean and max; then how the decoding steps ran
+(`cuda_graphs`, or eager and why), how much longer a decoding step takes with `--slots` requests
+than with one, and the last line is the ratio of the p95s at the last `--load`, against the goal
+of at most half the static figure.
 
 The model has random weights; `--shape bench` (the default: dim 256, 6 layers, 4 codebooks of 1024)
-decodes on one CPU core at about the per-step cost a GPU has for musicgen-small, where a step's time
-hardly grows with the batch; `tiny` is the test model, `small` musicgen-small's shape.
+decodes one request on one CPU core at about the per-step time a GPU takes for musicgen-small, and
+`tiny` is the test model, `small` musicgen-small's shape. A GPU's step takes hardly longer for 8
+requests than for one; a CPU's takes about twice as long for 4 (the step-time line says how much on
+this machine). A request that joins a continuous batch slows every other one down on a CPU, so
+the gain measured here is smaller than a GPU's.
 """
 
 from __future__ import annotations
@@ -49,7 +55,7 @@ from generation.config import GenerationSettings, LoopSettings
 from generation.continuous_loops import ContinuousLoops
 from generation.engine import GenerationRequest, MusicGenEngine, SamplingParams
 from generation.graphs import GraphedDecoder
-from generation.loop.parallel import LoopProcesses
+from generation.loop.parallel import LoopProcesses, auto_processes
 from generation.model import SMALL, TINY, ModelShape
 from generation.pipeline import LoopMaker, LoopSpec
 from generation.shape import LoopShape
@@ -200,6 +206,17 @@ def run_continuous(maker: LoopMaker, arrivals: Sequence[Arrival], slots: int, cp
     return [latencies[index] for index in range(len(arrivals))]
 
 
+def step_growth(engine: MusicGenEngine, slots: int, shape: LoopShape, cpu: bool) -> float:
+    """How many times longer decoding `slots` requests of `shape` takes than decoding one."""
+    read = time.process_time if cpu else time.perf_counter
+    seconds = []
+    for batch in (1, slots):
+        started = read()
+        engine.generate([GenerationRequest("step time", shape.seconds, seed) for seed in range(batch)], PARAMS)
+        seconds.append(read() - started)
+    return seconds[1] / seconds[0]
+
+
 def steps_kind(engine: MusicGenEngine) -> str:
     """How the fast decoder ran its steps: CUDA graphs (`generation.graphs`), or eagerly and why."""
     decoder = engine.fast
@@ -217,14 +234,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch.set_num_threads(max(1, (os.cpu_count() or 2) - 1))  # as `MusicGenEngine.load` does on CPU
     engine = build_engine(SHAPES[args.shape], args.device)
     generation = GenerationSettings(candidates=args.candidates, retry_budget=0, extra_seconds=0.5)
-    maker = LoopMaker(engine, generation, LoopSettings(), LoopProcesses(1))
+    cpu = not is_cuda(args.device) and not args.wall_clock
+    processes = LoopProcesses(1 if cpu else auto_processes())
+    maker = LoopMaker(engine, generation, LoopSettings(), processes)
+    processes.wait_ready()
     print(f"bench.queue_latency: {args.shape} shape, random weights, {args.device}, {torch.get_num_threads()} CPU "
           f"thread(s); {args.slots} per batch; loops of {'/'.join(str(shape.bars) for shape in args.shapes)} bars at "
           f"{args.bpm:g} BPM, {args.candidates} candidate(s) each; "
-          f"{'CPU' if not is_cuda(args.device) and not args.wall_clock else 'wall'} clock", flush=True)
+          f"{'CPU' if cpu else 'wall'} clock, loops cut in {processes.processes} process(es)", flush=True)
     engine.generate([GenerationRequest("warm up", 0.2, 0)] * args.slots, PARAMS)
     maker.make([LoopSpec("warm up", args.shapes[0], 0, PARAMS)])  # the loop engine's first call compiles
-    cpu = not is_cuda(args.device) and not args.wall_clock
     per_second = capacity(maker, args.slots, args.shapes, args.seed, cpu)
     print(f"capacity: {per_second:.2f} requests/s in full static batches of {args.slots}", flush=True)
     results = []
@@ -239,9 +258,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(result.line(), flush=True)
             results.append(result)
     static, continuous = results[-2:]
-    print(f"decoding steps: {steps_kind(engine)}")
+    print(f"decoding steps: {steps_kind(engine)}; decoding {args.slots} requests takes "
+          f"{step_growth(engine, args.slots, max(args.shapes, key=lambda shape: shape.bars), cpu):.2f}x as long as one")
     print(f"p95 time to loop at load {static.load:.2f} ({args.shape}, {args.device}), continuous/static: "
           f"{continuous.p95 / static.p95:.2f} ({continuous.p95:.2f} s against {static.p95:.2f} s; goal <= 0.50)")
+    processes.close()
     return 0
 
 
