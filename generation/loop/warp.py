@@ -21,6 +21,10 @@ WARP_DEAD_BAND_S = 0.004  # a beat this close to the window's straight grid stay
 WARP_MIN_S = 0.01
 MAX_BEAT_WARP = 0.1  # one beat is stretched at most this much more or less than the window's period
 STRETCH_EPSILON = 1e-4  # closer than this to 1, the stretch is skipped (under 1 ms per 8 s)
+# Rubber Band R2 (pedalboard, offline) keeps about this input sample in place: at a ratio r, output
+# sample k plays input PIVOT + (k - PIVOT) x r, not k x r (measured on clicks at 32 and 44.1 kHz, r
+# 0.9-1.1). Ignoring it puts the loop's first beat up to 3 ms off its start at a 10 % stretch.
+RUBBER_BAND_PIVOT = 1150
 
 
 def markers(beat_times: np.ndarray, start: float, period: float, beats: int) -> np.ndarray:
@@ -73,6 +77,11 @@ class Warp:
         """Whether one ratio puts every beat on the grid, up to the rounding of both ends."""
         return bool(np.all(np.abs(np.diff(self.source) - self.mean_speed * np.diff(self.output)) <= 2))
 
+    def landing(self, first: int, speed: float) -> int:
+        """Where the first marker lands in Rubber Band's output of source samples from `first` on,
+        played at `speed` where it lies (see RUBBER_BAND_PIVOT)."""
+        return round(RUBBER_BAND_PIVOT + (self.source[0] - first - RUBBER_BAND_PIVOT) / speed)
+
     def stretch(self, segment: np.ndarray, sample_rate: int, first: int) -> tuple[np.ndarray, int]:
         """Stretch `segment` [C, M] (source samples from `first` on) with each beat's own ratio.
 
@@ -81,12 +90,11 @@ class Warp:
         """
         speeds, mean = self.speeds, self.mean_speed
         if self.steady:
-            offset = round((self.source[0] - first) / mean)
             if abs(mean - 1.0) <= STRETCH_EPSILON:
-                return segment, offset
+                return segment, round((self.source[0] - first) / mean)
             # Rubber Band's R3 engine (high_quality=True) drifts ~0.2 % against the nominal ratio inside
-            # the buffer; R2 keeps a constant ~2 ms latency, so the bar grid stays exact.
-            return pedalboard.time_stretch(segment, sample_rate, mean, high_quality=False), offset
+            # the buffer; R2 keeps it, so the bar grid stays exact (from where `landing` says).
+            return pedalboard.time_stretch(segment, sample_rate, mean, high_quality=False), self.landing(first, mean)
         beat = np.searchsorted(self.source, first + np.arange(segment.shape[1]), side="right") - 1
         factor = np.ascontiguousarray(speeds[np.clip(beat, 0, len(speeds) - 1)], dtype=np.float64)
-        return pedalboard.time_stretch(segment, sample_rate, factor, high_quality=False), round((self.source[0] - first) / speeds[0])
+        return pedalboard.time_stretch(segment, sample_rate, factor, high_quality=False), self.landing(first, speeds[0])
