@@ -277,3 +277,26 @@ def measure_loop(
         seam_ratio=wrap / max(float(np.median(others)), 1e-9),
         fade_db=_rms_db(signal[-bar:]) - _rms_db(signal[:bar]),
     )
+
+
+KICK_BAND_HZ = 200.0  # the kick's body: its attack is where this band's envelope rises
+RISE_SEARCH_S = 0.04
+
+
+def attack_rise_ms(audio: np.ndarray, sample_rate: int, times: np.ndarray) -> np.ndarray:
+    """[B] how long the low band's envelope takes to rise from 10 % to 90 % of its peak at the
+    strongest hit within RISE_SEARCH_S of each of `times` [B] (seconds) in `audio` [C, T]: a
+    time stretch that smears a kick makes it longer."""
+    from scipy import ndimage, signal
+
+    low = signal.sosfiltfilt(signal.butter(4, KICK_BAND_HZ, "low", fs=sample_rate, output="sos"), audio.mean(axis=0))
+    envelope = ndimage.uniform_filter1d(np.abs(signal.hilbert(low)), max(1, round(0.001 * sample_rate)))
+    reach = round(RISE_SEARCH_S * sample_rate)
+    rises = []
+    for centre in np.rint(np.asarray(times) * sample_rate).astype(int):
+        around = envelope[max(0, centre - reach) : centre + reach]
+        peak = int(around.argmax())
+        below = np.flatnonzero(around[:peak] <= 0.1 * around[peak])
+        start = int(below[-1]) if len(below) else 0
+        rises.append((start + int(np.argmax(around[start:] >= 0.9 * around[peak]))) - start)
+    return np.array(rises) / sample_rate * 1000
