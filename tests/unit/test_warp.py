@@ -1,4 +1,4 @@
-"""Rubber Band through `Warp.stretch`: the window's first beat lands where the loop is cut."""
+"""Rubber Band through `Warp.stretch`: every beat of the window lands on its line of the loop's grid."""
 
 from __future__ import annotations
 
@@ -27,20 +27,25 @@ def click_at(audio: np.ndarray, near: int) -> int:
     return near - 1000 + int(np.flatnonzero(around > 0.5 * around.max())[0])
 
 
+JUMPS = np.array([0.0, 0.012, -0.009, 0.014, -0.004, -0.013, 0.008, -0.011, 0.0])  # seconds off a steady grid
+
+
 @pytest.mark.parametrize("speed", [0.9, 0.955, 1.05, 1.1])
 @pytest.mark.parametrize(
-    ("wave_s", "tolerance_ms"),
-    [(0.0, 0.25), (0.015, 1.5)],
-    ids=["one ratio", "beat by beat"],  # a 15 ms tempo wave gives each beat its own ratio
+    "deviation",
+    [np.zeros(BEATS + 1), 0.015 * np.sin(2 * np.pi * np.arange(BEATS + 1) / BEATS), JUMPS],
+    ids=["one ratio", "a tempo wave, beat by beat", "per-beat jumps, beat by beat"],
 )
-def test_the_first_beat_lands_where_the_loop_starts(speed: float, wave_s: float, tolerance_ms: float) -> None:
-    index = np.arange(BEATS + 1)
-    beats = 0.3 + BEAT * index + wave_s * np.sin(2 * np.pi * index / BEATS)
+def test_every_beat_lands_on_its_grid_line(speed: float, deviation: np.ndarray) -> None:
+    beats = 0.3 + BEAT * np.arange(BEATS + 1) + deviation
     warp = Warp.onto_grid(beats, RATE, round(BEATS * BEAT / speed * RATE))
-    assert warp.steady == (wave_s == 0)
+    assert warp.steady == (not deviation.any())
     first = int(warp.source[0]) - LEAD
 
     stretched, offset = warp.stretch(click_track(beats)[:, first:], RATE, first)
 
-    # Rubber Band's pivot (about 1150 input samples stay in place) put it up to 4 ms off before.
-    assert abs(click_at(stretched, offset) - offset) <= tolerance_ms / 1000 * RATE
+    # Rubber Band R2 itself places clicks up to ~0.45 ms off at a fixed 10 % stretch. Before, the
+    # first beat was up to 4 ms off (Rubber Band's pivot), and beats warped by one call given a
+    # ratio per sample 2-4 ms off.
+    landed = np.array([click_at(stretched, offset + int(line)) - offset for line in warp.output])
+    assert np.abs(landed - warp.output).max() <= 0.6 / 1000 * RATE
