@@ -146,18 +146,20 @@ class Warp:
         speeds = np.diff(source[bounds]) / np.diff(output[bounds])  # [R]
         offset = round(source[0] / speeds[0])  # the first marker's place: output k of run r plays ...
         origins = source[bounds[:-1]] - (offset + output[bounds[:-1]]) * speeds  # ... origins[r] + k x speeds[r]
-        total = offset + int(output[-1]) + int((segment.shape[1] - source[-1]) / speeds[-1])
+        total = max(0, offset + int(output[-1]) + int((segment.shape[1] - source[-1]) / speeds[-1]))
         fade = max(1, round(JOIN_FADE_S * sample_rate))
         joins = offset + output[bounds[1:-1]] - round(JOIN_LEAD_S * sample_rate)  # [R - 1] where each crossfade ends
         starts, ends = np.r_[0, joins - fade], np.r_[joins, total]
         ramp = np.sin(0.5 * np.pi * (np.arange(fade) + 0.5) / fade) ** 2  # in and out sum to one: the runs are one sound
         audio = np.zeros((segment.shape[0], total), dtype=np.float32)
         for run, speed in enumerate(speeds):
-            begin, end = int(starts[run]), int(ends[run])
+            begin, end = int(starts[run]), min(int(ends[run]), total)  # a short source ends inside the window
+            if end <= begin:
+                break
             piece = _played(segment, sample_rate, float(speed), origins[run] + begin * speed, end - begin)
             if run > 0:
-                piece[:, :fade] *= ramp
-            if run < len(speeds) - 1:
+                piece[:, :fade] *= ramp[: piece.shape[1]]
+            if run < len(speeds) - 1 and end == ends[run]:
                 piece[:, -fade:] *= ramp[::-1]
             audio[:, begin:end] += piece
         return audio, offset

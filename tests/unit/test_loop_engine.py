@@ -126,6 +126,19 @@ def test_off_tempo_sources_are_stretched_to_the_request(loops: dict[str, LoopRes
     assert half.metric_relation == 0.5 and half.source_bpm == pytest.approx(70, rel=0.01)
 
 
+def test_a_short_unsteady_clip_that_ends_inside_the_window_still_loops() -> None:
+    # Clicks 12 ms off a 120 BPM grid, the clip ending 0.2 s after its last: the window is warped beat
+    # by beat and its last beat lies past the source (a model output that ends early).
+    rng = np.random.default_rng(3)
+    clicks = 0.05 + 0.5 * np.arange(10) + rng.normal(0, 0.012, 10)
+    audio = rng.normal(0, 0.01, (1, round((clicks[-1] + 0.2) * 32000))).astype(np.float32)
+    for at in clicks:
+        audio[0, round(at * 32000) : round(at * 32000) + 200] += np.hanning(200).astype(np.float32)
+    result = make_loop(audio, 32000, LoopShape(120.0, 2))
+    assert result.audio.shape == (1, LoopShape(120.0, 2).samples(32000))
+    assert result.report.reason_code == "too_short", result.report  # and the user is told so
+
+
 def test_silence_is_unusable_and_marked_silent() -> None:
     result = make_loop(np.zeros((2, 32000 * 8), np.float32), 32000, LoopShape(120.0, 2))
     assert result.audio.shape == (2, LoopShape(120.0, 2, 4).samples(32000))

@@ -49,3 +49,17 @@ def test_every_beat_lands_on_its_grid_line(speed: float, deviation: np.ndarray) 
     # ratio per sample 2-4 ms off.
     landed = np.array([click_at(stretched, offset + int(line)) - offset for line in warp.output])
     assert np.abs(landed - warp.output).max() <= 0.6 / 1000 * RATE
+
+
+def test_a_warped_window_the_source_ends_inside_is_stretched_as_far_as_the_source_goes() -> None:
+    # A short clip (a model's output that ends early): the window's last beats are past its end.
+    beats = 0.3 + BEAT * np.arange(BEATS + 1) + JUMPS
+    warp = Warp.onto_grid(beats, RATE, round(BEATS * BEAT / 1.05 * RATE))
+    first = int(warp.source[0]) - LEAD
+    cut_short = click_track(beats)[:, first : int(warp.source[5]) + RATE // 10]  # ends 100 ms after beat 5
+
+    stretched, offset = warp.stretch(cut_short, RATE, first)
+
+    assert offset + warp.output[5] < stretched.shape[1] < offset + warp.output[6]
+    landed = np.array([click_at(stretched, offset + int(line)) - offset for line in warp.output[:6]])
+    assert np.abs(landed - warp.output[:6]).max() <= 0.6 / 1000 * RATE
