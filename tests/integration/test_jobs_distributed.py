@@ -580,7 +580,9 @@ async def test_a_job_joins_a_batch_running_on_a_busy_worker_and_comes_back_first
             await running_on(service, long)
             longs.append(long)
         progress: list[JobProgress] = []
-        (short,) = await submit_all(service, [loop(3, LoopShape(96.0, 4))])  # 10 s: a few heartbeats of progress
+        # 4 s: done well before the long loops (28 s, about 2 s to decode on the tiny model), even with
+        # the half-second heartbeat that sends it ahead; its progress has at least "looping".
+        (short,) = await submit_all(service, [loop(3, LoopShape(120.0, 2))])
         events = service.subscribe(short)
         finals = [asyncio.ensure_future(final_event(service, job_id)) for job_id in longs]
 
