@@ -5,7 +5,7 @@
 Fetches the excerpts (apt-get download, cached), loops each file as `loopjam loopify` does
 (`loop_file`, 4 bars) at its annotated tempo and, for a few, at a request 4-5 % off it, and
 measures the loop with the rendered corpus's independent measures (tests/support/corpus.py); "grid" is the report's own grid error (median, ms),
-"smear" how much slower the loop's attacks rise than the source's (`attack_smear`; 1 is as sharp).
+"smear" how much slower the loop's attacks rise than the source's (`loop_smear`; 1 is as sharp).
 Goals (issue #13): start within 40 ms of a true downbeat, grid spread < 15 ms, drift < 6 ms/bar,
 seam < 1.5, and not unusable.
 """
@@ -21,10 +21,9 @@ from corpus import (
     GOAL_SPREAD_MS,
     GOAL_START_MS,
     LoopMeasures,
-    attack_smear,
     measure_loop,
 )
-from real_corpus import EXCERPTS, Excerpt, fetch_all, read_excerpt
+from real_corpus import EXCERPTS, Excerpt, fetch_all, loop_smear
 
 from generation.loop import LoopResult
 from generation.loop.source import loop_file
@@ -54,9 +53,7 @@ def row(excerpt: Excerpt, path, bpm: float) -> str:
     )
     report = result.report
     goals = "ok" if meets_goals(m, result) else "MISS"
-    source, rate = read_excerpt(path)
-    source_beats = report.source_start_seconds + 60.0 / excerpt.bpm * np.arange(result.grid.shape.beats)
-    smear = attack_smear(result.audio, result.sample_rate, source, rate, source_beats)
+    smear = loop_smear(excerpt, path, result)
     return (
         f"{excerpt.name:20s} {bpm:7.2f} {excerpt.bpm:7.2f} {report.source_bpm:7.2f} {m.start_error_ms:+8.1f}"
         f" {m.grid_deviation_ms:7.1f} {m.drift_ms_per_bar:+7.2f} {m.seam_ratio:6.2f} {_ms(report.grid_error_ms):>6s} {smear:6.2f}"

@@ -11,11 +11,15 @@ import os
 import shutil
 import subprocess
 import tomllib
+import typing as tp
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+
+if tp.TYPE_CHECKING:
+    from generation.loop import LoopResult
 
 ANNOTATIONS = Path(__file__).with_name("real_corpus.toml")
 CACHE_ENV = "LOOPJAM_REAL_CORPUS"  # where the packages and excerpts are cached (default below)
@@ -104,3 +108,13 @@ def read_excerpt(path: Path) -> tuple[np.ndarray, int]:
     """A cached excerpt as ([C, T] float32, sample rate)."""
     audio, rate = sf.read(str(path), dtype="float32", always_2d=True)
     return audio.T.copy(), int(rate)
+
+
+def loop_smear(excerpt: Excerpt, path: Path, loop: LoopResult) -> float:
+    """`corpus.attack_smear` of a loop cut from the excerpt at `path`: each of its beats against the
+    source beat it came from, at the annotated tempo from where the loop starts in the source."""
+    from corpus import attack_smear
+
+    source, rate = read_excerpt(path)
+    source_beats = loop.report.source_start_seconds + 60.0 / excerpt.bpm * np.arange(loop.grid.shape.beats)
+    return attack_smear(loop.audio, loop.sample_rate, source, rate, source_beats)
