@@ -59,7 +59,7 @@ def run() -> None:
         analysis, t = timed(analyse, signal, sr); stages.setdefault("analyse (STFT, mel, chroma, flux)", []).append(t)
         tempo, t = timed(estimate_tempo, analysis, BPM, settings.max_stretch); stages.setdefault("tempo", []).append(t)
         beats, t = timed(track_beats, analysis, tempo.beat_period); stages.setdefault("beat tracking", []).append(t)
-        (phase, _), t = timed(downbeat_phase, analysis, beats, 4); stages.setdefault("downbeats", []).append(t)
+        (phase, _), t = timed(downbeat_phase, analysis, signal, beats, 4); stages.setdefault("downbeats", []).append(t)
         downbeats = np.arange(phase, len(beats), 4)
         window, t = timed(best_window, analysis, signal, beats, downbeats, tempo.beat_period, 4, BARS)
         stages.setdefault("window scoring", []).append(t)

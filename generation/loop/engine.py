@@ -196,7 +196,7 @@ def make_loop(
     period = tempo.beat_period
     if len(beats) >= 4:  # beats span the whole clip, so their fit is finer than the autocorrelation lag
         period = float(np.clip(fit_period(beats)[0], period * (1 - MAX_GLOBAL_REFIT), period * (1 + MAX_GLOBAL_REFIT)))
-    phase, confidence = downbeat_phase(analysis, beats, beats_per_bar)
+    phase, confidence = downbeat_phase(analysis, signal, beats, beats_per_bar)
     downbeats = np.arange(phase, len(beats), beats_per_bar)
     window = _at_attack(analysis, best_window(analysis, signal, beats, downbeats, period, beats_per_bar, bars))
     speed, within, needed = _speed(bpm, window.beat_period, settings.max_stretch)

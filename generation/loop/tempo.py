@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import librosa
 import numpy as np
+import scipy.signal
 from scipy.ndimage import maximum_filter1d
 
 from .analysis import Analysis
@@ -38,6 +39,18 @@ SNAP_S = 0.03  # a grid beat put in where the tracker slipped moves to the onset
 # (real corpus), a syncopated bass the tracker follows on the off-beats, is at 1.5; where the tracker is
 # on the beat, the real corpus is at most 1.03 (escape2) and the rendered one 0.52.
 OFF_BEAT_MARGIN = 1.3
+BASS_LOW_HZ, BASS_HIGH_HZ = 32.70, 246.94  # C1-B3: the bass line's register (bass guitar, synth bass, left hand)
+BASS_RATE_HZ = 2000.0  # the bass is read from the signal decimated to about this rate (4 x B3: a short filter)
+BASS_ALIAS_DB = 60.0  # what the decimation folds into the bass register is this far down
+# Ambiguous bars: the rhythm cues' best phase beats the runner-up by under this confidence. On the real
+# corpus (bench.real_music): batcave and batcave2, whose drums accent the other half of the bar, are at
+# 0.06 and 0.03; fb-main, the least confident excerpt whose bass moves off the bar line by a margin over
+# BASS_DECIDES (0.39, on beat 3), is at 0.26. 0.125 is a factor of 2 from either.
+AMBIGUOUS_BARS = 0.125
+# The bass line settles an ambiguous bar when its best phase wins by this margin: batcave and batcave2's
+# is 0.53 and 0.73 (0.35-0.81 with the register from C1-B2 to C1-B4); among the other ambiguous excerpts
+# the largest margin away from the annotated bar line is 0.10 (war-breakdown; fb-intro's 0.11 over A0-E3).
+BASS_DECIDES = 0.25
 
 
 @dataclass(frozen=True)
@@ -285,13 +298,69 @@ def _bar_change(per_beat: np.ndarray, beats_per_bar: int) -> np.ndarray:
     return change
 
 
-def downbeat_phase(analysis: Analysis, beat_times: np.ndarray, beats_per_bar: int) -> tuple[int, float]:
+def _bass_signal(signal: np.ndarray, sample_rate: int) -> tuple[np.ndarray, float]:
+    """The signal [T] decimated to about BASS_RATE_HZ, and its rate: a low-pass FIR (BASS_ALIAS_DB
+    down from where aliases would fold into the bass register) and every factor-th sample."""
+    factor = max(1, int(sample_rate // BASS_RATE_HZ))
+    if factor == 1:
+        return signal, float(sample_rate)
+    rate = sample_rate / factor
+    stop = rate - BASS_HIGH_HZ  # above this, what folds over lands above the bass register
+    taps, beta = scipy.signal.kaiserord(BASS_ALIAS_DB, (stop - BASS_HIGH_HZ) / (sample_rate / 2))
+    lowpass = scipy.signal.firwin(taps | 1, (stop + BASS_HIGH_HZ) / 2, window=("kaiser", beta), fs=sample_rate)
+    return scipy.signal.resample_poly(signal, 1, factor, window=lowpass), rate
+
+
+def _bass_chroma(signal: np.ndarray, sample_rate: int, beat_times: np.ndarray) -> np.ndarray:
+    """[12, B] pitch-class power of the bass register (BASS_LOW_HZ-BASS_HIGH_HZ) from each beat to the next.
+
+    One FFT per beat of the signal [T] decimated: a beat-long frame resolves the bass's semitones
+    (4 Hz apart at C2), which the analysis's 2048-point frames (16-23 Hz bins) blur together.
+    `beat_times` [B >= 2] are seconds; the last beat lasts as long as the one before it.
+    """
+    low, rate = _bass_signal(signal, sample_rate)
+    edges = np.clip(np.rint(np.r_[beat_times, 2 * beat_times[-1] - beat_times[-2]] * rate).astype(int), 0, len(low))
+    size = 1 << int(np.ceil(np.log2(max(8, 2 * int(np.median(np.diff(edges)))))))  # zero-padded twice over
+    freqs = np.fft.rfftfreq(size, 1.0 / rate)
+    semitone = 2 ** (1 / 24)  # half a semitone either side of the range
+    band = (freqs >= BASS_LOW_HZ / semitone) & (freqs <= BASS_HIGH_HZ * semitone)
+    pitch_class = np.rint(12 * np.log2(freqs[band] / BASS_LOW_HZ)).astype(int) % 12
+    chroma = np.zeros((12, len(beat_times)))
+    for beat, (first, last) in enumerate(itertools.pairwise(edges)):
+        frame = low[first : min(last, first + size)]
+        if len(frame) > 1:
+            power = np.abs(np.fft.rfft(frame * np.hanning(len(frame)), size)) ** 2
+            chroma[:, beat] = np.bincount(pitch_class, weights=power[band], minlength=12)
+    return chroma
+
+
+def _bass_moves(signal: np.ndarray, sample_rate: int, beat_times: np.ndarray, beats_per_bar: int) -> np.ndarray:
+    """[B] z-scored evidence that the bass line moves to a new note at each beat: its pitch classes
+    change from the previous beat and, over a bar, from the bar before."""
+    bass = _bass_chroma(signal, sample_rate, beat_times)
+    return _zscore(_zscore(_beat_change(bass)) + _zscore(_bar_change(bass, beats_per_bar)))
+
+
+def _best_phase(evidence: np.ndarray, beats_per_bar: int) -> tuple[int, float]:
+    """The phase whose beats' mean of `evidence` [B] is highest, and its margin over the runner-up (0..1)."""
+    scores = np.array([evidence[phase::beats_per_bar].mean() for phase in range(beats_per_bar)])
+    order = np.argsort(scores)[::-1]
+    # z-scored evidence that peaks on one phase only and is flat elsewhere gives this margin.
+    ideal = beats_per_bar / np.sqrt(beats_per_bar - 1)
+    return int(order[0]), float(np.clip((scores[order[0]] - scores[order[1]]) / ideal, 0.0, 1.0))
+
+
+def downbeat_phase(
+    analysis: Analysis, signal: np.ndarray, beat_times: np.ndarray, beats_per_bar: int,
+) -> tuple[int, float]:
     """Which beat of `beat_times` [B] starts a bar, and the confidence of that (0..1).
 
     Bars start with the hardest low-end hit (kick, bass), a chord change (against the previous
     beat and, more robustly, the previous bar) and an accent. Each cue is z-scored over the beats,
     their weighted sum too, and every phase is scored by the mean of its beats. Confidence is the
     margin of the best phase over the runner-up, as a fraction of the largest margin possible.
+    When the bars are ambiguous (confidence under AMBIGUOUS_BARS), the bass line of `signal` [T]
+    (the mono signal `analysis` was made from) decides, if it is clear; the confidence stays as low.
     """
     if len(beat_times) < 2 * beats_per_bar:
         return 0, 0.0
@@ -306,9 +375,15 @@ def downbeat_phase(analysis: Analysis, beat_times: np.ndarray, beats_per_bar: in
         + 0.5 * _zscore(_peaks_at(analysis.onset, frames, radius))
         + 0.5 * _zscore(_peaks_at(analysis.low_onset, frames, radius))
     )
-    scores = np.array([evidence[phase::beats_per_bar].mean() for phase in range(beats_per_bar)])
-    order = np.argsort(scores)[::-1]
-    # z-scored evidence that peaks on one phase only and is flat elsewhere gives this margin.
-    ideal = beats_per_bar / np.sqrt(beats_per_bar - 1)
-    confidence = float(np.clip((scores[order[0]] - scores[order[1]]) / ideal, 0.0, 1.0))
-    return int(order[0]), confidence
+    phase, confidence = _best_phase(evidence, beats_per_bar)
+    if confidence < AMBIGUOUS_BARS:
+        # Drums that accent the other half of the bar, or kick and bass on 1 and 3, leave the bar line
+        # open; the harmony starts where the bass moves to a new note, beat to beat and bar to bar, and
+        # a loop starts where the harmony does. Only in an ambiguous bar: where the rhythm is clear the
+        # bass may move elsewhere (on fb-main and calm its cue points 2 and 1 beats off the bar line),
+        # and only a clear bass line: a bouncy one (fb-intro) moves on several beats of the bar.
+        moves = _bass_moves(signal, analysis.sample_rate, beat_times, beats_per_bar)
+        bass_phase, margin = _best_phase(moves, beats_per_bar)
+        if margin >= BASS_DECIDES:
+            phase = bass_phase
+    return phase, confidence

@@ -33,7 +33,16 @@ from generation.loop.analysis import analyse, mono
 from generation.loop.grid_error import grid_error_ms
 from generation.loop.loudness import integrated_lufs, true_peak_dbtp
 from generation.loop.report import GOOD_DOWNBEAT_CONFIDENCE, GOOD_GRID_ERROR_MS, Findings, judge
-from generation.loop.tempo import _per_beat, downbeat_phase, estimate_tempo, track_beats
+from generation.loop.tempo import (
+    BASS_DECIDES,
+    _bass_chroma,
+    _bass_moves,
+    _best_phase,
+    _per_beat,
+    downbeat_phase,
+    estimate_tempo,
+    track_beats,
+)
 from generation.loop.waveform import waveform_png
 from generation.shape import LoopShape
 
@@ -84,7 +93,7 @@ def test_waltz_downbeats_follow_the_beats_in_every_rotation(name: str, renders: 
     analysis = analyse(mono(rendered.audio), rendered.sample_rate)
     beats = track_beats(analysis, estimate_tempo(analysis, rendered.groove.request_bpm, 0.12).beat_period)
     for skipped in range(3):
-        phase, confidence = downbeat_phase(analysis, beats[skipped:], 3)
+        phase, confidence = downbeat_phase(analysis, mono(rendered.audio), beats[skipped:], 3)
         assert np.min(np.abs(rendered.downbeat_times - beats[skipped + phase])) < 0.04, (skipped, phase)
         assert confidence >= GOOD_DOWNBEAT_CONFIDENCE
 
@@ -277,13 +286,30 @@ def test_loopify_bad_input_exits_2_and_writes_nothing(case: str, args: list[str]
     assert set(tmp_path.iterdir()) == before
 
 
+@pytest.mark.parametrize("rate", [32000, 44100])
+def test_the_bass_line_is_read_a_semitone_apart_and_moves_on_the_bar_line(rate: int) -> None:
+    # A legato bass, a bar of C2 and a bar of C#2 at 120 BPM (a semitone: 3.9 Hz): each beat's bass
+    # pitch class is the note's, and the bass moves on the first beat of each bar, clearly enough to decide.
+    seconds, bar = 12.0, 2.0
+    time = np.arange(round(seconds * rate)) / rate
+    frequency = np.where(time // bar % 2 == 0, 65.41, 69.30)
+    phase = 2 * np.pi * np.cumsum(frequency) / rate
+    signal = (0.3 * (np.sin(phase) + 0.5 * np.sin(2 * phase))).astype(np.float32)
+    beats = np.arange(0.5, seconds - 0.25, 0.5)  # the bar lines are beats 3, 7, 11, ...
+    notes = np.where(beats // bar % 2 == 0, 0, 1)
+    assert np.array_equal(_bass_chroma(signal, rate, beats).argmax(axis=0), notes)
+    phase_found, margin = _best_phase(_bass_moves(signal, rate, beats, 4), 4)
+    assert phase_found == 3 and margin >= BASS_DECIDES
+
+
 def test_beats_up_to_and_past_the_end_still_get_a_downbeat() -> None:
     """A tracker's beats can run to the clip's last frame (two beats on one frame once clipped): the
     downbeat chooser still reads one chroma column per beat, as `librosa.util.sync` segments them."""
     rate = 32000
-    analysis = analyse((np.random.default_rng(0).standard_normal(rate * 4) * 0.1).astype(np.float32), rate)
+    noise = (np.random.default_rng(0).standard_normal(rate * 4) * 0.1).astype(np.float32)
+    analysis = analyse(noise, rate)
     end = len(analysis.onset) / analysis.frame_rate
-    phase, confidence = downbeat_phase(analysis, np.arange(0.0, end + 1.0, 0.25), 4)
+    phase, confidence = downbeat_phase(analysis, noise, np.arange(0.0, end + 1.0, 0.25), 4)
     assert phase in range(4) and 0.0 <= confidence <= 1.0
 
     frames = np.array([3, 40, 41, 90, 200])
