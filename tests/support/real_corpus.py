@@ -23,6 +23,9 @@ if tp.TYPE_CHECKING:
 
 ANNOTATIONS = Path(__file__).with_name("real_corpus.toml")
 CACHE_ENV = "LOOPJAM_REAL_CORPUS"  # where the packages and excerpts are cached (default below)
+LAG_HOP = 64  # onset frames about 1.5 ms apart at 44.1 kHz
+LAG_REACH_S = 0.06  # each beat's envelope compared over this much on either side of it
+LAG_SEARCH_S = 0.03  # ... at lags up to this
 
 
 class CorpusUnavailable(RuntimeError):
@@ -118,3 +121,38 @@ def loop_smear(excerpt: Excerpt, path: Path, loop: LoopResult) -> float:
     source, rate = read_excerpt(path)
     source_beats = loop.report.source_start_seconds + 60.0 / excerpt.bpm * np.arange(loop.grid.shape.beats)
     return attack_smear(loop.audio, loop.sample_rate, source, rate, source_beats)
+
+
+
+def straight_cut(path: Path, loop: LoopResult) -> np.ndarray:
+    """[C, N] the loop's source, unstretched, from where the loop starts and as long as the loop: at
+    the excerpt's own tempo, what a loop with every beat where the source has it would be."""
+    source, rate = read_excerpt(path)
+    first = round(loop.report.source_start_seconds * rate)
+    return source[:, first : first + loop.audio.shape[1]]
+
+
+def lags_behind_the_source(path: Path, loop: LoopResult) -> np.ndarray:
+    """[B] ms each beat of `loop` (asked at the excerpt's own tempo) plays later than the same beat of
+    `straight_cut`: the lag that best aligns their onset envelopes (librosa's) around the beat. A
+    loop that leaves the source's timing as it is reads a constant; one warped off it does not."""
+    import librosa
+
+    cut = straight_cut(path, loop)
+    samples, beats = loop.audio.shape[1], loop.grid.shape.beats
+    if cut.shape[1] < samples:
+        raise ValueError("the source ends inside the loop")
+
+    def envelope(audio: np.ndarray) -> np.ndarray:  # the audio played three times: beat 0 is heard after the wrap
+        return librosa.onset.onset_strength(y=np.tile(audio.mean(axis=0), 3), sr=loop.sample_rate, hop_length=LAG_HOP)
+
+    played, reference = envelope(loop.audio), envelope(cut)
+    reach, search = (round(seconds * loop.sample_rate / LAG_HOP) for seconds in (LAG_REACH_S, LAG_SEARCH_S))
+    lags = np.arange(-search, search + 1)
+    result = np.empty(beats)
+    for beat in range(beats):
+        frame = round((samples + beat * samples / beats) / LAG_HOP)
+        around = reference[frame - reach : frame + reach + 1]
+        scores = [played[frame - reach + lag : frame + reach + 1 + lag] @ (around - around.mean()) for lag in lags]
+        result[beat] = lags[int(np.argmax(scores))] * LAG_HOP / loop.sample_rate * 1000
+    return result
