@@ -124,35 +124,31 @@ def loop_smear(excerpt: Excerpt, path: Path, loop: LoopResult) -> float:
 
 
 
-def straight_cut(path: Path, loop: LoopResult) -> np.ndarray:
-    """[C, N] the loop's source, unstretched, from where the loop starts and as long as the loop: at
-    the excerpt's own tempo, what a loop with every beat where the source has it would be."""
-    source, rate = read_excerpt(path)
-    first = round(loop.report.source_start_seconds * rate)
-    return source[:, first : first + loop.audio.shape[1]]
-
-
 def lags_behind_the_source(path: Path, loop: LoopResult) -> np.ndarray:
     """[B] ms each beat of `loop` (asked at the excerpt's own tempo) plays later than the same beat of
-    `straight_cut`: the lag that best aligns their onset envelopes (librosa's) around the beat. A
-    loop that leaves the source's timing as it is reads a constant; one warped off it does not."""
+    its source, unstretched, from where the loop starts: the lag that best aligns their onset envelopes
+    (librosa's) around the beat. The loop is read as it repeats, so its beat 0 is the one after the wrap;
+    the source, as it plays. A loop that leaves the source's timing as it is reads a constant."""
     import librosa
 
-    cut = straight_cut(path, loop)
+    source, rate = read_excerpt(path)
     samples, beats = loop.audio.shape[1], loop.grid.shape.beats
-    if cut.shape[1] < samples:
-        raise ValueError("the source ends inside the loop")
+    reach, search = (round(seconds * rate / LAG_HOP) for seconds in (LAG_REACH_S, LAG_SEARCH_S))
+    if rate != loop.sample_rate:
+        raise ValueError("the loop must keep its source's sample rate")
+    start = round(loop.report.source_start_seconds * rate) + samples  # in the source padded as below
 
-    def envelope(audio: np.ndarray) -> np.ndarray:  # the audio played three times: beat 0 is heard after the wrap
-        return librosa.onset.onset_strength(y=np.tile(audio.mean(axis=0), 3), sr=loop.sample_rate, hop_length=LAG_HOP)
+    def envelope(audio: np.ndarray) -> np.ndarray:
+        return librosa.onset.onset_strength(y=audio.mean(axis=0), sr=rate, hop_length=LAG_HOP)
 
-    played, reference = envelope(loop.audio), envelope(cut)
-    reach, search = (round(seconds * loop.sample_rate / LAG_HOP) for seconds in (LAG_REACH_S, LAG_SEARCH_S))
+    played = envelope(np.tile(loop.audio, 3))  # the middle copy, after a wrap
+    # The source from a loop's length before the loop's start (silence before the excerpt's start).
+    reference = envelope(np.pad(source, ((0, 0), (samples, samples)))[:, start - samples : start + 2 * samples])
     lags = np.arange(-search, search + 1)
     result = np.empty(beats)
     for beat in range(beats):
         frame = round((samples + beat * samples / beats) / LAG_HOP)
         around = reference[frame - reach : frame + reach + 1]
         scores = [played[frame - reach + lag : frame + reach + 1 + lag] @ (around - around.mean()) for lag in lags]
-        result[beat] = lags[int(np.argmax(scores))] * LAG_HOP / loop.sample_rate * 1000
+        result[beat] = lags[int(np.argmax(scores))] * LAG_HOP / rate * 1000
     return result
