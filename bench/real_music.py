@@ -7,7 +7,8 @@ Fetches the excerpts (apt-get download, cached), loops each file as `loopjam loo
 measures the loop with the rendered corpus's independent measures (tests/support/corpus.py); "grid" is the report's own grid error (median, ms),
 "smear" how much slower the loop's attacks rise than the source's (`loop_smear`; 1 is as sharp).
 Goals (issue #13): start within 40 ms of a true downbeat, grid spread < 15 ms, drift < 6 ms/bar,
-seam < 1.5, and not unusable.
+seam < 1.5 (the wrap's flux against the loop's other downbeats' or the source's own where the loop
+was cut, whichever is larger), and not unusable.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from corpus import (
     LoopMeasures,
     measure_loop,
 )
-from real_corpus import EXCERPTS, Excerpt, fetch_all, loop_smear
+from real_corpus import EXCERPTS, Excerpt, fetch_all, loop_smear, loop_source
 
 from generation.loop import LoopResult
 from generation.loop.source import loop_file
@@ -49,7 +50,7 @@ def row(excerpt: Excerpt, path, bpm: float) -> str:
     result = loop_file(path, LoopShape(bpm, BARS, excerpt.beats_per_bar))
     m = measure_loop(
         result.audio, result.sample_rate, BARS, excerpt.beats_per_bar,
-        result.report.source_start_seconds, np.array(excerpt.downbeats),
+        result.report.source_start_seconds, np.array(excerpt.downbeats), source=loop_source(excerpt, path, result),
     )
     report = result.report
     goals = "ok" if meets_goals(m, result) else "MISS"

@@ -203,10 +203,12 @@ CORPUS: list[Groove] = [
 
 MEASURE_HOP = 128
 BEAT_SEARCH_S = 0.06  # an onset belongs to a grid beat when this close (and within a quarter beat)
+SEAM_RADIUS_S = 0.025  # the flux at a point: its peak this close (an attack's rise and a grid's jitter)
 
 
 # Issue #13's goals for a loop, on both corpora: its start this close to a true downbeat, its beats'
-# spread around its grid, its drift, and the flux at its wrap against the other downbeats'.
+# spread around its grid, its drift, and the flux at its wrap against the other downbeats' (or the
+# source's own there, when the source is known).
 GOAL_START_MS = 40.0
 GOAL_SPREAD_MS = 15.0
 GOAL_DRIFT_MS_PER_BAR = 6.0
@@ -220,7 +222,7 @@ class LoopMeasures:
     grid_offset_ms: float  # median onset - grid beat (the loop starts this late on its beat)
     beats_found: float  # fraction of grid beats with an onset nearby
     drift_ms_per_bar: float
-    seam_ratio: float  # flux at the wrap / median flux at the other downbeats
+    seam_ratio: float  # flux at the wrap / what the music has there (see measure_loop)
     fade_db: float  # last bar RMS - first bar RMS
 
 
@@ -228,13 +230,53 @@ def _rms_db(x: np.ndarray) -> float:
     return 10 * math.log10(max(float(np.mean(np.square(x, dtype=np.float64))), 1e-20))
 
 
+@dataclass(frozen=True)
+class LoopSource:
+    """What a loop was cut from, for judging its seam: the [C, T] source `audio` at `sample_rate`,
+    and `end`, the source second the loop's end was cut at (its start is measure_loop's `source_start`)."""
+
+    audio: np.ndarray
+    sample_rate: int
+    end: float
+
+
+def _flux(mono: np.ndarray, sample_rate: int) -> np.ndarray:
+    """[F] librosa's onset strength (log-mel flux) of [T] `mono`, one frame per MEASURE_HOP samples."""
+    import librosa
+
+    return librosa.onset.onset_strength(y=mono, sr=sample_rate, hop_length=MEASURE_HOP)
+
+
+def _flux_peak(flux: np.ndarray, sample_rate: int, seconds: float) -> float:
+    """The largest of `flux` [F] within SEAM_RADIUS_S of `seconds`."""
+    radius = max(1, round(SEAM_RADIUS_S * sample_rate / MEASURE_HOP))
+    frame = round(seconds * sample_rate / MEASURE_HOP)
+    return float(flux[max(0, frame - radius) : frame + radius + 1].max())
+
+
+def _source_flux(source: LoopSource, sample_rate: int, points: tuple[float, float]) -> list[float]:
+    """`_flux_peak` of the source (at the loop's `sample_rate`, as the loop's flux is) at each of `points` (source seconds)."""
+    import librosa
+
+    mono = librosa.resample(source.audio.mean(axis=0), orig_sr=source.sample_rate, target_sr=sample_rate)
+    flux = _flux(mono, sample_rate)
+    return [_flux_peak(flux, sample_rate, seconds) for seconds in points]
+
+
 def measure_loop(
     loop: np.ndarray, sample_rate: int, bars: int, beats_per_bar: int,
     source_start: float, true_downbeats: np.ndarray, music_bar_beats: int | None = None,
+    source: LoopSource | None = None,
 ) -> LoopMeasures:
     """Measure a [C, N] loop played three times in a row, looking at the middle copy.
 
     Seam and fade compare bars of the music: `music_bar_beats` requested beats (default a bar).
+    The seam ratio is the flux at the wrap over the median flux at the loop's other downbeats or,
+    with the loop's `source`, over the largest of that and the source's own flux where the loop's
+    start and end were cut. The wrap joins what led to the source's end to what follows its start;
+    the source plays that musical point twice (into the start, out of the end), so an accent it has
+    there (a phrase start among soft downbeats) is not a seam, while a join that makes an attack of
+    its own (a hard cut a quarter beat off the downbeat: test_real_corpus) still rises above both.
     """
     import librosa
 
@@ -254,18 +296,19 @@ def measure_loop(
     bar_index = (np.arange(beats) / beats_per_bar)[found]
     drift = float(np.polyfit(bar_index, offsets, 1)[0]) if len(set(bar_index)) > 1 else 0.0
 
-    flux = librosa.onset.onset_strength(y=tiled, sr=sample_rate, hop_length=MEASURE_HOP)
-    radius = max(1, round(0.025 * sample_rate / MEASURE_HOP))
-
+    flux = _flux(tiled, sample_rate)
     shift = (median if math.isfinite(median) else 0.0) / 1000  # look where this loop's onsets are
 
     def flux_at(seconds: float) -> float:
-        frame = round((seconds + shift) * sample_rate / MEASURE_HOP)
-        return float(flux[max(0, frame - radius) : frame + radius + 1].max())
+        return _flux_peak(flux, sample_rate, seconds + shift)
 
     bar_beats = music_bar_beats or beats_per_bar
     step = bar_beats if beats > bar_beats else 1  # one-bar loops: compare with the other beats
-    others = [flux_at(t) for t in grid[step::step]]
+    reference = float(np.median([flux_at(t) for t in grid[step::step]]))
+    if source is not None:  # the shift in source seconds: the loop's span there over its length
+        source_shift = shift * (source.end - source_start) / (n / sample_rate)
+        points = (source_start + source_shift, source.end + source_shift)
+        reference = max(reference, *_source_flux(source, sample_rate, points))
     wrap = max(flux_at(n / sample_rate), flux_at(2 * n / sample_rate))
     bar = n * bar_beats // beats
     return LoopMeasures(
@@ -274,7 +317,7 @@ def measure_loop(
         grid_offset_ms=median,
         beats_found=float(found.mean()),
         drift_ms_per_bar=drift,
-        seam_ratio=wrap / max(float(np.median(others)), 1e-9),
+        seam_ratio=wrap / max(reference, 1e-9),
         fade_db=_rms_db(signal[-bar:]) - _rms_db(signal[:bar]),
     )
 

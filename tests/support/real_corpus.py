@@ -19,6 +19,8 @@ import numpy as np
 import soundfile as sf
 
 if tp.TYPE_CHECKING:
+    from corpus import LoopSource
+
     from generation.loop import LoopResult
 
 ANNOTATIONS = Path(__file__).with_name("real_corpus.toml")
@@ -113,15 +115,26 @@ def read_excerpt(path: Path) -> tuple[np.ndarray, int]:
     return audio.T.copy(), int(rate)
 
 
+def _source_beats(excerpt: Excerpt, loop: LoopResult) -> np.ndarray:
+    """[B + 1] source seconds of the loop's B beats and of its end, at the annotated tempo from where it starts."""
+    return loop.report.source_start_seconds + 60.0 / excerpt.bpm * np.arange(loop.grid.shape.beats + 1)
+
+
 def loop_smear(excerpt: Excerpt, path: Path, loop: LoopResult) -> float:
     """`corpus.attack_smear` of a loop cut from the excerpt at `path`: each of its beats against the
-    source beat it came from, at the annotated tempo from where the loop starts in the source."""
+    source beat it came from."""
     from corpus import attack_smear
 
     source, rate = read_excerpt(path)
-    source_beats = loop.report.source_start_seconds + 60.0 / excerpt.bpm * np.arange(loop.grid.shape.beats)
-    return attack_smear(loop.audio, loop.sample_rate, source, rate, source_beats)
+    return attack_smear(loop.audio, loop.sample_rate, source, rate, _source_beats(excerpt, loop)[:-1])
 
+
+def loop_source(excerpt: Excerpt, path: Path, loop: LoopResult) -> LoopSource:
+    """What a loop was cut from the excerpt at `path`, for `corpus.measure_loop`'s seam."""
+    from corpus import LoopSource
+
+    source, rate = read_excerpt(path)
+    return LoopSource(source, rate, float(_source_beats(excerpt, loop)[-1]))
 
 
 def lags_behind_the_source(path: Path, loop: LoopResult) -> np.ndarray:
