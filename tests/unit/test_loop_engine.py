@@ -106,6 +106,9 @@ def test_a_wandering_grid_is_measured_and_not_judged_good(renders: dict[str, Ren
     span = rendered.audio[:, round(first * 32000) : round(end * 32000)]
     at = np.linspace(0, span.shape[1] - 1, shape.samples(32000))
     one_ratio = np.stack([np.interp(at, np.arange(span.shape[1]), channel) for channel in span])
+    # The independent measure sees it too: its beats spread far past the goal (44 ms).
+    measured = measure_loop(one_ratio, 32000, groove.bars, groove.beats_per_bar, first, rendered.downbeat_times)
+    assert measured.grid_deviation_ms > 2 * GOAL_SPREAD_MS, measured
     wandering = grid_error_ms(one_ratio, 32000, shape.beats)
     assert wandering is not None and wandering > 2 * GOOD_GRID_ERROR_MS
     verdict, reason, _ = judge(Findings(pulse_strength=1.0, downbeat_confidence=1.0, seam_score=1.0, tempo_stability=1.0,
