@@ -25,7 +25,6 @@ from generation.loop.analysis import analyse, mono
 from generation.loop.grid_error import grid_error_ms
 from generation.loop.loudness import normalise
 from generation.loop.tempo import downbeat_phase, estimate_tempo, track_beats
-from generation.loop.window import best_window
 from generation.shape import LoopShape
 
 RUNS = 7
@@ -60,11 +59,10 @@ def run() -> None:
         tempo, t = timed(estimate_tempo, analysis, BPM, settings.max_stretch); stages.setdefault("tempo", []).append(t)
         beats, t = timed(track_beats, analysis, tempo.beat_period); stages.setdefault("beat tracking", []).append(t)
         (phase, _), t = timed(downbeat_phase, analysis, signal, beats, 4); stages.setdefault("downbeats", []).append(t)
-        downbeats = np.arange(phase, len(beats), 4)
-        window, t = timed(best_window, analysis, signal, beats, downbeats, tempo.beat_period, 4, BARS)
+        window, t = timed(engine._fitting_window, analysis, signal, beats, phase, tempo.beat_period, SHAPE)
         stages.setdefault("window scoring", []).append(t)
         grid = engine.LoopGrid(SHAPE, window.beat_period, BPM * window.beat_period / 60, window.start)
-        warp = engine._warp(beats, window, grid, sr, SHAPE.samples(sr))
+        warp = engine._warp(beats, window, grid, sr, SHAPE.samples(sr), analysis.duration)
         cut, t = timed(engine._cut, audio, sr, warp, engine._seam_samples(sr, settings))
         stages.setdefault("warp + cut (Rubber Band)", []).append(t)
         seamed, t = timed(engine._seamed, cut, sr, settings); stages.setdefault("seam crossfade", []).append(t)

@@ -46,6 +46,12 @@ class Analysis:
         index = np.rint(np.asarray(seconds) * self.frame_rate).astype(int)
         return np.clip(index, 0, len(self.onset) - 1)
 
+    @property
+    def blind_seconds(self) -> float:
+        """How long the onset envelopes read zero at the start: librosa pads them by the flux's lag
+        and half an FFT (they are centred on the frames), so an attack in this span is not seen."""
+        return (1 + N_FFT // (2 * self.hop)) / self.frame_rate
+
     def span(self, start: float, seconds: float) -> slice:
         """Frames of [start, start + seconds), clipped to the signal."""
         first, last = self.frame(start), self.frame(start + seconds)

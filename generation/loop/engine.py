@@ -17,9 +17,12 @@ from .report import Findings, LoopReport, judge
 from .seam import crossfade_head, crossfade_samples, crossfade_tail, max_lag_samples
 from .tempo import downbeat_phase, estimate_tempo, fit_period, onset_starts, track_beats
 from .warp import Warp, markers
-from .window import Window, best_window
+from .window import END_SLACK_S, Window, best_window
 
 STRETCH_CONTEXT_S = 0.25  # audio kept around the window so Rubber Band's edges fall outside it
+# A window that ends with its clip (an uploaded loop) may come out of the stretch this much short: the
+# rest is the loop's own head, as it is where the loop repeats.
+CUT_SLACK_S = 0.002
 MAX_GLOBAL_REFIT = 0.05  # beat-fitted tempo may refine the autocorrelation estimate by this much
 
 
@@ -81,13 +84,16 @@ def _cut(source: np.ndarray, sample_rate: int, warp: Warp, seam: int) -> _Cut:
     first = max(0, int(warp.source[0]) - context - math.ceil(seam * speeds[0]))
     last = min(source.shape[1], int(warp.source[-1]) + context + math.ceil(seam * speeds[-1]))
     segment, offset = warp.stretch(np.ascontiguousarray(source[:, first:last]), sample_rate, first)
+    if offset < 0:  # a window from the clip's first sample: Rubber Band's pivot can land it a sample or two late
+        segment, offset = np.pad(segment, ((0, 0), (-offset, 0))), 0
     body = segment[:, offset : offset + samples]
-    complete = body.shape[1] == samples
+    short = samples - body.shape[1]
+    complete = short <= round(CUT_SLACK_S * sample_rate)
     follow = segment[:, offset + samples : offset + samples + seam]
     lead = segment[:, max(0, offset - seam) : offset]
     return _Cut(
-        body=body if complete else _fill(body if body.shape[1] else source, samples),
-        follow=follow if complete and follow.shape[1] == seam else None,
+        body=body if short == 0 else _fill(body if body.shape[1] else source, samples),
+        follow=follow if short == 0 and follow.shape[1] == seam else None,
         lead=lead if lead.shape[1] == seam else None,
         complete=complete,
     )
@@ -148,15 +154,46 @@ def _beats(analysis: Analysis, period: float) -> np.ndarray:
     return beats if len(beats) >= 2 else np.arange(0.0, max(analysis.duration, period), period)
 
 
-def _at_attack(analysis: Analysis, window: Window) -> Window:
-    """The window moved back to where its first downbeat's attack starts, so the cut keeps it whole."""
-    return dataclasses.replace(window, start=float(onset_starts(analysis, np.array([window.start]))[0]))
+def _at_attack(analysis: Analysis, beats: np.ndarray, window: Window) -> Window:
+    """The window moved back to where its first downbeat's attack starts, so the cut keeps it whole.
+
+    An attack in the envelopes' blind start cannot be traced back: it starts a beat before the next
+    beat's attack (at the clip's first sample at the latest).
+    """
+    if window.start > analysis.blind_seconds or window.first_beat + 1 >= len(beats):
+        return dataclasses.replace(window, start=float(onset_starts(analysis, np.array([window.start]))[0]))
+    following = float(onset_starts(analysis, beats[window.first_beat + 1 : window.first_beat + 2])[0])
+    return dataclasses.replace(window, start=max(0.0, following - window.beat_period))
 
 
-def _warp(beats: np.ndarray, window: Window, grid: LoopGrid, sample_rate: int, samples: int) -> Warp:
-    """The window's beats, from its first on, as warp markers onto the grid at its stretch ratio."""
+def _warp(beats: np.ndarray, window: Window, grid: LoopGrid, sample_rate: int, samples: int, duration: float) -> Warp:
+    """The window's beats, from its first on, as warp markers onto the grid at its stretch ratio.
+
+    Markers that run up to END_SLACK_S past the clip's end (`duration` seconds) are drawn in to end
+    with it: the clip is the loop's bars exactly, and its end is the next bar's downbeat.
+    """
     period = grid.stretch_ratio * grid.shape.beat_seconds  # source seconds per loop beat
-    return Warp.onto_grid(markers(beats[window.first_beat :], window.start, period, window.beats), sample_rate, samples)
+    placed = markers(beats[window.first_beat :], window.start, period, window.beats)
+    if 0 < placed[-1] - duration <= END_SLACK_S:
+        placed = window.start + (placed - window.start) * (duration - window.start) / (placed[-1] - window.start)
+    return Warp.onto_grid(placed, sample_rate, samples)
+
+
+def _fitting_window(
+    analysis: Analysis, signal: np.ndarray, beats: np.ndarray, phase: int, period: float, shape: LoopShape,
+) -> Window:
+    """The best window from the downbeats of `phase`; when none of them fits in the clip, the best
+    that fits from another phase of the bar. A clip about as long as the loop (an uploaded loop) has
+    room for one window, from its first beat: its maker cut it on the downbeat."""
+    def best(first: int) -> Window:
+        downbeats = np.arange(first, len(beats), shape.beats_per_bar)
+        return best_window(analysis, signal, beats, downbeats, period, shape.beats_per_bar, shape.bars)
+
+    window = best(phase)
+    if window.complete:
+        return window
+    fitting = [other for other in map(best, range(min(shape.beats_per_bar, len(beats)))) if other.complete]
+    return max(fitting, key=lambda other: other.score) if fitting else window
 
 
 def _speed(bpm: float, beat_period: float, max_stretch: float) -> tuple[float, bool, float]:
@@ -183,7 +220,7 @@ def make_loop(
     source = _channels(audio)
     if continuation is not None:
         source = np.concatenate([source, _channels(continuation)], axis=1)
-    bpm, bars, beats_per_bar = shape.bpm, shape.bars, shape.beats_per_bar
+    bpm, beats_per_bar = shape.bpm, shape.beats_per_bar
     samples = shape.samples(sample_rate)
     nominal = LoopGrid(shape, shape.beat_seconds, 1.0, 0.0)
     if source.shape[1] == 0 or is_silent(source):
@@ -197,15 +234,14 @@ def make_loop(
     if len(beats) >= 4:  # beats span the whole clip, so their fit is finer than the autocorrelation lag
         period = float(np.clip(fit_period(beats)[0], period * (1 - MAX_GLOBAL_REFIT), period * (1 + MAX_GLOBAL_REFIT)))
     phase, confidence = downbeat_phase(analysis, signal, beats, beats_per_bar)
-    downbeats = np.arange(phase, len(beats), beats_per_bar)
-    window = _at_attack(analysis, best_window(analysis, signal, beats, downbeats, period, beats_per_bar, bars))
+    window = _at_attack(analysis, beats, _fitting_window(analysis, signal, beats, phase, period, shape))
     speed, within, needed = _speed(bpm, window.beat_period, settings.max_stretch)
     grid = LoopGrid(shape, window.beat_period, speed, window.start, tempo.relation)
     findings = Findings(
         pulse_strength=tempo.pulse_strength, within_stretch_limit=within, stretch_needed=needed,
         downbeat_confidence=confidence, seam_score=window.seam, tempo_stability=window.stability,
     )
-    return _finish(source, sample_rate, _warp(beats, window, grid, sample_rate, samples), grid, findings, settings)
+    return _finish(source, sample_rate, _warp(beats, window, grid, sample_rate, samples, analysis.duration), grid, findings, settings)
 
 
 def variation_prompt(previous: LoopResult, source: np.ndarray, sample_rate: int, bars: int) -> np.ndarray:
@@ -253,7 +289,7 @@ def make_variation_loop(
     if not len(downbeats):
         downbeats = np.array([int(np.abs(beats - downbeat_seconds).argmin())])
     window = best_window(analysis, signal, beats, downbeats, grid.source_beat_period, grid.shape.beats_per_bar, grid.shape.bars)
-    window = _at_attack(analysis, window)
+    window = _at_attack(analysis, beats, window)
     off_grid = abs(window.beat_period / grid.source_beat_period - 1.0)
     window = dataclasses.replace(window, beat_period=grid.source_beat_period)  # same grid, same stretch
     next_grid = dataclasses.replace(grid, source_start_seconds=window.start)
@@ -263,4 +299,5 @@ def make_variation_loop(
         seam_score=window.seam,
         tempo_stability=min(window.stability, float(np.clip(1.0 - off_grid / 0.03, 0.0, 1.0))),
     )
-    return _finish(source, sample_rate, _warp(beats, window, next_grid, sample_rate, samples), next_grid, findings, settings)
+    warp = _warp(beats, window, next_grid, sample_rate, samples, analysis.duration)
+    return _finish(source, sample_rate, warp, next_grid, findings, settings)

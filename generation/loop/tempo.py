@@ -39,6 +39,7 @@ SNAP_S = 0.03  # a grid beat put in where the tracker slipped moves to the onset
 # (real corpus), a syncopated bass the tracker follows on the off-beats, is at 1.5; where the tracker is
 # on the beat, the real corpus is at most 1.03 (escape2) and the rendered one 0.52.
 OFF_BEAT_MARGIN = 1.3
+UNSEEN_LEAD_S = 0.015  # a beat the line puts this far before a clip's start is its first sample's (tracked beats lag attacks)
 BASS_LOW_HZ, BASS_HIGH_HZ = 32.70, 246.94  # C1-B3: the bass line's register (bass guitar, synth bass, left hand)
 BASS_RATE_HZ = 2000.0  # the bass is read from the signal decimated to about this rate (4 x B3: a short filter)
 BASS_ALIAS_DB = 60.0  # what the decimation folds into the bass register is this far down
@@ -163,7 +164,29 @@ def track_beats(analysis: Analysis, beat_period: float) -> np.ndarray:
         bpm=60.0 / beat_period, tightness=BEAT_TIGHTNESS, units="frames",
     )
     beats = _gaps_filled(np.asarray(frames, dtype=float) / analysis.frame_rate, beat_period)
-    return _on_the_beat(analysis, _without_slips(analysis, beats, beat_period), beat_period)
+    beats = _on_the_beat(analysis, _without_slips(analysis, beats, beat_period), beat_period)
+    return _back_to_the_start(analysis, beats, beat_period)
+
+
+def _back_to_the_start(analysis: Analysis, beat_times: np.ndarray, beat_period: float) -> np.ndarray:
+    """[B'] the beats carried back to the clip's start, a period at a time.
+
+    A clip that starts on its beat (an uploaded loop, a model's output) has that beat's attack in
+    the envelopes' blind start (`Analysis.blind_seconds`), and the tracker drops weak leading beats:
+    it starts a beat or two late, or on the first attack's visible tail. The beats put back are a
+    period apart before the first tracked one, each on the onset peak near its place (on its place
+    in the blind start, where there is no peak to see).
+    """
+    if len(beat_times) < 2:
+        return beat_times
+    edge = analysis.blind_seconds + 1.0 / analysis.frame_rate
+    if beat_times[0] <= edge:  # tracked on the visible tail of an attack at the start
+        beat_times = np.r_[max(0.0, beat_times[1] - beat_period), beat_times[1:]]
+    missing = int(np.floor((beat_times[0] + UNSEEN_LEAD_S) / beat_period))
+    places = beat_times[0] - beat_period * np.arange(missing, 0, -1)  # [missing], ascending
+    seen = places > edge
+    places[seen] = _snapped(analysis, places[seen])
+    return np.r_[np.maximum(places, 0.0), beat_times]
 
 
 def _snapped(analysis: Analysis, times: np.ndarray) -> np.ndarray:

@@ -25,6 +25,10 @@ FADE_TOLERANCE_DB = 1.5
 # A window whose ends both fall on the phrase's downbeats gains this much: 0.15 misses
 # halfchords140, 0.25 trades escape's clean seam for a phrase start.
 PHRASE_WEIGHT = 0.2
+# A window that ends this little after its clip still fits: it ends with the clip (an uploaded loop of
+# exactly its bars, whose tracked beats lag their attacks by up to 25 ms and whose period reads a
+# fraction of a ms off).
+END_SLACK_S = 0.04
 
 
 @dataclass(frozen=True)
@@ -135,7 +139,7 @@ def score_window(
         stability=float(np.clip(1.0 - jitter / period / STABILITY_SCALE, 0.0, 1.0)),
         seam=seam_similarity(analysis, start, end, bar_seconds),
         fade_db=fade,
-        complete=end <= analysis.duration,
+        complete=end <= analysis.duration + END_SLACK_S,
         first_beat=first_beat,
     )
 

@@ -119,6 +119,26 @@ def test_a_wandering_grid_is_measured_and_not_judged_good(renders: dict[str, Ren
     assert warped.verdict != "unusable" and "grid" not in (warped.reason or "")
 
 
+@pytest.mark.parametrize("tail_s", [0.0, 0.3], ids=["exactly its bars", "with a ring-out"])
+@pytest.mark.parametrize("name", ["bpm120", "bpm87.5", "swing96"])
+def test_a_clip_cut_on_its_downbeat_loops_from_its_first_sample(name: str, tail_s: float, renders: dict[str, Rendered]) -> None:
+    # An uploaded loop: its bars cut on a downbeat, perhaps with a ring-out after them. Its first attack
+    # falls in the onset envelopes' blind start and the tracker drops that beat; the loop still starts
+    # on it, and a clip of exactly the loop's bars still fits (before: "too short", or 30 ms late).
+    rendered, groove = renders[name], renders[name].groove
+    rate, first = rendered.sample_rate, rendered.downbeat_times[1]
+    end = first + groove.bars * groove.beats_per_bar * 60 / groove.source_bpm + tail_s
+    clip = rendered.audio[:, round(first * rate) : round(end * rate)]
+    result = make_loop(clip, rate, LoopShape(groove.request_bpm, groove.bars, groove.beats_per_bar))
+    assert result.report.verdict != "unusable", result.report.reason
+    assert result.report.source_start_seconds < 0.005
+    m = measure_loop(
+        result.audio, rate, groove.bars, groove.beats_per_bar, result.report.source_start_seconds,
+        rendered.downbeat_times - first, groove.music_bar_beats,
+    )
+    assert m.grid_deviation_ms < GOAL_SPREAD_MS and m.seam_ratio < GOAL_SEAM_RATIO, m
+
+
 @pytest.mark.parametrize("name", ["wave110", "fast140"], ids=["warped beat by beat", "8 % faster at one ratio"])
 def test_kicks_stay_as_sharp_as_in_the_source(name: str, renders: dict[str, Rendered], loops: dict[str, LoopResult]) -> None:
     # Each of the loop's beats against the source beat it was cut from (the median: a beat whose
@@ -140,9 +160,10 @@ def test_off_tempo_sources_are_stretched_to_the_request(loops: dict[str, LoopRes
 
 def test_a_short_unsteady_clip_that_ends_inside_the_window_still_loops() -> None:
     # Clicks 12 ms off a 120 BPM grid, the clip ending 0.2 s after its last: the window is warped beat
-    # by beat and its last beat lies past the source (a model output that ends early).
+    # by beat and its last beat lies past the source (a model output that ends early). Eight clicks:
+    # no window of two bars fits, from any beat.
     rng = np.random.default_rng(3)
-    clicks = 0.05 + 0.5 * np.arange(10) + rng.normal(0, 0.012, 10)
+    clicks = 0.05 + 0.5 * np.arange(8) + rng.normal(0, 0.012, 8)
     audio = rng.normal(0, 0.01, (1, round((clicks[-1] + 0.2) * 32000))).astype(np.float32)
     for at in clicks:
         audio[0, round(at * 32000) : round(at * 32000) + 200] += np.hanning(200).astype(np.float32)
