@@ -33,17 +33,30 @@ print(json.dumps({"modules": [module.__file__ for module in (av, spacy, xformers
 """
 
 
-def tokens_with(*path: Path) -> dict[str, list]:
-    """Both decoders' tokens for two tiny-model requests, in a fresh interpreter with `path` first on sys.path."""
+def decoding_with(*path: Path) -> subprocess.Popen[str]:
+    """A fresh interpreter, with `path` first on sys.path, printing both decoders' tokens for two
+    tiny-model requests (one torch thread each: the two interpreters run side by side)."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(map(str, path)), "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([sys.executable, "-c", TOKENS_SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True, timeout=100)
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout.splitlines()[-1])
+    return subprocess.Popen(
+        [sys.executable, "-c", TOKENS_SCRIPT], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+
+
+def tokens_of(process: subprocess.Popen[str]) -> dict[str, list]:
+    out, err = process.communicate(timeout=200)
+    assert process.returncode == 0, err
+    return json.loads(out.splitlines()[-1])
 
 
 @pytest.mark.timeout(240)
 def test_the_stubs_decode_the_tokens_the_real_packages_do() -> None:
-    stubbed, real = tokens_with(ROOT, STUBS), tokens_with(ROOT)
+    runs = decoding_with(ROOT, STUBS), decoding_with(ROOT)
+    try:
+        stubbed, real = map(tokens_of, runs)
+    finally:
+        for run in runs:
+            run.kill()  # only one that failed or timed out is still running
+            run.wait()
 
     assert all(Path(file).is_relative_to(STUBS) for file in stubbed["modules"]), stubbed["modules"]
     assert not any(Path(file).is_relative_to(STUBS) for file in real["modules"]), real["modules"]
