@@ -192,7 +192,8 @@ def _fitting_window(
     window = best(phase)
     if window.complete:
         return window
-    fitting = [other for other in map(best, range(min(shape.beats_per_bar, len(beats)))) if other.complete]
+    others = (best(first) for first in range(min(shape.beats_per_bar, len(beats))) if first != phase)
+    fitting = [other for other in others if other.complete]
     return max(fitting, key=lambda other: other.score) if fitting else window
 
 
