@@ -4,8 +4,10 @@
 
 Fetches the excerpts (apt-get download, cached), loops each file as `loopjam loopify` does
 (`loop_file`, 4 bars) at its annotated tempo and, for a few, at a request 4-5 % off it, and
-measures the loop with the rendered corpus's independent measures (tests/support/corpus.py); "grid" is the report's own grid error (median, ms),
-"smear" how much slower the loop's attacks rise than the source's (`loop_smear`; 1 is as sharp).
+measures the loop with the rendered corpus's independent measures (tests/support/corpus.py); "spread"
+is the grid spread as three readers of each beat agree, "near" the same from the nearest onsets alone
+(the measure before), "grid" the report's own grid error (median, ms), and "smear" how much slower the
+loop's attacks rise than the source's (`loop_smear`; 1 is as sharp).
 Goals (issue #13): start within 40 ms of a true downbeat, grid spread < 15 ms, drift < 6 ms/bar,
 seam < 1.5 (the wrap's flux against the loop's other downbeats' or the source's own where the loop
 was cut, whichever is larger), and not unusable.
@@ -57,7 +59,7 @@ def row(excerpt: Excerpt, path, bpm: float) -> str:
     smear = loop_smear(excerpt, path, result)
     return (
         f"{excerpt.name:20s} {bpm:7.2f} {excerpt.bpm:7.2f} {report.source_bpm:7.2f} {m.start_error_ms:+8.1f}"
-        f" {m.grid_deviation_ms:7.1f} {m.drift_ms_per_bar:+7.2f} {m.seam_ratio:6.2f} {_ms(report.grid_error_ms):>6s} {smear:6.2f}"
+        f" {m.grid_deviation_ms:7.1f} {m.nearest_onset_deviation_ms:6.1f} {m.drift_ms_per_bar:+7.2f} {m.seam_ratio:6.2f} {_ms(report.grid_error_ms):>6s} {smear:6.2f}"
         f"  {report.verdict:9s} {goals:5s}"
         f" {report.reason_code or ''}"
     )
@@ -67,7 +69,7 @@ def main() -> None:
     start = time.perf_counter()
     files = fetch_all()
     print(f"corpus ready in {time.perf_counter() - start:.1f} s ({len(files)} excerpts)")
-    print(f"{'excerpt':20s} {'asked':>7s} {'source':>7s} {'found':>7s} {'start ms':>8s} {'spread':>7s}"
+    print(f"{'excerpt':20s} {'asked':>7s} {'source':>7s} {'found':>7s} {'start ms':>8s} {'spread':>7s} {'near':>6s}"
           f" {'drift/b':>7s} {'seam':>6s} {'grid':>6s} {'smear':>6s}  {'verdict':9s} goals reason")
     for excerpt in EXCERPTS:
         print(row(excerpt, files[excerpt.name], excerpt.bpm), flush=True)

@@ -203,6 +203,9 @@ CORPUS: list[Groove] = [
 
 MEASURE_HOP = 128
 BEAT_SEARCH_S = 0.06  # an onset belongs to a grid beat when this close (and within a quarter beat)
+PEAK_SEARCH_S = 0.03  # the flux peak of a beat: this close to where the loop's beats are (and within a sixth of a beat)
+TEMPLATE_REACH_S = 0.06  # a beat's flux compared with the others' over this much on either side (and a third of a beat)
+TEMPLATE_SEARCH_S = 0.035  # ... at lags up to this
 SEAM_RADIUS_S = 0.025  # the flux at a point: its peak this close (an attack's rise and a grid's jitter)
 
 
@@ -218,7 +221,8 @@ GOAL_SEAM_RATIO = 1.5
 @dataclass(frozen=True)
 class LoopMeasures:
     start_error_ms: float  # reported start - nearest true downbeat (negative: early)
-    grid_deviation_ms: float  # largest |onset - grid beat - median offset|
+    grid_deviation_ms: float  # grid spread: largest |beat's timing - median|, as three readers agree (_beat_timings)
+    nearest_onset_deviation_ms: float  # the same read from the nearest onsets alone (the measure before it had three readers)
     grid_offset_ms: float  # median onset - grid beat (the loop starts this late on its beat)
     beats_found: float  # fraction of grid beats with an onset nearby
     drift_ms_per_bar: float
@@ -263,6 +267,66 @@ def _source_flux(source: LoopSource, sample_rate: int, points: tuple[float, floa
     return [_flux_peak(flux, sample_rate, seconds) for seconds in points]
 
 
+@dataclass(frozen=True)
+class BeatTimings:
+    """[B] ms each grid beat of a loop plays late, as read from its [F] flux (negative: early)."""
+
+    nearest: np.ndarray  # the nearest detected onset (absolute: the loop's own lag included)
+    agreed: np.ndarray  # the median of three readers, each less its own median (see _beat_timings)
+    found: np.ndarray  # [B] bool: an onset was detected near the beat (the others are not read)
+
+
+def _beat_timings(flux: np.ndarray, sample_rate: int, grid: np.ndarray, beat_s: float) -> BeatTimings:
+    """Each beat's timing in `flux` (MEASURE_HOP frames) around `grid` (seconds), read three ways.
+
+    One reader is easily fooled by a dense mix: the nearest onset jumps between a flam's two hits,
+    the flux peak wanders on a beat whose attack is soft, and a beat's envelope shape differs from
+    the others' where a fill plays. Each reader is centred on its own median and a beat's timing is
+    the median of the three, so one reader's mistake on a beat is outvoted there:
+    - the nearest onset that librosa's peak picker detects (the beat is read only when there is one);
+    - the flux's highest frame within PEAK_SEARCH_S of where the loop's beats are;
+    - the lag that best aligns the beat's flux with the mean of all the others' (aligned the same way
+      once, then again against the aligned mean).
+    test_real_corpus checks them on steady sources, cut straight and with a known tempo wave.
+    """
+    import librosa
+
+    frame_s = MEASURE_HOP / sample_rate
+    onsets = librosa.onset.onset_detect(onset_envelope=flux, sr=sample_rate, hop_length=MEASURE_HOP, units="time")
+    distance = onsets[None, :] - grid[:, None]
+    nearest = distance[np.arange(len(grid)), np.abs(distance).argmin(axis=1)]
+    found = np.abs(nearest) < min(BEAT_SEARCH_S, beat_s / 4)
+    centre = float(np.median(nearest[found])) if found.any() else 0.0
+
+    radius = max(1, round(min(PEAK_SEARCH_S, beat_s / 6) / frame_s))
+    frames = np.rint((grid + centre) / frame_s).astype(int)[:, None] + np.arange(-radius, radius + 1)
+    peaks = (frames[np.arange(len(grid)), flux[frames].argmax(axis=1)] * frame_s - grid - centre)
+
+    reach = max(1, round(min(TEMPLATE_REACH_S, beat_s / 3) / frame_s))
+    search = max(1, round(TEMPLATE_SEARCH_S / frame_s))
+    beat_frames = np.rint(grid / frame_s).astype(int)
+
+    def around(beat: int, lag: int) -> np.ndarray:
+        start = beat_frames[beat] + lag - reach
+        return flux[start : start + 2 * reach + 1]
+
+    lags = np.zeros(len(grid), dtype=int)
+    for _ in range(2):
+        aligned = np.stack([around(beat, lag) for beat, lag in enumerate(lags)])
+        others = (aligned.sum(axis=0) - aligned) / max(1, len(grid) - 1)  # [B, L]: each beat's template
+        others -= others.mean(axis=1, keepdims=True)
+        lags = np.array([
+            max(range(-search, search + 1), key=lambda lag, beat=beat: float(around(beat, lag) @ others[beat]))
+            for beat in range(len(grid))
+        ])
+
+    def centred(ms: np.ndarray) -> np.ndarray:
+        return ms - (np.median(ms[found]) if found.any() else 0.0)
+
+    readers = np.stack([centred(nearest * 1000), centred(peaks * 1000), centred(lags * frame_s * 1000)])
+    return BeatTimings(nearest=nearest * 1000, agreed=np.median(readers, axis=0), found=found)
+
+
 def measure_loop(
     loop: np.ndarray, sample_rate: int, bars: int, beats_per_bar: int,
     source_start: float, true_downbeats: np.ndarray, music_bar_beats: int | None = None,
@@ -277,26 +341,24 @@ def measure_loop(
     the source plays that musical point twice (into the start, out of the end), so an accent it has
     there (a phrase start among soft downbeats) is not a seam, while a join that makes an attack of
     its own (a hard cut a quarter beat off the downbeat: test_real_corpus) still rises above both.
+    The grid spread and drift are read from each beat's timing as three readers agree (_beat_timings).
     """
-    import librosa
-
     signal = loop.mean(axis=0)
     n = len(signal)
     tiled = np.tile(signal, 3)
     beats = bars * beats_per_bar
     beat_s = n / sample_rate / beats
     grid = n / sample_rate + beat_s * np.arange(beats)
-    onsets = librosa.onset.onset_detect(y=tiled, sr=sample_rate, hop_length=MEASURE_HOP, units="time")
-    distance = onsets[None, :] - grid[:, None]
-    nearest = distance[np.arange(beats), np.abs(distance).argmin(axis=1)]
-    found = np.abs(nearest) < min(BEAT_SEARCH_S, beat_s / 4)
-    offsets = nearest[found] * 1000
-    median = float(np.median(offsets)) if len(offsets) else math.nan
-    deviation = float(np.max(np.abs(offsets - median))) if len(offsets) else math.inf
-    bar_index = (np.arange(beats) / beats_per_bar)[found]
-    drift = float(np.polyfit(bar_index, offsets, 1)[0]) if len(set(bar_index)) > 1 else 0.0
-
     flux = _flux(tiled, sample_rate)
+    timings = _beat_timings(flux, sample_rate, grid, beat_s)
+    found = timings.found
+    median = float(np.median(timings.nearest[found])) if found.any() else math.nan
+    agreed = timings.agreed[found]
+    deviation = float(np.max(np.abs(agreed - np.median(agreed)))) if found.any() else math.inf
+    nearest_deviation = float(np.max(np.abs(timings.nearest[found] - median))) if found.any() else math.inf
+    bar_index = (np.arange(beats) / beats_per_bar)[found]
+    drift = float(np.polyfit(bar_index, agreed, 1)[0]) if len(set(bar_index)) > 1 else 0.0
+
     shift = (median if math.isfinite(median) else 0.0) / 1000  # look where this loop's onsets are
 
     def flux_at(seconds: float) -> float:
@@ -314,6 +376,7 @@ def measure_loop(
     return LoopMeasures(
         start_error_ms=float((source_start - true_downbeats)[np.abs(true_downbeats - source_start).argmin()]) * 1000,
         grid_deviation_ms=deviation,
+        nearest_onset_deviation_ms=nearest_deviation,
         grid_offset_ms=median,
         beats_found=float(found.mean()),
         drift_ms_per_bar=drift,
