@@ -26,14 +26,13 @@ from corpus import (
     LoopMeasures,
     measure_loop,
 )
-from real_corpus import EXCERPTS, Excerpt, fetch_all, loop_smear, loop_source
+from real_corpus import EXCERPTS, OFF_TEMPO, Excerpt, fetch_all, loop_smear, loop_source
 
 from generation.loop import LoopResult
 from generation.loop.source import loop_file
 from generation.shape import LoopShape
 
 BARS = 4
-OFF_TEMPO = {"escape": 1.045, "menu": 0.96, "fb-intro": 1.05, "batcave": 0.955, "fp-swing": 1.045, "waltz": 0.955, "calm": 1.04, "halftime": 0.96, "slow85": 0.955}  # request / source tempo
 
 
 def meets_goals(m: LoopMeasures, result: LoopResult) -> bool:

@@ -28,6 +28,11 @@ CACHE_ENV = "LOOPJAM_REAL_CORPUS"  # where the packages and excerpts are cached 
 LAG_HOP = 64  # onset frames about 1.5 ms apart at 44.1 kHz
 LAG_REACH_S = 0.06  # each beat's envelope compared over this much on either side of it
 LAG_SEARCH_S = 0.03  # ... at lags up to this
+# Excerpts also looped at a request 4-5 % off their tempo (issue #13's table): request / source tempo.
+OFF_TEMPO = {
+    "escape": 1.045, "menu": 0.96, "fb-intro": 1.05, "batcave": 0.955, "fp-swing": 1.045, "waltz": 0.955,
+    "calm": 1.04, "halftime": 0.96, "slow85": 0.955,
+}
 
 
 class CorpusUnavailable(RuntimeError):
