@@ -39,7 +39,9 @@ SNAP_S = 0.03  # a grid beat put in where the tracker slipped moves to the onset
 # (real corpus), a syncopated bass the tracker follows on the off-beats, is at 1.5; where the tracker is
 # on the beat, the real corpus is at most 1.03 (escape2) and the rendered one 0.52.
 OFF_BEAT_MARGIN = 1.3
-UNSEEN_LEAD_S = 0.015  # a beat the line puts this far before a clip's start is its first sample's (tracked beats lag attacks)
+# A beat the line puts this far before a clip's start is its first sample's: tracked beats lag attacks,
+# and a period a little short puts it before (slow85 cut on its downbeat: 18 ms).
+UNSEEN_LEAD_S = 0.03
 BASS_LOW_HZ, BASS_HIGH_HZ = 32.70, 246.94  # C1-B3: the bass line's register (bass guitar, synth bass, left hand)
 BASS_RATE_HZ = 2000.0  # the bass is read from the signal decimated to about this rate (4 x B3: a short filter)
 BASS_ALIAS_DB = 60.0  # what the decimation folds into the bass register is this far down
