@@ -15,7 +15,7 @@ from .grid_error import grid_error_ms
 from .loudness import normalise
 from .report import Findings, LoopReport, judge
 from .seam import crossfade_head, crossfade_samples, crossfade_tail, max_lag_samples
-from .tempo import downbeat_phase, estimate_tempo, fit_period, onset_starts, track_beats
+from .tempo import downbeat_phase, estimate_tempo, fit_period, onset_starts, through_the_first_sample, track_beats
 from .warp import Warp, markers
 from .window import END_SLACK_S, Window, best_window
 
@@ -197,12 +197,11 @@ def _fitting_window(
     return max(fitting, key=lambda other: other.score) if fitting else window
 
 
-def _cut_on_its_downbeat(analysis: Analysis, beats: np.ndarray, period: float, shape: LoopShape) -> bool:
-    """Whether the clip is an uploaded loop, perhaps with its ring-out: it has less than a bar to spare
-    beyond the loop's bars and starts on a beat. Its maker cut it on the downbeat; in so short a clip
-    the bar's cues are few (a beat late on 8 of 35 real four-bar cuts with half a second after them)."""
-    bar = shape.beats_per_bar * period
-    return analysis.duration < (shape.bars + 1) * bar and beats[0] <= analysis.blind_seconds
+def _an_uploaded_loop(analysis: Analysis, period: float, shape: LoopShape) -> bool:
+    """Whether the clip is a loop's bars, perhaps with its ring-out: less than a bar to spare. Its
+    maker cut it on the downbeat, and in so short a clip the cues for the beat's and the bar's phase
+    are few (on 8 of 35 real four-bar cuts with half a second after them, a beat late without this)."""
+    return analysis.duration < (shape.bars + 1) * shape.beats_per_bar * period
 
 
 def _speed(bpm: float, beat_period: float, max_stretch: float) -> tuple[float, bool, float]:
@@ -242,8 +241,11 @@ def make_loop(
     period = tempo.beat_period
     if len(beats) >= 4:  # beats span the whole clip, so their fit is finer than the autocorrelation lag
         period = float(np.clip(fit_period(beats)[0], period * (1 - MAX_GLOBAL_REFIT), period * (1 + MAX_GLOBAL_REFIT)))
+    uploaded = _an_uploaded_loop(analysis, period, shape)
+    if uploaded:
+        beats = through_the_first_sample(analysis, beats, period)
     phase, confidence = downbeat_phase(analysis, signal, beats, beats_per_bar)
-    if _cut_on_its_downbeat(analysis, beats, period, shape):
+    if uploaded and beats[0] <= analysis.blind_seconds:  # it starts on a beat: its downbeat
         phase = 0
     window = _at_attack(analysis, beats, _fitting_window(analysis, signal, beats, phase, period, shape))
     speed, within, needed = _speed(bpm, window.beat_period, settings.max_stretch)

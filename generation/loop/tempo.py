@@ -39,6 +39,7 @@ SNAP_S = 0.03  # a grid beat put in where the tracker slipped moves to the onset
 # (real corpus), a syncopated bass the tracker follows on the off-beats, is at 1.5; where the tracker is
 # on the beat, the real corpus is at most 1.03 (escape2) and the rendered one 0.52.
 OFF_BEAT_MARGIN = 1.3
+HALF_BEAT_OFF = 0.2  # beats this close to half a beat off a clip's start (in beats) are on the off-beat of a beat there
 # A beat the line puts this far before a clip's start is its first sample's: tracked beats lag attacks,
 # and a period a little short puts it before (slow85 cut on its downbeat: 18 ms).
 UNSEEN_LEAD_S = 0.03
@@ -200,8 +201,9 @@ def _snapped(analysis: Analysis, times: np.ndarray) -> np.ndarray:
     return (frames + offsets[analysis.onset[window].argmax(axis=1)]) / analysis.frame_rate
 
 
-def _on_the_beat(analysis: Analysis, beat_times: np.ndarray, beat_period: float) -> np.ndarray:
-    """[B'] the tracked beats, or the grid half a beat away when the onsets regularly fall there.
+def _on_the_beat(analysis: Analysis, beat_times: np.ndarray, beat_period: float, margin: float = OFF_BEAT_MARGIN) -> np.ndarray:
+    """[B'] the tracked beats, or the grid half a beat away when the onsets there are over `margin`
+    times as strong.
 
     A tracker can lock onto a syncopated part's loud accents between the beats. The beats themselves
     nearly all carry an onset while those accents come irregularly, so the medians decide, not the means.
@@ -212,10 +214,25 @@ def _on_the_beat(analysis: Analysis, beat_times: np.ndarray, beat_period: float)
     middles = 0.5 * (beat_times[:-1] + beat_times[1:])
     on = np.median(_peaks_at(analysis.onset, analysis.frame(beat_times), radius))
     off = np.median(_peaks_at(analysis.onset, analysis.frame(middles), radius))
-    if off <= OFF_BEAT_MARGIN * on:
+    if off <= margin * on:
         return beat_times
     before = middles[0] - beat_period
     return _snapped(analysis, np.r_[[before] if before >= 0 else [], middles])
+
+
+def through_the_first_sample(analysis: Analysis, beat_times: np.ndarray, beat_period: float) -> np.ndarray:
+    """[B'] the beats of a clip its maker cut on a beat (an uploaded loop), through its first sample.
+
+    In even eighths the onsets fit the grid half a beat away as well as the beats, and where the
+    clip ends can tip the tracker onto it (four bars of menu cut on the downbeat: on the beat, but a
+    quarter second more and half a beat off). When the tracked beats sit about half a beat off the
+    clip's start, the grid through the start is taken unless the onsets between the beats are
+    clearly weaker (OFF_BEAT_MARGIN).
+    """
+    if len(beat_times) < 4 or abs(beat_times[0] / beat_period - 0.5) > HALF_BEAT_OFF:
+        return beat_times
+    moved = _on_the_beat(analysis, beat_times, beat_period, margin=1.0 / OFF_BEAT_MARGIN)
+    return beat_times if moved is beat_times else _back_to_the_start(analysis, moved, beat_period)
 
 
 def _gaps_filled(beat_times: np.ndarray, beat_period: float) -> np.ndarray:
