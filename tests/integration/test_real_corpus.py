@@ -223,8 +223,8 @@ LEAD_S = 0.01  # cut this far before the annotated downbeat, which sits on its a
 @pytest.mark.parametrize(("name", "downbeat"), STEADY_WINDOWS, ids=[f"{n}-{d}" for n, d in STEADY_WINDOWS])
 def test_the_spread_measure_reads_steady_beats_as_steady_and_hears_a_tempo_wave(name: str, downbeat: int, files: dict[str, Path]) -> None:
     """The grid spread that judges every loop: LOOP_BARS bars of a steady source, cut straight from a
-    downbeat, spread less than the goal (3-10 ms); the same bars read through a tempo wave, their beats
-    moved by up to WAVE_S early and late, spread more (20-33 ms)."""
+    downbeat, spread less than the goal (1-8 ms); the same bars read through a tempo wave, their beats
+    moved by up to WAVE_S early and late, spread more (24-34 ms)."""
     from corpus import GOAL_SPREAD_MS, measure_loop
 
     excerpt = next(e for e in EXCERPTS if e.name == name)
