@@ -200,7 +200,7 @@ def _fitting_window(
 def _an_uploaded_loop(analysis: Analysis, period: float, shape: LoopShape) -> bool:
     """Whether the clip is a loop's bars, perhaps with its ring-out: less than a bar to spare. Its
     maker cut it on the downbeat, and in so short a clip the cues for the beat's and the bar's phase
-    are few (on 8 of 35 real four-bar cuts with half a second after them, a beat late without this)."""
+    are few (without this, 10 of 35 real four-bar cuts with half a second after them started off it)."""
     return analysis.duration < (shape.bars + 1) * shape.beats_per_bar * period
 
 
