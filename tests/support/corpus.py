@@ -267,6 +267,15 @@ def _source_flux(source: LoopSource, sample_rate: int, points: tuple[float, floa
     return [_flux_peak(flux, sample_rate, seconds) for seconds in points]
 
 
+def best_lag(envelope: np.ndarray, frame: int, reference: np.ndarray, search: int) -> int:
+    """The lag in frames, within +-`search`, at which `envelope` [F] around `frame` best matches
+    `reference` [2 R + 1] (centred on its frame) less its mean: their dot product is largest."""
+    reach = len(reference) // 2
+    pattern = reference - reference.mean()
+    lags = range(-search, search + 1)
+    return lags[int(np.argmax([envelope[frame - reach + lag : frame + reach + 1 + lag] @ pattern for lag in lags]))]
+
+
 @dataclass(frozen=True)
 class BeatTimings:
     """[B] ms each grid beat of a loop plays late, as read from its [F] flux (negative: early)."""
@@ -306,19 +315,11 @@ def _beat_timings(flux: np.ndarray, sample_rate: int, grid: np.ndarray, beat_s: 
     search = max(1, round(TEMPLATE_SEARCH_S / frame_s))
     beat_frames = np.rint(grid / frame_s).astype(int)
 
-    def around(beat: int, lag: int) -> np.ndarray:
-        start = beat_frames[beat] + lag - reach
-        return flux[start : start + 2 * reach + 1]
-
     lags = np.zeros(len(grid), dtype=int)
     for _ in range(2):
-        aligned = np.stack([around(beat, lag) for beat, lag in enumerate(lags)])
+        aligned = np.stack([flux[frame + lag - reach : frame + lag + reach + 1] for frame, lag in zip(beat_frames, lags, strict=True)])
         others = (aligned.sum(axis=0) - aligned) / max(1, len(grid) - 1)  # [B, L]: each beat's template
-        others -= others.mean(axis=1, keepdims=True)
-        lags = np.array([
-            max(range(-search, search + 1), key=lambda lag, beat=beat: float(around(beat, lag) @ others[beat]))
-            for beat in range(len(grid))
-        ])
+        lags = np.array([best_lag(flux, frame, template, search) for frame, template in zip(beat_frames, others, strict=True)])
 
     def centred(ms: np.ndarray) -> np.ndarray:
         return ms - (np.median(ms[found]) if found.any() else 0.0)

@@ -148,6 +148,7 @@ def lags_behind_the_source(path: Path, loop: LoopResult) -> np.ndarray:
     (librosa's) around the beat. The loop is read as it repeats, so its beat 0 is the one after the wrap;
     the source, as it plays. A loop that leaves the source's timing as it is reads a constant."""
     import librosa
+    from corpus import best_lag
 
     source, rate = read_excerpt(path)
     samples, beats = loop.audio.shape[1], loop.grid.shape.beats
@@ -162,11 +163,6 @@ def lags_behind_the_source(path: Path, loop: LoopResult) -> np.ndarray:
     played = envelope(np.tile(loop.audio, 3))  # the middle copy, after a wrap
     # The source from a loop's length before the loop's start (silence before the excerpt's start).
     reference = envelope(np.pad(source, ((0, 0), (samples, samples)))[:, start - samples : start + 2 * samples])
-    lags = np.arange(-search, search + 1)
-    result = np.empty(beats)
-    for beat in range(beats):
-        frame = round((samples + beat * samples / beats) / LAG_HOP)
-        around = reference[frame - reach : frame + reach + 1]
-        scores = [played[frame - reach + lag : frame + reach + 1 + lag] @ (around - around.mean()) for lag in lags]
-        result[beat] = lags[int(np.argmax(scores))] * LAG_HOP / rate * 1000
-    return result
+    frames = [round((samples + beat * samples / beats) / LAG_HOP) for beat in range(beats)]
+    lags = [best_lag(played, frame, reference[frame - reach : frame + reach + 1], search) for frame in frames]
+    return np.array(lags) * LAG_HOP / rate * 1000
