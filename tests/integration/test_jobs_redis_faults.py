@@ -423,3 +423,21 @@ async def test_a_batch_a_worker_is_just_taking_is_not_swept(redis_url: str, queu
         assert (await queue.job("batch-taken")).error == queue.swept_error_message
     finally:
         await queue.disconnect()
+
+
+async def test_a_background_write_that_fails_past_its_redis_handling_is_logged(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # Enqueues, joins and cancel flags are written by tasks of their own; they handle Redis's errors,
+    # and any other error (a bug) is logged with its traceback rather than lost with the task.
+    settings = tiny_settings(tmp_path / "model", tmp_path / "data")
+    backend = SaqBackend(settings, queue_name="never-connected", redis_url="redis://127.0.0.1:1", timing=FAST)
+
+    async def broken_write() -> None:
+        raise RuntimeError("a bug in a write")
+
+    with caplog.at_level(logging.ERROR, logger="generation.jobs.distributed.backend"):
+        backend._spawn(broken_write())
+        await asyncio.wait(set(backend._pending))
+        await asyncio.sleep(0)  # its done callback runs on the loop's next turn
+    assert not backend._pending
+    (record,) = [r for r in caplog.records if "a background write failed" in r.getMessage()]
+    assert record.exc_info is not None and "a bug in a write" in str(record.exc_info[1])

@@ -265,7 +265,13 @@ class SaqBackend:
     def _spawn(self, work: Awaitable[Any]) -> None:
         task = asyncio.ensure_future(work)
         self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[Any]) -> None:
+        """Forget a finished write; one that failed past its own Redis handling is logged, not lost."""
+        self._pending.discard(task)
+        if not task.cancelled() and (error := task.exception()) is not None:
+            log.error("saq queue %s: a background write failed", self.queue_name, exc_info=error)
 
     async def _flag_cancelled(self, job_id: str) -> None:
         """Tell the worker; while Redis is away the job's result is dropped instead (the service forgot the job)."""
