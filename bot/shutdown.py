@@ -52,16 +52,14 @@ async def serve(bot: discord.Client, token: str, database: Database) -> None:
             return
         log.info("%s: stopping; interactions are answered that LoopJam is restarting", signal.Signals(signum).name)
         stoppable.stopping = True
-        task = asyncio.create_task(stoppable.close(), name="graceful-stop")
-        stops.add(task)
-        task.add_done_callback(stops.discard)
+        stops.add(asyncio.create_task(stoppable.close(), name="graceful-stop"))  # awaited below, done or not
 
     for signum in STOP_SIGNALS:
         loop.add_signal_handler(signum, stop, signum)
     try:
         async with bot:
             await bot.start(token)
-        for task in list(stops):  # the rest of `close` after the gateway closed
+        for task in stops:  # the rest of `close` after the gateway closed; how it failed, if it did
             await task
     finally:
         for signum in STOP_SIGNALS:
