@@ -32,6 +32,7 @@ if tp.TYPE_CHECKING:
 RATE = 22050
 HOP = 256
 TEMPO_TOLERANCE = 0.03  # a beat tracker's tempo within 3 % of the annotation, or of twice or half it
+BY_NAME = {excerpt.name: excerpt for excerpt in EXCERPTS}
 
 
 @pytest.fixture(scope="module")
@@ -144,7 +145,7 @@ def _loop(path: Path, name: str, ratio: float) -> LoopResult:
     from generation.loop.source import loop_file
     from generation.shape import LoopShape
 
-    excerpt = next(e for e in EXCERPTS if e.name == name)
+    excerpt = BY_NAME[name]
     return loop_file(path, LoopShape(round(excerpt.bpm * ratio, 2), LOOP_BARS, excerpt.beats_per_bar))
 
 
@@ -152,7 +153,7 @@ def _loop(path: Path, name: str, ratio: float) -> LoopResult:
 def test_loops_start_on_a_downbeat_at_the_source_tempo(name: str, ratio: float, files: dict[str, Path]) -> None:
     from corpus import GOAL_SEAM_RATIO, GOAL_SPREAD_MS, GOAL_START_MS, MAX_SMEAR, measure_loop
 
-    excerpt = next(e for e in EXCERPTS if e.name == name)
+    excerpt = BY_NAME[name]
     result = _loop(files[name], name, ratio)
     report = result.report
     # The tempo read is the source's, literally: no 2/3 or half-time reading of a track at the request.
@@ -198,7 +199,7 @@ def test_the_seam_measure_hears_a_loop_cut_off_the_beat(name: str, downbeat: int
     source cut a quarter beat off a downbeat, with no crossfade, still read above the goal."""
     from corpus import GOAL_SEAM_RATIO, LoopSource, measure_loop
 
-    excerpt = next(e for e in EXCERPTS if e.name == name)
+    excerpt = BY_NAME[name]
     source, rate = read_excerpt(files[name])
     beat = 60 / excerpt.bpm
     start = excerpt.downbeats[downbeat] + beats_off * beat
@@ -227,7 +228,7 @@ def test_the_spread_measure_reads_steady_beats_as_steady_and_hears_a_tempo_wave(
     moved by up to WAVE_S early and late, spread more (24-34 ms)."""
     from corpus import GOAL_SPREAD_MS, measure_loop
 
-    excerpt = next(e for e in EXCERPTS if e.name == name)
+    excerpt = BY_NAME[name]
     source, rate = read_excerpt(files[name])
     first = round((excerpt.downbeats[downbeat] - LEAD_S) * rate)
     samples = round(LOOP_BARS * excerpt.beats_per_bar * 60 / excerpt.bpm * rate)
@@ -262,7 +263,7 @@ def test_a_loop_cut_by_hand_on_its_downbeat_loops_from_its_first_sample(name: st
     from generation.loop.engine import make_loop
     from generation.shape import LoopShape
 
-    excerpt = next(e for e in EXCERPTS if e.name == name)
+    excerpt = BY_NAME[name]
     source, rate = read_excerpt(files[name])
     bar = excerpt.beats_per_bar * 60 / excerpt.bpm
     first = next(d for d in excerpt.downbeats if (d + LOOP_BARS * bar + ring_out_s) * rate <= source.shape[1])
